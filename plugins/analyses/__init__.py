@@ -1,0 +1,1 @@
+"""Built-in analyses, each registered through ``register_analyses``."""

@@ -1,0 +1,1 @@
+"""Built-in exporters, each registered through ``register_exporters``."""

@@ -1,0 +1,114 @@
+"""End to end: `tk run` on BreakHis-layout trees with the tiny backbone (fast), as a user runs it."""
+
+from __future__ import annotations
+
+import shutil
+
+import duckdb
+import numpy as np
+from PIL import Image
+
+from tests.conftest import TINY, run_tk, run_tk_reporting_tensorflow
+from tests.datasets import image_path, make_breakhis, tile
+
+
+def _messy_tree(root):
+    """A BreakHis tree plus a truncated PNG, grayscale, RGBA, 16-bit, .DS_Store, a text file and a
+    DC/LC duplicate with identical bytes (as patient 14-13412 in the real dataset)."""
+    make_breakhis(root)
+    rng = np.random.default_rng(1)
+    gray = image_path(root, "A", "14-900", 40, 1)
+    gray.parent.mkdir(parents=True)
+    tile(rng, False).convert("L").save(gray)
+    rgba = image_path(root, "A", "14-900", 40, 2)
+    tile(rng, False).convert("RGBA").save(rgba)
+    deep = image_path(root, "A", "14-900", 40, 3)
+    Image.fromarray((np.asarray(tile(rng, False).convert("L"), np.uint16) * 257)).save(deep)
+    truncated = image_path(root, "F", "14-901", 40, 1)
+    truncated.parent.mkdir(parents=True)
+    tile(rng, False).save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    (root / "benign" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (root / "benign" / "notes.txt").write_text("scanner notes")
+    dc = image_path(root, "DC", "14-13412", 100, 1)
+    lc = image_path(root, "LC", "14-13412", 100, 1)
+    for path in (dc, lc):
+        path.parent.mkdir(parents=True)
+    tile(rng, True).save(dc)
+    shutil.copyfile(dc, lc)
+    return truncated
+
+
+def test_run_on_messy_breakhis_tree(tmp_path):
+    root = tmp_path / "breast"
+    truncated = _messy_tree(root)
+    store = tmp_path / "tk.duckdb"
+    result = run_tk("run", root, "--backbone", "tiny", "--weights", "random", "--store", store,
+                    "--out", tmp_path / "reports", "--plugin", TINY)
+    assert result.exit_code == 0, result.stderr
+    assert truncated.name in result.stderr and "skipped" in result.stderr
+    con = duckdb.connect(str(store), read_only=True)
+    # 32 generated + gray + rgba + 16-bit + DC/LC pair = 37 readable images; the truncated file is not one
+    assert con.execute("SELECT count(*) FROM images").fetchall()[0][0] == 37
+    assert con.execute("SELECT count(*) FROM images WHERE path LIKE '%notes.txt' OR path LIKE '%DS_Store' "
+                       "OR path LIKE ?", [f"%{truncated.name}"]).fetchall()[0][0] == 0
+    row = con.execute("SELECT label, subtype, magnification, patient_id FROM images WHERE relpath LIKE ?",
+                      ["%SOB_M_LC-14-13412-100-001.png"]).fetchall()
+    assert row == [("malignant", "lobular_carcinoma", 100, "14-13412")]
+    gray = con.execute("SELECT label, subtype, magnification, patient_id, width, height FROM images "
+                       "WHERE relpath LIKE '%SOB_B_A-14-900-40-001.png'").fetchall()
+    assert gray == [("benign", "adenosis", 40, "14-900", 64, 48)]
+    # one vector per distinct content; the DC/LC pair shares one
+    n_rows, n_distinct, dim = con.execute(
+        "SELECT count(*), count(DISTINCT sha256), max(len(vector)) FROM embeddings_tiny").fetchall()[0]
+    assert (n_rows, n_distinct, dim) == (37, 36, 16)
+    assert con.execute("SELECT typeof(vector) FROM embeddings_tiny LIMIT 1").fetchall()[0][0] == "FLOAT[16]"
+    assert con.execute("SELECT count(*) FROM emb_tiny__random_seed0").fetchall()[0][0] == 36
+    skipped = con.execute("SELECT relpath FROM skipped_files").fetchall()
+    assert [r[0].rsplit("/", 1)[-1] for r in skipped] == [truncated.name]
+    assert con.execute("SELECT status FROM analysis_runs WHERE analysis = 'pca'").fetchall() == [("ok",)]
+    assert list((tmp_path / "reports").glob("tk-report-*.html"))
+
+
+def test_rerun_adds_nothing_and_builds_no_model(tmp_path, breakhis):
+    store = tmp_path / "tk.duckdb"
+    args = ("run", breakhis, "--backbone", "tiny", "--store", store, "--out", tmp_path / "r", "--plugin", TINY)
+    first = run_tk(*args)
+    assert first.exit_code == 0, first.stderr
+    con = duckdb.connect(str(store), read_only=True)
+    counts = con.execute("SELECT (SELECT count(*) FROM images), (SELECT count(*) FROM emb_tiny__random_seed0)").fetchall()
+    con.close()
+    second = run_tk_reporting_tensorflow(*args)
+    assert second.exit_code == 0, second.stderr
+    assert "nothing to extract" in second.stderr
+    assert second.stderr.strip().endswith("TENSORFLOW_NOT_IMPORTED")
+    con = duckdb.connect(str(store), read_only=True)
+    assert con.execute("SELECT (SELECT count(*) FROM images), (SELECT count(*) FROM emb_tiny__random_seed0)").fetchall() == counts
+    assert con.execute("SELECT count(*) FROM run_images GROUP BY run_id").fetchall() == [(32,), (32,)]
+
+
+def test_new_image_is_added_incrementally(tmp_path, breakhis):
+    store = tmp_path / "tk.duckdb"
+    args = ("run", breakhis, "--backbone", "tiny", "--weights", "random", "--store", store,
+            "--export", "none", "--analysis", "none", "--plugin", TINY)
+    assert run_tk(*args).exit_code == 0
+    extra = image_path(breakhis, "A", "14-100", 40, 9)
+    tile(np.random.default_rng(5), False).save(extra)
+    again = run_tk(*args)
+    assert again.exit_code == 0
+    con = duckdb.connect(str(store), read_only=True)
+    assert con.execute("SELECT n_embedded, n_reused FROM run_backbones ORDER BY run_id").fetchall() == [(32, 0), (1, 32)]
+
+
+def test_unknown_backbone_is_one_clear_line(tmp_path, breakhis):
+    result = run_tk("run", breakhis, "--backbone", "nope", "--store", tmp_path / "s.duckdb")
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        "error: unknown backbone nope; available: resnet50, efficientnetb0, densenet201 (see `tk plugins`)"]
+    assert not (tmp_path / "s.duckdb").exists()
+
+
+def test_missing_data_folder_is_one_clear_line(tmp_path):
+    result = run_tk("run", tmp_path / "nowhere", "--backbone", "tiny", "--plugin", TINY, "--store", tmp_path / "s.duckdb")
+    assert result.exit_code == 1
+    assert "nowhere does not exist" in result.stderr and "Traceback" not in result.stderr

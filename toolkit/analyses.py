@@ -1,0 +1,108 @@
+"""The analysis runner: checks each analysis' needs, runs it, stores results or the failure."""
+
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from toolkit.kinds import Analysis, AnalysisContext, Needs
+from toolkit.results import SkipAnalysis, validate_results
+from toolkit.store import EmbeddingSet, Store
+
+ALL_BACKBONES = ""  # the backbone column of analyses that see every backbone at once
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one analysis went for one backbone."""
+
+    analysis: str
+    backbone: str
+    status: str  # "ok", "skipped" or "failed"
+    message: str
+    seconds: float
+
+
+def unmet_need(needs: Needs, metadata: pd.DataFrame) -> str | None:
+    """Why the data cannot support an analysis with ``needs``, or None when it can."""
+    if len(metadata) < needs.min_samples:
+        return f"needs at least {needs.min_samples} images, the run has {len(metadata)}"
+    if needs.labels:
+        labels = metadata["label"]
+        if labels.isna().any():
+            return f"needs a label for every image; {int(labels.isna().sum())} have none"
+        if labels.nunique() < needs.min_groups:
+            return f"needs at least {needs.min_groups} label groups, found {labels.nunique()}"
+    if needs.patients:
+        patients = metadata["patient_id"]
+        if patients.isna().any():
+            return f"needs a patient_id for every image; {int(patients.isna().sum())} have none"
+        if patients.nunique() < 2:
+            return "needs at least 2 patients"
+    return None
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array = array.view()
+    array.flags.writeable = False
+    return array
+
+
+def run_analyses(store: Store, run_id: str, sets: dict[str, EmbeddingSet], analyses: list[Analysis],
+                 settings: dict[str, Any], seed: int = 0,
+                 on_outcome: Callable[[Outcome], None] = lambda outcome: None) -> list[Outcome]:
+    """Run every analysis on every backbone of the run (or once on all); one failure stops nothing."""
+    loaded = {name: store.run_embeddings(run_id, embedding_set) for name, embedding_set in sets.items()}
+    if not loaded:
+        return []
+    metadata = next(iter(loaded.values()))[0]
+    all_embeddings = {name: _read_only(matrix) for name, (meta, matrix) in loaded.items()
+                      if meta["image_id"].equals(metadata["image_id"])}
+    outcomes: list[Outcome] = []
+    for analysis in analyses:
+        targets = [ALL_BACKBONES] if analysis.needs.all_backbones else list(loaded)
+        for backbone in targets:
+            meta = metadata if backbone == ALL_BACKBONES else loaded[backbone][0]
+            context = AnalysisContext(
+                run_id=run_id, backbone=backbone or None,
+                embeddings=None if backbone == ALL_BACKBONES else _read_only(loaded[backbone][1]),
+                metadata=meta.copy(), all_embeddings=all_embeddings, con=store.con,
+                settings=dict(settings), seed=seed)
+            outcome = _run_one(store, analysis, context, backbone)
+            outcomes.append(outcome)
+            on_outcome(outcome)
+    return outcomes
+
+
+def _run_one(store: Store, analysis: Analysis, context: AnalysisContext, backbone: str) -> Outcome:
+    started = time.perf_counter()
+    results: list = []
+    reason = unmet_need(analysis.needs, context.metadata)
+    if analysis.needs.all_backbones and len(context.all_embeddings) < 2:
+        reason = reason or "needs at least 2 backbones in the run"
+    if reason:
+        status, message = "skipped", reason
+    else:
+        try:
+            results = validate_results(analysis.name, analysis.run(context))
+            status, message = "ok", ""
+        except SkipAnalysis as exc:
+            status, message = "skipped", str(exc)
+        except Exception as exc:  # an analysis failing must not stop the others
+            status = "failed"
+            message = f"{type(exc).__name__}: {exc}"
+            tb = traceback.extract_tb(exc.__traceback__)[-1]
+            message += f" (at {tb.filename.rsplit('/', 1)[-1]}:{tb.lineno})"
+            results = []
+    seconds = time.perf_counter() - started
+    try:
+        store.save_results(context.run_id, analysis.name, backbone, status, message, seconds, results)
+    except Exception as exc:  # results that cannot be stored count as a failure of this analysis only
+        status, message = "failed", f"results could not be stored: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+        store.save_results(context.run_id, analysis.name, backbone, status, message, seconds, [])
+    return Outcome(analysis.name, backbone or "all", status, message, seconds)

@@ -1,0 +1,213 @@
+"""The ``tk`` command line (Typer). Heavy libraries are imported inside commands, so that
+``tk --help`` and ``tk plugins`` stay fast and never import TensorFlow."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from toolkit import __version__
+from toolkit.errors import TkError
+
+PLUGIN_HELP = "Load a plugin .py file or a folder of them (repeatable; accepted by every command)."
+PluginOption = typer.Option(None, "--plugin", help=PLUGIN_HELP, metavar="FILE")  # read by main() before parsing
+
+
+def split_plugin_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Take ``--plugin`` values from anywhere on the command line, since plugins must load before
+    the commands they add exist; returns (plugin paths, the remaining arguments)."""
+    plugins: list[str] = []
+    rest: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        if arg == "--plugin":
+            value = next(args, None)
+            if value is None:
+                raise TkError("--plugin needs a value: the path of a plugin .py file or folder")
+            plugins.append(value)
+        elif arg.startswith("--plugin="):
+            plugins.append(arg.split("=", 1)[1])
+        else:
+            rest.append(arg)
+    return plugins, rest
+
+
+def _print_table(frame, fmt: str) -> None:
+    if fmt == "csv":
+        frame.to_csv(sys.stdout, index=False)
+    elif fmt == "json":
+        print(frame.to_json(orient="records", default_handler=str))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(show_lines=False)
+        for column in frame.columns:
+            table.add_column(str(column))
+        for row in frame.itertuples(index=False):
+            table.add_row(*[_cell(v) for v in row])
+        Console(soft_wrap=True).print(table)
+
+
+def _cell(value: object) -> str:
+    from rich.markup import escape
+
+    text = f"{value:.6g}" if isinstance(value, float) else str(value)
+    return escape(text if len(text) < 80 else text[:77] + "...")
+
+
+def build_app(plugins: list[str]) -> typer.Typer:
+    """The Typer application with core commands and those plugins add."""
+    app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                      help="tk: histopathology image embeddings with pretrained CNN backbones, in DuckDB.")
+
+    @app.callback()
+    def root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+             version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
+        if version:
+            print(f"tk {__version__}")
+            raise typer.Exit()
+
+    @app.command()
+    def run(
+        data: Optional[Path] = typer.Argument(None, help="Image folder (BreakHis tree or one folder per class) or CSV manifest. Omit for the bundled demo."),
+        backbone: str = typer.Option("all", "--backbone", "-b", help="all, or a comma list of backbone names."),
+        weights: str = typer.Option("auto", "--weights", "-w", help="auto | imagenet | random | PATH to a local weights file."),
+        store: Path = typer.Option(Path("tk.duckdb"), "--store", help="DuckDB file that keeps every embedding and result."),
+        out: Path = typer.Option(Path("reports"), "--out", help="Folder for the report and other exports."),
+        source: str = typer.Option("auto", "--source", help="auto | breakhis | folders | manifest."),
+        analysis: str = typer.Option("all", "--analysis", help="all, none, or a comma list of analyses."),
+        export: Optional[str] = typer.Option(None, "--export", help="Comma list of exporters (default: the HTML report); none for no export."),
+        seed: int = typer.Option(0, "--seed", help="Seed for random weights and analyses."),
+        batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per batch."),
+        reveal_ids: bool = typer.Option(False, "--reveal-ids", help="Show real patient ids in the report."),
+        template_dir: Optional[Path] = typer.Option(None, "--template-dir", help="Folder of report templates overriding the built-ins."),
+        plugin: Optional[List[str]] = PluginOption,
+    ) -> None:
+        """Embed images with the selected backbones, store, analyse and report."""
+        from toolkit import console
+        from toolkit.runner import RunSettings, execute_run
+
+        if weights not in ("auto", "imagenet", "random") and not Path(weights).expanduser().exists():
+            raise TkError(f"--weights {weights}: no such file; use auto, imagenet, random or the path of a weights file")
+        settings = RunSettings(data=data, backbones=backbone, weights=weights, store=store, out=out,
+                               plugins=plugins, source=source, analyses=analysis, exports=export, seed=seed,
+                               batch_size=batch_size, reveal_ids=reveal_ids, template_dir=template_dir)
+        summary = execute_run(settings)
+        for path in summary.outputs:
+            print(path)
+        state = "finished" if not summary.failures else f"finished with {len(summary.failures)} failure(s)"
+        console.info(f"run {summary.run_id} {state}: {summary.n_images} images, {summary.n_skipped} skipped; store {store}")
+        raise typer.Exit(summary.exit_code)
+
+    @app.command(name="plugins")
+    def plugins_command(
+        as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+        plugin: Optional[List[str]] = PluginOption,
+    ) -> None:
+        """List every backbone, analysis and exporter with the plugin it came from."""
+        from toolkit.registry import load_registry
+
+        rows = load_registry(plugins).listing()
+        if as_json:
+            print(json.dumps(rows, indent=2))
+            return
+        import pandas as pd
+
+        _print_table(pd.DataFrame(rows), "table")
+
+    @app.command()
+    def sql(
+        query: str = typer.Argument(..., help="SQL to run against the store."),
+        store: Path = typer.Option(Path("tk.duckdb"), "--store"),
+        fmt: str = typer.Option("table", "--format", help="table | csv | json"),
+        write: bool = typer.Option(False, "--write", help="Allow statements that change the store."),
+    ) -> None:
+        """Query the store with SQL (read-only unless --write)."""
+        import duckdb
+
+        from toolkit.store import Store
+
+        with Store.open(store, read_only=not write) as opened:
+            try:
+                frame = opened.con.execute(query).df()
+            except duckdb.Error as exc:
+                raise TkError(f"SQL error: {str(exc).splitlines()[0]}") from exc
+        _print_table(frame, fmt)
+
+    @app.command()
+    def similar(
+        image: Path = typer.Argument(..., help="Query image."),
+        backbone: str = typer.Option(..., "--backbone", "-b", help="Backbone whose embeddings to compare."),
+        k: int = typer.Option(10, "-k", min=1, help="How many neighbours."),
+        store: Path = typer.Option(Path("tk.duckdb"), "--store"),
+        fmt: str = typer.Option("table", "--format", help="table | csv | json"),
+        plugin: Optional[List[str]] = PluginOption,
+    ) -> None:
+        """Nearest stored images by cosine similarity (the query is embedded if it is new)."""
+        from toolkit.registry import load_registry
+        from toolkit.similar import find_similar
+        from toolkit.store import Store
+
+        registry = load_registry(plugins)
+        with Store.open(store) as opened:
+            frame = find_similar(opened, registry.backbone(backbone), image, k)
+        _print_table(frame, fmt)
+
+    @app.command()
+    def report(
+        run_id: Optional[str] = typer.Argument(None, help="Run to render (default: the latest)."),
+        store: Path = typer.Option(Path("tk.duckdb"), "--store"),
+        out: Path = typer.Option(Path("reports"), "--out"),
+        reveal_ids: bool = typer.Option(False, "--reveal-ids", help="Show real patient ids."),
+        template_dir: Optional[Path] = typer.Option(None, "--template-dir"),
+        plugin: Optional[List[str]] = PluginOption,
+    ) -> None:
+        """Render a stored run's report again, without recomputing."""
+        from toolkit.runner import rerender
+
+        for path in rerender(store, run_id, out, plugins, template_dir, reveal_ids):
+            print(path)
+
+    from toolkit.registry import load_registry
+
+    load_registry(plugins).pm.hook.register_commands(app=app)
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``tk`` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    debug = "--debug" in argv
+    from toolkit import console
+
+    try:
+        plugins, rest = split_plugin_args(argv)
+        app = build_app(plugins)
+        app(args=rest, prog_name="tk", standalone_mode=False)
+    except TkError as exc:
+        if debug:
+            raise
+        console.error(str(exc))
+        sys.exit(exc.exit_code)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        console.error("interrupted; batches already written are kept, run again to resume")
+        sys.exit(130)
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as exc:  # usage errors and anything unexpected: one line, no traceback
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # Click's usage errors, as vendored by Typer
+            exc.show()
+            sys.exit(exc.exit_code)
+        if debug:
+            raise
+        console.error(f"{type(exc).__name__}: {exc} (run with --debug for the traceback)")
+        sys.exit(1)

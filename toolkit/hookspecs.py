@@ -1,0 +1,93 @@
+"""Every hook a tk plugin can implement: this module is the plugin API.
+
+A plugin is a module (or package) with functions decorated by ``toolkit.hookimpl`` whose names are
+the hook names below. Built-in backbones, analyses and exporters use exactly these hooks.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:
+    import jinja2
+    import typer
+
+    from toolkit.registry import Register
+
+hookspec = pluggy.HookspecMarker("tk")
+
+
+@hookspec
+def register_backbones(register: Register) -> None:
+    """Register embedding backbones.
+
+    :param register: call ``register(Backbone(...))`` once per backbone. A name that is already
+        taken is refused with an error naming both plugins.
+
+    Example::
+
+        @hookimpl
+        def register_backbones(register):
+            register(Backbone(name="mobilenetv3", dim=576, input_size=(224, 224),
+                              build=build_mobilenet, preprocess=preprocess_mobilenet))
+    """
+
+
+@hookspec
+def register_analyses(register: Register) -> None:
+    """Register analyses that run on stored embeddings.
+
+    :param register: call ``register(Analysis(...))`` once per analysis.
+
+    Example::
+
+        @hookimpl
+        def register_analyses(register):
+            register(Analysis(name="feature_means", run=feature_means, needs=Needs(labels=True)))
+    """
+
+
+@hookspec
+def register_exporters(register: Register) -> None:
+    """Register exporters that write files from a finished run (reports, deployable models).
+
+    :param register: call ``register(Exporter(...))`` once per exporter.
+
+    Example::
+
+        @hookimpl
+        def register_exporters(register):
+            register(Exporter(name="csv", export=write_csv, default=False))
+    """
+
+
+@hookspec
+def register_commands(app: typer.Typer) -> None:
+    """Add sub-commands to the ``tk`` command line.
+
+    :param app: the root Typer application; decorate functions with ``@app.command()``.
+
+    Example::
+
+        @hookimpl
+        def register_commands(app):
+            @app.command()
+            def hello(name: str):
+                print(f"hello {name}")
+    """
+
+
+@hookspec
+def prepare_jinja2_environment(env: jinja2.Environment) -> None:
+    """Adjust the Jinja environment that renders reports (filters, globals, tests).
+
+    :param env: the report environment (autoescape is on and must stay on).
+
+    Example::
+
+        @hookimpl
+        def prepare_jinja2_environment(env):
+            env.filters["shout"] = lambda text: str(text).upper()
+    """

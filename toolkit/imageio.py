@@ -1,0 +1,85 @@
+"""Reading images safely: header checks, pixel limits and conversion of any mode to 8-bit RGB."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+MAX_PIXELS = 100_000_000
+"""Images with more pixels than this are refused before decoding (decompression-bomb guard)."""
+MIN_SIDE = 32
+"""Images narrower or lower than this many pixels are refused: too small to embed meaningfully."""
+
+Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class UnreadableImage(Exception):
+    """The file is not an image tk can embed; the message says why in a few words."""
+
+
+def read_size(path: Path) -> tuple[int, int]:
+    """Width and height from the header, without decoding pixels; refuses unusable sizes."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise UnreadableImage(_describe(exc)) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise UnreadableImage(f"cannot read image header ({exc})") from exc
+    if width * height > MAX_PIXELS:
+        raise UnreadableImage(f"{width}x{height} px exceeds the {MAX_PIXELS:,} pixel limit; tile it first")
+    if min(width, height) < MIN_SIDE:
+        raise UnreadableImage(f"{width}x{height} px is smaller than {MIN_SIDE} px on a side")
+    return width, height
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image file (unknown format or empty)"
+    return f"refused: more than {MAX_PIXELS:,} pixels (decompression-bomb guard)"
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB: 16-bit scaled down, transparency composited on white."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        array = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or array.max() > 255 else 255.0
+        gray = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(gray).convert("RGB")
+    if image.mode == "F":
+        array = np.asarray(image, dtype=np.float64)
+        span = max(float(array.max() - array.min()), 1e-12)
+        return Image.fromarray(((array - array.min()) / span * 255).astype(np.uint8)).convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if image.mode != "RGB":
+        return image.convert("RGB")
+    return image
+
+
+def load_rgb(path: Path | str, size: tuple[int, int]) -> np.ndarray:
+    """Decode ``path`` and resize it to ``size`` = (height, width); uint8 array (h, w, 3)."""
+    height, width = size
+    try:
+        with Image.open(path) as image:
+            if image.format == "JPEG":
+                image.draft("RGB", (width, height))
+            image.load()
+            rgb = to_rgb(image)
+            if rgb.size != (width, height):
+                rgb = rgb.resize((width, height), Image.Resampling.BILINEAR)
+            return np.asarray(rgb, dtype=np.uint8)
+    except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        raise UnreadableImage(_describe(exc)) from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise UnreadableImage(f"cannot decode ({exc})") from exc

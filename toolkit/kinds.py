@@ -1,0 +1,125 @@
+"""The three kinds of plugin object: Backbone, Analysis and Exporter.
+
+Plugins construct these and hand them to ``register`` in the matching ``register_*`` hook. Nothing
+here imports TensorFlow: builders and preprocessing functions import it when they are called.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    import duckdb
+    import numpy as np
+    import pandas as pd
+
+    from toolkit.results import Result
+    from toolkit.store import Store
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A network that turns an RGB image into a fixed-size embedding.
+
+    :param name: lower-case identifier used on the command line and in table names.
+    :param dim: length of the pooled embedding the model outputs.
+    :param build: ``build(weights)`` returns a Keras model mapping a preprocessed batch
+        ``(n, height, width, 3)`` to ``(n, dim)``. ``weights`` is ``None`` (random init; the
+        caller seeds Keras first), ``"imagenet"`` or the path of a local weights file.
+    :param preprocess: maps a float32 batch of RGB values in 0..255 to the model's input.
+    :param input_size: ``(height, width)`` the images are resized to.
+    :param gradcam_layer: name of the last convolutional layer (read by Grad-CAM).
+    :param imagenet: whether ``build("imagenet")`` is supported.
+    """
+
+    name: str
+    dim: int
+    build: Callable[[str | None], Any]
+    preprocess: Callable[[Any], Any]
+    input_size: tuple[int, int] = (224, 224)
+    gradcam_layer: str | None = None
+    imagenet: bool = True
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What an analysis needs from the data; unmet needs skip it with the reason recorded.
+
+    :param labels: a ``label`` for every image and at least ``min_groups`` distinct labels.
+    :param patients: a ``patient_id`` for every image and at least two patients.
+    :param min_samples: the least number of images.
+    :param all_backbones: run once with every backbone's embeddings instead of once per backbone.
+    """
+
+    labels: bool = False
+    patients: bool = False
+    min_groups: int = 2
+    min_samples: int = 3
+    all_backbones: bool = False
+
+
+@dataclass
+class AnalysisContext:
+    """Everything an analysis reads. Arrays are read-only; rows align with ``metadata``.
+
+    :ivar embeddings: ``(n_images, dim)`` float32 for ``backbone`` (``None`` for all-backbone runs).
+    :ivar metadata: one row per image: image_id, sha256, relpath, label, subtype, magnification,
+        patient_id, width, height.
+    :ivar all_embeddings: every backbone of the run by name, rows aligned with ``metadata``.
+    """
+
+    run_id: str
+    backbone: str | None
+    embeddings: np.ndarray | None
+    metadata: pd.DataFrame
+    all_embeddings: dict[str, np.ndarray]
+    con: duckdb.DuckDBPyConnection
+    settings: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """A statistic or model computed from embeddings.
+
+    :param name: lower-case identifier; tables are stored as ``results_<name>[_<table>]``.
+    :param run: ``run(context) -> list[Table | Figure | Finding]``; raise ``SkipAnalysis(reason)``
+        when the data cannot support it.
+    :param needs: requirements checked before ``run`` is called.
+    :param title: heading in the report.
+    """
+
+    name: str
+    run: Callable[[AnalysisContext], list[Result]]
+    needs: Needs = Needs()
+    title: str = ""
+    description: str = ""
+
+
+@dataclass
+class ExportContext:
+    """What an exporter reads: the finished run in the store and the run's settings."""
+
+    run_id: str
+    store: Store
+    settings: dict[str, Any] = field(default_factory=dict)
+    template_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class Exporter:
+    """Writes files from a finished run (a report, a deployable model, ...).
+
+    :param name: identifier used with ``--export``.
+    :param export: ``export(context, out_dir) -> list of written paths``; every path must lie
+        inside ``out_dir``.
+    :param default: run by ``tk run`` when ``--export`` is not given.
+    """
+
+    name: str
+    export: Callable[[ExportContext, Path], list[Path]]
+    default: bool = False
+    description: str = ""

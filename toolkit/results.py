@@ -1,0 +1,110 @@
+"""What analyses return: tables, figures and findings, and the check that a result is well formed."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Literal
+
+import pandas as pd
+
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+
+
+class SkipAnalysis(Exception):
+    """Raise inside an analysis when the data cannot support it; the reason is stored and shown."""
+
+
+class MalformedResult(Exception):
+    """An analysis returned something that is not a list of Table, Figure and Finding."""
+
+
+@dataclass
+class Table:
+    """A tidy table. Stored as ``results_<analysis>_<name>`` (or ``results_<analysis>`` for ``main``).
+
+    ``run_id`` and ``backbone`` columns are added by the store; do not include them.
+    """
+
+    name: str
+    data: pd.DataFrame
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, dict):
+            self.data = pd.DataFrame(self.data)
+
+
+@dataclass
+class Figure:
+    """A figure for the report: an SVG document (text) or PNG bytes, with alt text for readers."""
+
+    name: str
+    content: str | bytes
+    alt: str
+    caption: str = ""
+
+    @property
+    def mime(self) -> str:
+        return "image/svg+xml" if isinstance(self.content, str) else "image/png"
+
+
+@dataclass
+class Finding:
+    """A sentence worth reporting (``info``, ``warning``), with optional structured detail."""
+
+    message: str
+    severity: Literal["info", "warning"] = "info"
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+Result = Table | Figure | Finding
+
+
+def validate_results(analysis: str, results: Any) -> list[Result]:
+    """Return ``results`` as a list, or raise MalformedResult saying what is wrong with it."""
+    if results is None:
+        return []
+    if isinstance(results, (Table, Figure, Finding)):
+        results = [results]
+    if not isinstance(results, Iterable) or isinstance(results, (str, bytes, dict)):
+        raise MalformedResult(
+            f"analysis {analysis!r} returned {type(results).__name__}; "
+            "return a list of toolkit.results.Table, Figure or Finding"
+        )
+    checked: list[Result] = []
+    names: set[tuple[str, str]] = set()
+    for item in results:
+        if not isinstance(item, (Table, Figure, Finding)):
+            raise MalformedResult(
+                f"analysis {analysis!r} returned a {type(item).__name__} among its results; "
+                "only Table, Figure and Finding are allowed"
+            )
+        if isinstance(item, (Table, Figure)):
+            if not NAME_PATTERN.match(item.name):
+                raise MalformedResult(
+                    f"analysis {analysis!r}: result name {item.name!r} must be lower-case letters, "
+                    "digits and underscores, starting with a letter"
+                )
+            key = (type(item).__name__, item.name)
+            if key in names:
+                raise MalformedResult(f"analysis {analysis!r} returned two results named {item.name!r}")
+            names.add(key)
+        if isinstance(item, Table):
+            if not isinstance(item.data, pd.DataFrame):
+                raise MalformedResult(
+                    f"analysis {analysis!r}: table {item.name!r} holds a {type(item.data).__name__}, "
+                    "not a pandas DataFrame"
+                )
+            reserved = {"run_id", "backbone"} & set(map(str, item.data.columns))
+            if reserved:
+                raise MalformedResult(
+                    f"analysis {analysis!r}: table {item.name!r} must not have columns {sorted(reserved)}"
+                )
+        checked.append(item)
+    return checked
+
+
+def table_name(analysis: str, table: str) -> str:
+    """SQL name of a stored result table."""
+    return f"results_{analysis}" if table == "main" else f"results_{analysis}_{table}"

@@ -1,0 +1,66 @@
+"""``tk similar``: nearest stored images to a query image by cosine similarity, in SQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from toolkit.errors import TkError
+from toolkit.imageio import UnreadableImage, load_rgb, read_size
+from toolkit.kinds import Backbone
+from toolkit.pipeline import make_extractor
+from toolkit.scan import sha256_file
+from toolkit.store import EmbeddingSet, Store, identifier
+from toolkit.weights import build_model
+
+
+def _weights_request(kind: str, weights_id: str, path: str | None) -> tuple[str, int]:
+    if kind == "random":
+        return "random", int(weights_id.removeprefix("random-seed") or 0)
+    if kind == "file":
+        if not path or not Path(path).is_file():
+            raise TkError(f"the weights file of the stored embeddings ({path}) is gone; restore it to embed new images")
+        return path, 0
+    return "imagenet", 0
+
+
+def embed_one(backbone: Backbone, image: Path, kind: str, weights_id: str, path: str | None) -> np.ndarray:
+    """Embed a single image with the weights an embedding set was made with."""
+    request, seed = _weights_request(kind, weights_id, path)
+    model, resolved = build_model(backbone, request, seed)
+    if resolved.weights_id != weights_id:
+        raise TkError(f"weights now resolve to {resolved.weights_id}, but the store holds {weights_id}")
+    try:
+        read_size(image)
+        pixels = load_rgb(image, backbone.input_size)[None]
+    except UnreadableImage as exc:
+        raise TkError(f"{image}: {exc}") from exc
+    return make_extractor(backbone, model, 1)(pixels)[0]
+
+
+def find_similar(store: Store, backbone: Backbone, image: Path, k: int = 10) -> pd.DataFrame:
+    """The ``k`` stored images closest to ``image`` (rank, image_id, relpath, label, similarity)."""
+    if not image.is_file():
+        raise TkError(f"{image} does not exist; give the path of an image file")
+    current = store.current_set(backbone.name)
+    if current is None:
+        raise TkError(f"the store has no {backbone.name} embeddings; run `tk run --backbone {backbone.name}` first")
+    embedding_set, kind, weights_path = current
+    sha = sha256_file(image)
+    row = store.one(f"SELECT vector FROM {embedding_set.table} WHERE sha256 = ?", [sha])
+    query = np.asarray(row[0], dtype=np.float32) if row else embed_one(backbone, image, kind, embedding_set.weights_id, weights_path)
+    return _nearest(store, embedding_set, query, k)
+
+
+def _nearest(store: Store, embedding_set: EmbeddingSet, query: np.ndarray, k: int) -> pd.DataFrame:
+    view = f"embeddings_{identifier(embedding_set.backbone)}"
+    dim = int(embedding_set.dim)
+    return store.query_df(f"""
+        SELECT row_number() OVER (ORDER BY similarity DESC, image_id) AS rank, * FROM (
+            SELECT e.image_id, i.relpath, i.label, i.subtype,
+                   array_cosine_similarity(e.vector, ?::FLOAT[{dim}]) AS similarity
+            FROM {view} e JOIN images i USING (image_id)
+            ORDER BY similarity DESC, e.image_id LIMIT ?)
+        ORDER BY rank""", [query.astype(np.float32).tolist(), int(k)])

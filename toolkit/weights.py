@@ -1,0 +1,128 @@
+"""Choosing and loading a backbone's weights: auto, imagenet, random (seeded) or a local file.
+
+The identity of the weights (``weights_id``) keys the embedding set in the store, so different
+weights never mix: ``imagenet``, ``random-seed<N>`` or ``file-<sha256 prefix>``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from toolkit.errors import TkError
+from toolkit.kinds import Backbone
+from toolkit.scan import sha256_file
+from toolkit.tfimport import tensorflow
+
+WEIGHT_CHOICES = ("auto", "imagenet", "random")
+
+
+class WeightsUnavailable(TkError):
+    """ImageNet weights could not be obtained (no network and nothing cached)."""
+
+
+@dataclass(frozen=True)
+class ResolvedWeights:
+    """Which weights a model was actually built with."""
+
+    kind: str  # "imagenet", "random" or "file"
+    weights_id: str
+    sha256: str | None = None
+    path: str | None = None
+    note: str = ""  # e.g. the fallback warning for --weights auto
+
+    @property
+    def label(self) -> str:
+        if self.kind == "file":
+            return f"local file {Path(self.path or '').name} (sha256 {self.sha256})"
+        if self.kind == "random":
+            return f"random initialisation ({self.weights_id})"
+        return "ImageNet (keras.applications)"
+
+
+def random_weights(seed: int) -> ResolvedWeights:
+    return ResolvedWeights("random", f"random-seed{seed}")
+
+
+def file_weights(path: Path) -> ResolvedWeights:
+    if not path.is_file():
+        raise TkError(f"weights file {path} does not exist; give a .h5/.weights.h5/.keras file, "
+                      "or --weights auto|imagenet|random")
+    sha = sha256_file(path)
+    return ResolvedWeights("file", f"file-{sha[:16]}", sha, str(path.resolve()))
+
+
+def planned_weights(request: str, seed: int) -> ResolvedWeights | None:
+    """The weights a request will give, when that is known without building the model."""
+    if request == "random":
+        return random_weights(seed)
+    if request == "imagenet":
+        return ResolvedWeights("imagenet", "imagenet")
+    if request == "auto":
+        return None
+    return file_weights(Path(request).expanduser())
+
+
+def _seeded(seed: int) -> None:
+    tensorflow()
+    import keras
+
+    keras.utils.set_random_seed(seed)
+
+
+def build_model(backbone: Backbone, request: str, seed: int = 0) -> tuple[Any, ResolvedWeights]:
+    """Build ``backbone`` with the requested weights; returns (Keras model, what was used).
+
+    ``auto`` tries ImageNet and falls back to seeded random weights with a warning in ``note``;
+    ``imagenet`` raises WeightsUnavailable when the weights cannot be had.
+    """
+    tensorflow()
+    if request == "random":
+        _seeded(seed)
+        return _checked(backbone, backbone.build(None)), random_weights(seed)
+    if request in ("imagenet", "auto"):
+        try:
+            return _checked(backbone, _build_imagenet(backbone)), ResolvedWeights("imagenet", "imagenet")
+        except WeightsUnavailable as exc:
+            if request == "imagenet":
+                raise
+            _seeded(seed)
+            note = (f"ImageNet weights for {backbone.name} are unavailable ({exc}); "
+                    f"using RANDOM weights (seed {seed}). Embeddings and statistics do not reflect a "
+                    "pretrained network. Use --weights PATH with a local weights file for real results.")
+            resolved = random_weights(seed)
+            return _checked(backbone, backbone.build(None)), ResolvedWeights(
+                resolved.kind, resolved.weights_id, note=note)
+    resolved = file_weights(Path(request).expanduser())
+    if request.endswith(".keras"):
+        import keras
+
+        model = keras.saving.load_model(resolved.path, compile=False)
+    else:
+        try:
+            model = backbone.build(resolved.path)
+        except (ValueError, OSError) as exc:
+            raise TkError(f"weights file {request} does not fit {backbone.name}: {str(exc).splitlines()[0]}; "
+                          "give the notop weights of this architecture") from exc
+    return _checked(backbone, model), resolved
+
+
+def _build_imagenet(backbone: Backbone) -> Any:
+    if not backbone.imagenet:
+        raise WeightsUnavailable(f"{backbone.name} has no ImageNet weights")
+    try:
+        return backbone.build("imagenet")
+    except Exception as exc:  # Keras raises plain Exception subclasses for download failures
+        text = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        if any(word in text.lower() for word in ("url", "fetch", "download", "connect", "resolve", "network", "http")):
+            raise WeightsUnavailable(f"download failed: {text[:200]}") from exc
+        raise
+
+
+def _checked(backbone: Backbone, model: Any) -> Any:
+    shape = tuple(model.output_shape)
+    if len(shape) != 2 or shape[-1] != backbone.dim:
+        raise TkError(f"backbone {backbone.name} declares dim {backbone.dim} but its model outputs "
+                      f"shape {shape}; fix the plugin's dim or its pooling")
+    return model
