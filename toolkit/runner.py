@@ -230,6 +230,7 @@ def _embed_and_analyse(store: Store, registry: Registry, settings: RunSettings, 
             store.record_skipped(run_id, image.record.relpath, reason)
 
         started = time.perf_counter()
+        console.info(f"embedding {len(to_embed)} images with {names}")
         with console.progress(f"embedding with {names}", len(to_embed)) as advance:
             extract(to_embed, working, store, run_id, advance, on_unreadable, settings.batch_size)
         console.info(f"embedded {len(to_embed) - len(bad_shas)} images in {time.perf_counter() - started:.1f} s")
