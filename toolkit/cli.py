@@ -190,7 +190,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         plugins, rest = split_plugin_args(argv)
         app = build_app(plugins)
-        app(args=rest, prog_name="tk", standalone_mode=False)
+        code = app(args=rest, prog_name="tk", standalone_mode=False)  # Exit(n) comes back as n here
+        sys.exit(code if isinstance(code, int) else 0)
     except TkError as exc:
         if debug:
             raise
