@@ -1,0 +1,99 @@
+"""The HTML report: self-contained, loads in real Chromium without console errors or network,
+escapes hostile metadata, hides patient ids, and re-renders from the store unchanged."""
+
+from __future__ import annotations
+
+import re
+from html import unescape
+
+import duckdb
+import numpy as np
+
+from tests.browser import open_page
+from tests.conftest import TINY, run_tk
+from tests.datasets import tile
+
+PAYLOAD_LABEL = "<script>console.log('XSS-LABEL')</script>"
+PAYLOAD_SUBTYPE = "<img src=x onerror=console.log('XSS-SUBTYPE')>"
+PAYLOAD_FILE = "<svg onload=console.log('XSS-FILE')>.png"
+SQL_LABEL = "x'); DROP TABLE images; --"
+
+
+def _report(out):
+    reports = sorted(out.glob("tk-report-*.html"))
+    assert len(reports) == 1
+    return reports[0]
+
+
+def test_report_loads_in_chromium_with_every_section(tmp_path, breakhis):
+    store, out = tmp_path / "tk.duckdb", tmp_path / "out"
+    result = run_tk("run", breakhis, "--backbone", "tiny", "--store", store, "--out", out, "--plugin", TINY)
+    assert result.exit_code == 0, result.stderr
+    report = _report(out)
+    html = report.read_text()
+    csp = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', html)
+    assert csp and unescape(csp.group(1)).startswith("default-src 'none';")
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", html), "external reference in the report"
+    page = open_page(report, tmp_path / "report.png")
+    assert page.console == []
+    for anchor in ("summary", "comparison", "section-tiny", "dataset", "provenance", "glossary"):
+        assert f'id="{anchor}"' in page.dom
+    assert page.screenshot.stat().st_size > 20_000  # a rendered page, not a blank one
+    assert "<script" not in page.dom
+
+
+def test_report_escapes_hostile_metadata_and_nothing_executes(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    rows = ["path,label,subtype,patient_id"]
+    for i in range(12):
+        name = PAYLOAD_FILE if i == 0 else f"img{i}.png"
+        tile(rng, i % 2 == 0).save(images / name)
+        label = PAYLOAD_LABEL if i % 2 else SQL_LABEL
+        rows.append(f'"images/{name}","{label}","{PAYLOAD_SUBTYPE}",p{i % 4}')
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    (images / "broken.png").write_bytes(b"not a png")
+    rows.append('"images/broken.png","benign","a",p1')
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    store, out = tmp_path / "tk.duckdb", tmp_path / "out"
+    result = run_tk("run", tmp_path / "m.csv", "--backbone", "tiny", "--store", store, "--out", out,
+                    "--plugin", TINY)
+    assert result.exit_code == 0, result.stderr
+    con = duckdb.connect(str(store), read_only=True)
+    assert sorted(r[0] for r in con.execute("SELECT DISTINCT label FROM images").fetchall()) == sorted([PAYLOAD_LABEL, SQL_LABEL])
+    con.close()
+    html = _report(out).read_text()
+    assert PAYLOAD_LABEL not in html and PAYLOAD_SUBTYPE not in html and "<svg onload" not in html
+    assert "&lt;script&gt;console.log(&#39;XSS-LABEL&#39;)&lt;/script&gt;" in html
+    page = open_page(_report(out), tmp_path / "xss.png")
+    assert page.console == []  # an executed or CSP-blocked payload would log here
+    assert "XSS-" not in "".join(page.console)
+
+
+def test_patient_ids_are_pseudonymised_unless_revealed(tmp_path, breakhis):
+    store = tmp_path / "tk.duckdb"
+    broken = breakhis / "benign" / "SOB" / "adenosis" / "SOB_B_A_14-100" / "40X" / "SOB_B_A-14-100-40-007.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    assert run_tk("run", breakhis, "--backbone", "tiny", "--store", store, "--out", tmp_path / "a",
+                  "--plugin", TINY).exit_code == 0
+    con = duckdb.connect(str(store), read_only=True)
+    patients = [r[0] for r in con.execute("SELECT DISTINCT patient_id FROM images").fetchall()]
+    con.close()
+    assert len(patients) == 8
+    html = _report(tmp_path / "a").read_text()
+    assert not [p for p in patients if p in html]
+    assert str(breakhis) not in html and str(tmp_path) not in html  # no absolute local paths
+    assert re.search(r"P-[0-9a-f]{6}", html)  # the skipped file's path names the pseudonym instead
+    revealed = run_tk("report", "--store", store, "--out", tmp_path / "b", "--reveal-ids", "--plugin", TINY)
+    assert revealed.exit_code == 0, revealed.stderr
+    assert all(p in _report(tmp_path / "b").read_text() for p in ["14-100"])
+
+
+def test_tk_report_re_renders_the_same_file_from_the_store(tmp_path, breakhis):
+    store = tmp_path / "tk.duckdb"
+    assert run_tk("run", breakhis, "--backbone", "tiny", "--store", store, "--out", tmp_path / "a",
+                  "--plugin", TINY).exit_code == 0
+    again = run_tk("report", "--store", store, "--out", tmp_path / "b", "--plugin", TINY)
+    assert again.exit_code == 0, again.stderr
+    assert _report(tmp_path / "a").read_text() == _report(tmp_path / "b").read_text()
