@@ -104,3 +104,32 @@ def test_empty_folder_is_a_clear_error(tmp_path):
     with pytest.raises(TkError, match="no images found"):
         find_images(tmp_path)
     assert detect_source(tmp_path) == "folders"
+
+
+def test_manifest_in_another_encoding_is_a_clear_error(tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_bytes("path,label\nimg/é.png,bénin\n".encode("latin-1"))
+    with pytest.raises(TkError, match=r"m.csv: not UTF-8 text .*save the manifest as UTF-8"):
+        find_images(manifest)
+
+
+text = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, max_size=30).filter(
+    lambda s: s.strip() == s)
+
+
+@given(rows=st.lists(st.tuples(text, text, st.one_of(st.none(), st.sampled_from([40, 100, 200, 400]))),
+                     min_size=1, max_size=6))
+def test_manifest_reader_round_trips_any_text(tmp_path_factory, rows):
+    import csv
+
+    folder = tmp_path_factory.mktemp("manifest")
+    (folder / "a.png").write_bytes(b"")  # existence is all the reader checks
+    manifest = folder / "m.csv"
+    with manifest.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["path", "label", "patient_id", "magnification"])
+        for label, patient, magnification in rows:
+            writer.writerow(["a.png", label, patient, "" if magnification is None else f"{magnification}X"])
+    _, _, records, skipped = find_images(manifest)
+    assert skipped == []
+    assert [(r.label, r.patient_id, r.magnification) for r in records] == rows

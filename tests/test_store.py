@@ -109,3 +109,47 @@ def test_a_file_that_is_not_a_store_is_refused(tmp_path):
     path.write_text("hello")
     result = run_tk("sql", "SELECT 1", "--store", path)
     assert result.exit_code == 1 and "error:" in result.stderr and "Traceback" not in result.stderr
+
+
+def _result_counts(store, run_id):
+    con = duckdb.connect(str(store), read_only=True)
+    try:
+        tables = [r[0] for r in con.execute("SELECT DISTINCT table_name FROM result_tables WHERE run_id = ?",
+                                            [run_id]).fetchall()]
+        counts = {t: con.execute(f"SELECT count(*) FROM {t} WHERE run_id = ?", [run_id]).fetchall()[0][0] for t in tables}
+        statuses = sorted(con.execute("SELECT analysis, backbone, status FROM analysis_runs WHERE run_id = ?",
+                                      [run_id]).fetchall())
+        return counts, statuses
+    finally:
+        con.close()
+
+
+def _last_run(store):
+    con = duckdb.connect(str(store), read_only=True)
+    try:
+        return con.execute("SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 1").fetchall()[0][0]
+    finally:
+        con.close()
+
+
+def test_sigkill_while_writing_results_then_rerun_equals_clean_run(tmp_path, breakhis):
+    args = ["run", breakhis, "--backbone", "tiny", "--weights", "random", "--export", "none", "--plugin", TINY]
+    clean = tmp_path / "clean.duckdb"
+    assert run_tk(*args, "--store", clean).exit_code == 0
+    expected = _result_counts(clean, _last_run(clean))
+    assert len(expected[0]) >= 5
+    rng = random.Random(11)
+    for attempt in range(2):
+        store = tmp_path / f"killed{attempt}.duckdb"
+        process = subprocess.Popen([sys.executable, "-m", "toolkit", *map(str, args), "--store", str(store)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        _wait_for_line(process, "running", timeout=120)
+        time.sleep(rng.uniform(0.05, 1.5))
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+        assert run_tk(*args, "--store", store).exit_code == 0
+        assert _result_counts(store, _last_run(store)) == expected
+        con = duckdb.connect(str(store), read_only=True)
+        assert con.execute("SELECT count(*), count(DISTINCT path) FROM images").fetchall() == [(32, 32)]
+        assert con.execute("SELECT count(*), count(DISTINCT sha256) FROM emb_tiny__random_seed0").fetchall() == [(32, 32)]
+        con.close()

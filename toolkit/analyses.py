@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -71,12 +72,43 @@ def run_analyses(store: Store, run_id: str, sets: dict[str, EmbeddingSet], analy
             context = AnalysisContext(
                 run_id=run_id, backbone=backbone or None,
                 embeddings=None if backbone == ALL_BACKBONES else _read_only(loaded[backbone][1]),
-                metadata=meta.copy(), all_embeddings=all_embeddings, con=store.con,
+                metadata=meta.copy(), all_embeddings=all_embeddings, con=store.con.cursor(),
                 settings=dict(settings), seed=seed)
             outcome = _run_one(store, analysis, context, backbone)
             outcomes.append(outcome)
             on_outcome(outcome)
     return outcomes
+
+
+class AnalysisTimeout(Exception):
+    """An analysis ran longer than ``--analysis-timeout``."""
+
+
+def _call(analysis: Analysis, context: AnalysisContext) -> Any:
+    """``analysis.run(context)``, given up after ``settings["analysis_timeout"]`` seconds if set.
+
+    Python cannot stop a running thread: a timed-out analysis is abandoned (daemon thread, its own
+    database cursor) and whatever it returns later is ignored.
+    """
+    timeout = context.settings.get("analysis_timeout")
+    if not timeout:
+        return analysis.run(context)
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = analysis.run(context)
+        except BaseException as exc:  # handed to the caller's thread below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True, name=f"analysis-{analysis.name}")
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise AnalysisTimeout(f"took longer than {timeout:g} s (--analysis-timeout) and was abandoned")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
 
 
 def _run_one(store: Store, analysis: Analysis, context: AnalysisContext, backbone: str) -> Outcome:
@@ -89,15 +121,16 @@ def _run_one(store: Store, analysis: Analysis, context: AnalysisContext, backbon
         status, message = "skipped", reason
     else:
         try:
-            results = validate_results(analysis.name, analysis.run(context))
+            results = validate_results(analysis.name, _call(analysis, context))
             status, message = "ok", ""
         except SkipAnalysis as exc:
             status, message = "skipped", str(exc)
         except Exception as exc:  # an analysis failing must not stop the others
             status = "failed"
             message = f"{type(exc).__name__}: {exc}"
-            tb = traceback.extract_tb(exc.__traceback__)[-1]
-            message += f" (at {tb.filename.rsplit('/', 1)[-1]}:{tb.lineno})"
+            frames = traceback.extract_tb(exc.__traceback__)
+            if frames and not isinstance(exc, AnalysisTimeout):
+                message += f" (at {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno})"
             results = []
     seconds = time.perf_counter() - started
     try:

@@ -87,6 +87,7 @@ def build_app(plugins: list[str]) -> typer.Typer:
         batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per batch."),
         reveal_ids: bool = typer.Option(False, "--reveal-ids", help="Show real patient ids in the report."),
         template_dir: Optional[Path] = typer.Option(None, "--template-dir", help="Folder of report templates overriding the built-ins."),
+        analysis_timeout: Optional[float] = typer.Option(None, "--analysis-timeout", min=0.01, help="Give up on an analysis after this many seconds (recorded as failed)."),
         plugin: Optional[List[str]] = PluginOption,
     ) -> None:
         """Embed images with the selected backbones, store, analyse and report."""
@@ -97,7 +98,8 @@ def build_app(plugins: list[str]) -> typer.Typer:
             raise TkError(f"--weights {weights}: no such file; use auto, imagenet, random or the path of a weights file")
         settings = RunSettings(data=data, backbones=backbone, weights=weights, store=store, out=out,
                                plugins=plugins, source=source, analyses=analysis, exports=export, seed=seed,
-                               batch_size=batch_size, reveal_ids=reveal_ids, template_dir=template_dir)
+                               batch_size=batch_size, reveal_ids=reveal_ids, template_dir=template_dir,
+                               analysis_timeout=analysis_timeout)
         summary = execute_run(settings)
         for path in summary.outputs:
             print(path)

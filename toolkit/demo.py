@@ -32,7 +32,8 @@ def cache_dir() -> Path:
     return Path(base).expanduser()
 
 
-def _tile(rng: np.random.Generator, malignant: bool, subtype: str, magnification: int) -> Image.Image:
+def synthetic_tile(rng: np.random.Generator, malignant: bool, subtype: str, magnification: int) -> Image.Image:
+    """One 700x460 H&E-like tile of the given class, subtype and magnification."""
     scale = {40: 0.6, 100: 0.8, 200: 1.0, 400: 1.4}[magnification]
     stroma = np.array([236, 188, 206]) + rng.normal(0, 6, 3)
     base = np.ones((HEIGHT, WIDTH, 3)) * stroma + rng.normal(0, 9, (HEIGHT, WIDTH, 1))
@@ -84,7 +85,7 @@ def _tile(rng: np.random.Generator, malignant: bool, subtype: str, magnification
 
 
 def _write(path: Path, seeds: list[int], malignant: bool, subtype: str, magnification: int) -> None:
-    _tile(np.random.default_rng(seeds), malignant, subtype, magnification).save(path, compress_level=1)
+    synthetic_tile(np.random.default_rng(seeds), malignant, subtype, magnification).save(path, compress_level=1)
 
 
 def generate(root: Path, seed: int = 0) -> Path:

@@ -31,18 +31,19 @@ def read_size(path: Path) -> tuple[int, int]:
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise UnreadableImage(_describe(exc)) from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise UnreadableImage(f"cannot read image header ({exc})") from exc
+        raise UnreadableImage(f"cannot read the image header ({exc}); the file is damaged: copy it again") from exc
     if width * height > MAX_PIXELS:
-        raise UnreadableImage(f"{width}x{height} px exceeds the {MAX_PIXELS:,} pixel limit; tile it first")
+        raise UnreadableImage(f"refused before decoding: {width}x{height} px exceeds the {MAX_PIXELS:,} pixel limit; "
+                              "tile it into smaller images first")
     if min(width, height) < MIN_SIDE:
-        raise UnreadableImage(f"{width}x{height} px is smaller than {MIN_SIDE} px on a side")
+        raise UnreadableImage(f"{width}x{height} px is smaller than {MIN_SIDE} px on a side; too small to embed, remove it")
     return width, height
 
 
 def _describe(exc: Exception) -> str:
     if isinstance(exc, UnidentifiedImageError):
-        return "not an image file (unknown format or empty)"
-    return f"refused: more than {MAX_PIXELS:,} pixels (decompression-bomb guard)"
+        return "not an image file (unknown format); remove it or convert it to PNG"
+    return f"refused before decoding: {str(exc).rstrip('.')}; tile it into smaller images first"
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -82,4 +83,4 @@ def load_rgb(path: Path | str, size: tuple[int, int]) -> np.ndarray:
     except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise UnreadableImage(_describe(exc)) from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        raise UnreadableImage(f"cannot decode ({exc})") from exc
+        raise UnreadableImage(f"cannot decode ({exc}); the file is damaged: copy or export it again") from exc

@@ -45,6 +45,7 @@ class RunSettings:
     batch_size: int = BATCH_SIZE
     reveal_ids: bool = False
     template_dir: Path | None = None
+    analysis_timeout: float | None = None
 
 
 @dataclass
@@ -208,7 +209,11 @@ def _embed_and_analyse(store: Store, registry: Registry, settings: RunSettings, 
         if resolved.note:
             console.warn(resolved.note)
             warnings.append(resolved.note)
-        store.ensure_set(embedding_set, resolved.kind, resolved.sha256, resolved.path)
+        others = store.ensure_set(embedding_set, resolved.kind, resolved.sha256, resolved.path)
+        if others:
+            console.info(f"{backbone.name}: weights {resolved.weights_id} differ from the stored "
+                         f"{', '.join(others)}; new weights start a new embedding set ({embedding_set.table}), "
+                         "nothing is mixed")
         resolved_by_backbone[backbone.name] = resolved
         jobs.append(BackboneJob(backbone, embedding_set, model, needed))
 
@@ -262,7 +267,9 @@ def _embed_and_analyse(store: Store, registry: Registry, settings: RunSettings, 
 
     if analyses and sets:
         console.info(f"running {len(analyses)} analyses on {len(sets)} backbone(s)")
-        run_analyses(store, run_id, sets, analyses, {"plugins": settings.plugins}, settings.seed, on_outcome)
+        run_analyses(store, run_id, sets, analyses,
+                     {"plugins": settings.plugins, "analysis_timeout": settings.analysis_timeout},
+                     settings.seed, on_outcome)
     n_images = int(store.one("SELECT count(*) FROM run_images WHERE run_id = ?", [run_id])[0])
     return _Progress(n_images, len(skipped) + len(bad_shas), failures, warnings)
 

@@ -51,7 +51,7 @@ def _scan_one(record: ImageRecord, known: KnownFile | None) -> ScannedImage | Sk
         if known and known.size_bytes == stat.st_size and known.mtime_ns == stat.st_mtime_ns:
             return ScannedImage(record, known.sha256, stat.st_size, stat.st_mtime_ns, known.width, known.height)
         if stat.st_size == 0:
-            return SkippedFile(record.relpath, "empty file (0 bytes)")
+            return SkippedFile(record.relpath, "empty file (0 bytes); copy it again")
         width, height = read_size(record.path)
         return ScannedImage(record, sha256_file(record.path), stat.st_size, stat.st_mtime_ns, width, height)
     except UnreadableImage as exc:

@@ -318,13 +318,17 @@ class Store:
     # --- embeddings ------------------------------------------------------------------------
 
     def ensure_set(self, embedding_set: EmbeddingSet, weights_kind: str, weights_sha256: str | None,
-                   weights_path: str | None) -> None:
+                   weights_path: str | None) -> list[str]:
+        """Create the set's table if it is new; returns the backbone's other weights already stored
+        (empty when the set existed or is the backbone's first)."""
         row = self.one("SELECT dim FROM embedding_sets WHERE table_name = ?", [embedding_set.table])
         if row is not None:
             if row[0] != embedding_set.dim:
                 raise TkError(f"embedding set {embedding_set.table} holds {row[0]}-d vectors but "
                               f"{embedding_set.backbone} now gives {embedding_set.dim}-d; use another --store")
-            return
+            return []
+        others = [r[0] for r in self.con.execute("SELECT weights_id FROM embedding_sets WHERE backbone = ?",
+                                                  [embedding_set.backbone]).fetchall()]
         with self.transaction():
             self.con.execute(f"""CREATE TABLE {embedding_set.table} (
                 sha256 VARCHAR PRIMARY KEY,
@@ -335,6 +339,7 @@ class Store:
                              "weights_path, dim) VALUES (?, ?, ?, ?, ?, ?, ?)",
                              [embedding_set.table, embedding_set.backbone, embedding_set.weights_id,
                               weights_kind, weights_sha256, weights_path, embedding_set.dim])
+        return others
 
     def missing(self, embedding_set: EmbeddingSet, sha256s: Iterable[str]) -> set[str]:
         wanted = sorted(set(sha256s))

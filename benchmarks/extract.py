@@ -1,0 +1,172 @@
+"""Extraction benchmark: tk against the compute bound and against the seed's recipe, side by side.
+
+Generates N BreakHis-sized (700x460) PNGs once, then runs each arm in its own subprocess (so peak RSS
+is per arm) and prints images/s, peak RSS and the ratios tk/bound, tk/seed, re-run/first, plus the
+RSS slope (MB per extra image) between two dataset sizes for tk and the seed recipe.
+
+    python benchmarks/extract.py --sizes 200 800 --bound-batches 6
+
+Arms:
+  bound  each backbone alone on pre-decoded tensors, graph mode, batch 32; three-backbone bound is
+         1 / sum(1 / rate_b)
+  tk     `tk run DATA --backbone all --weights random --analysis none --export none` into a fresh store
+  seed   the seed's recipe: every image loaded with PIL into one float32 array, model.predict per
+         backbone, features written with numpy
+  rerun  the same tk run again on the unchanged dataset
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+BACKBONES = ("resnet50", "efficientnetb0", "densenet201")
+BATCH = 32
+
+
+def make_dataset(root: Path, n: int) -> Path:
+    """n synthetic BreakHis-named PNGs under root (reused when already there)."""
+    import numpy as np
+
+    from toolkit.demo import synthetic_tile
+
+    folder = root / f"n{n}"
+    done = folder / ".complete"
+    if done.exists():
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+    def write(i: int) -> None:
+        malignant = i % 2 == 0
+        code, label, subtype = ("DC", "malignant", "ductal_carcinoma") if malignant else ("F", "benign", "fibroadenoma")
+        patient = f"14-{1000 + i // 100}"
+        path = folder / label / subtype / f"SOB_{'M' if malignant else 'B'}_{code}-{patient}-200-{i % 100:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        synthetic_tile(np.random.default_rng(i), malignant, subtype, 200).save(path, compress_level=1)
+
+    with ThreadPoolExecutor(os.cpu_count() or 2) as pool:
+        list(pool.map(write, range(n)))
+    done.write_text("ok")
+    return folder
+
+
+def run_arm(arm: str, *args: str) -> dict:
+    """Run one arm in a fresh interpreter; returns its JSON result plus wall time and peak RSS."""
+    started = time.perf_counter()
+    process = subprocess.Popen([sys.executable, __file__, "--arm", arm, *args], stdout=subprocess.PIPE, text=True)
+    _, status, usage = os.wait4(process.pid, 0)
+    output = process.stdout.read()
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"arm {arm} failed ({status})")
+    result = json.loads(output.strip().splitlines()[-1]) if output.strip() else {}
+    result.update(wall_s=time.perf_counter() - started, peak_rss_mb=usage.ru_maxrss / 1024)
+    return result
+
+
+# --- arms, run inside the subprocess ---------------------------------------------------------
+
+def arm_bound(batches: int) -> dict:
+    import numpy as np
+
+    from toolkit.pipeline import make_extractor
+    from toolkit.registry import load_registry
+    from toolkit.weights import build_model
+
+    rates = {}
+    for name in BACKBONES:
+        backbone = load_registry().backbone(name)
+        model, _ = build_model(backbone, "random", 0)
+        extract = make_extractor(backbone, model, BATCH)
+        batch = np.random.default_rng(0).integers(0, 255, (BATCH, *backbone.input_size, 3), dtype=np.uint8)
+        extract(batch)  # trace and warm up
+        started = time.perf_counter()
+        for _ in range(batches):
+            extract(batch)
+        rates[name] = batches * BATCH / (time.perf_counter() - started)
+    return {"rates": rates, "bound": 1 / sum(1 / r for r in rates.values())}
+
+
+def arm_tk(data: str, store: str) -> dict:
+    from toolkit.cli import main
+
+    try:
+        main(["run", data, "--backbone", "all", "--weights", "random", "--store", store,
+              "--analysis", "none", "--export", "none"])
+    except SystemExit as exc:
+        if exc.code:
+            raise
+    return {}
+
+
+def arm_seed(data: str, out: str) -> dict:
+    import numpy as np
+    from PIL import Image
+
+    from toolkit.registry import load_registry
+    from toolkit.weights import build_model
+
+    paths = sorted(Path(data).rglob("*.png"))
+    images = np.stack([np.asarray(Image.open(p).convert("RGB").resize((224, 224)), dtype=np.float32) for p in paths])
+    for name in BACKBONES:
+        backbone = load_registry().backbone(name)
+        model, _ = build_model(backbone, "random", 0)
+        features = model.predict(backbone.preprocess(images.copy()), batch_size=BATCH, verbose=0)
+        np.save(Path(out) / f"{name}.npy", features)
+    return {}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs=2, default=(200, 800), help="two dataset sizes (images)")
+    parser.add_argument("--bound-batches", type=int, default=6)
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "tk-bench")
+    parser.add_argument("--arm", help=argparse.SUPPRESS)
+    parser.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if args.arm:
+        arms = {"bound": lambda: arm_bound(int(args.rest[0])), "tk": lambda: arm_tk(*args.rest),
+                "seed": lambda: arm_seed(*args.rest)}
+        print(json.dumps(arms[args.arm]()))
+        return
+
+    small, large = args.sizes
+    bound = run_arm("bound", str(args.bound_batches))
+    rows = {}
+    for n in (small, large):
+        data = make_dataset(args.work, n)
+        store = args.work / f"store-{n}.duckdb"
+        store.unlink(missing_ok=True)
+        out = args.work / f"seed-{n}"
+        out.mkdir(exist_ok=True)
+        rows[n] = {"tk": run_arm("tk", str(data), str(store)), "rerun": run_arm("tk", str(data), str(store)),
+                   "seed": run_arm("seed", str(data), str(out))}
+
+    print(f"\nper-backbone bound (images/s, batch {BATCH}): "
+          + ", ".join(f"{k} {v:.1f}" for k, v in bound["rates"].items()))
+    print(f"three-backbone bound: {bound['bound']:.2f} images/s\n")
+    print(f"{'images':>7} {'arm':>6} {'img/s':>7} {'wall s':>7} {'peak MB':>8}")
+    for n, arms in rows.items():
+        for arm, result in arms.items():
+            print(f"{n:>7} {arm:>6} {n / result['wall_s']:>7.2f} {result['wall_s']:>7.1f} {result['peak_rss_mb']:>8.0f}")
+    big = rows[large]
+    tk_rate, seed_rate = large / big["tk"]["wall_s"], large / big["seed"]["wall_s"]
+    slope = lambda arm: (rows[large][arm]["peak_rss_mb"] - rows[small][arm]["peak_rss_mb"]) / (large - small)  # noqa: E731
+    print(f"\nratios at {large} images (goal in brackets):")
+    print(f"  tk / bound       {tk_rate / bound['bound']:.2f}  (>= 0.9)")
+    print(f"  tk / seed        {tk_rate / seed_rate:.2f}  (>= 1.5)")
+    print(f"  re-run / first   {big['rerun']['wall_s'] / big['tk']['wall_s']:.3f}  (<= 0.05)")
+    print(f"  RSS slope tk     {slope('tk'):.3f} MB/image  (<= 0.05)")
+    print(f"  RSS slope seed   {slope('seed'):.3f} MB/image")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,42 @@
+"""Plugins that misbehave in every way a run must survive."""
+
+import time
+
+from toolkit import hookimpl
+from toolkit.kinds import Analysis, Backbone
+from toolkit.plugins.analyses.pca import pca
+
+
+def raises(context):
+    raise RuntimeError("this analysis always fails")
+
+
+def malformed(context):
+    return "not a list of results"
+
+
+def sleepy(context):
+    time.sleep(30)
+    return []
+
+
+def build_wrong_shape(weights):
+    import keras
+
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(8, 3)(inputs)
+    return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
+
+
+@hookimpl
+def register_analyses(register):
+    register(Analysis(name="raises", run=raises))
+    register(Analysis(name="malformed", run=malformed))
+    register(Analysis(name="sleepy", run=sleepy))
+    register(Analysis(name="pca_again", run=pca))
+
+
+@hookimpl
+def register_backbones(register):
+    register(Backbone(name="wrongshape", dim=7, build=build_wrong_shape, preprocess=lambda x: x,
+                      input_size=(32, 32), imagenet=False))

@@ -1,0 +1,41 @@
+"""Every bad input gives one clear line naming the file and skips only that file."""
+
+from __future__ import annotations
+
+import duckdb
+import pytest
+
+from tests.bad_inputs import make_corpus
+from tests.conftest import TINY, run_tk
+
+
+@pytest.fixture(scope="module")
+def corpus_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus") / "data"
+    cases = make_corpus(root)
+    store = root.parent / "tk.duckdb"
+    result = run_tk("run", root, "--backbone", "tiny", "--weights", "random", "--store", store,
+                    "--analysis", "none", "--export", "none", "--plugin", TINY, timeout=300)
+    return cases, result, store
+
+
+def test_bad_inputs_each_named_once_and_skipped_alone(corpus_run):
+    cases, result, store = corpus_run
+    assert result.exit_code == 0, result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:") and "skipped" in line]
+    skipped = {kind: rel for kind, (rel, outcome) in cases.items() if outcome == "skipped"}
+    for kind, rel in skipped.items():
+        assert sum(rel in line for line in warnings) == 1, f"{kind}: {rel} not named exactly once"
+    assert len(warnings) == len(skipped)
+    con = duckdb.connect(str(store), read_only=True)
+    stored = {r[0] for r in con.execute("SELECT relpath FROM images").fetchall()}
+    expected = {rel for rel, outcome in cases.values() if outcome == "embedded"}
+    assert stored == expected
+    assert con.execute("SELECT count(DISTINCT sha256) FROM embeddings_tiny").fetchall() == [(len(expected) - 1,)]
+    assert f"{len(expected)} images, {len(skipped)} skipped" in result.stderr
+
+
+def test_pixel_limit_refuses_before_decoding(corpus_run):
+    cases, result, _ = corpus_run
+    bomb = next(line for line in result.stderr.splitlines() if cases["decompression bomb"][0] in line)
+    assert "pixel" in bomb and "limit" in bomb or "decompression-bomb" in bomb
