@@ -13,7 +13,10 @@ from toolkit.errors import PluginError
 from toolkit.registry import load_registry
 
 BUILTINS = {("resnet50", "backbone"), ("efficientnetb0", "backbone"), ("densenet201", "backbone"),
-            ("pca", "analysis"), ("html", "exporter")}
+            ("pca", "analysis"), ("ttest", "analysis"), ("anova", "analysis"), ("correlation", "analysis"),
+            ("cka", "analysis"), ("clustering", "analysis"), ("probe", "analysis"), ("integrity", "analysis"),
+            ("gradcam", "analysis"), ("html", "exporter"), ("savedmodel", "exporter"), ("tflite", "exporter"),
+            ("tflite-fp16", "exporter"), ("tflite-dynamic", "exporter"), ("tflite-int8", "exporter")}
 
 
 def test_tk_plugins_lists_builtins_without_importing_tensorflow(tmp_path):

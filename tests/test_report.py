@@ -39,6 +39,8 @@ def test_report_loads_in_chromium_with_every_section(tmp_path, breakhis):
     for anchor in ("summary", "comparison", "section-tiny", "dataset", "provenance", "glossary"):
         assert f'id="{anchor}"' in page.dom
     assert page.screenshot.stat().st_size > 20_000  # a rendered page, not a blank one
+    gallery = page.dom.split('id="section-tiny-gradcam"', 1)[1].split('class="analysis"', 1)[0]
+    assert "status-ok" in gallery and 'src="data:image/png;base64,' in gallery  # the Grad-CAM gallery
     assert "<script" not in page.dom
 
 

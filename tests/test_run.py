@@ -85,6 +85,15 @@ def test_rerun_adds_nothing_and_builds_no_model(tmp_path, breakhis):
     con = duckdb.connect(str(store), read_only=True)
     assert con.execute("SELECT (SELECT count(*) FROM images), (SELECT count(*) FROM emb_tiny__random_seed0)").fetchall() == counts
     assert con.execute("SELECT count(*) FROM run_images GROUP BY run_id").fetchall() == [(32,), (32,)]
+    # unchanged code, data and settings: the analyses' stored results are reused, not recomputed
+    assert "reused the results of run" in second.stderr
+    keys = con.execute("SELECT run_id, count(DISTINCT cache_key) FROM analysis_runs GROUP BY run_id").fetchall()
+    assert len(keys) == 2 and keys[0][1] == keys[1][1] > 5
+    per_run = con.execute("SELECT count(*) FROM results_ttest GROUP BY run_id").fetchall()
+    assert len(per_run) == 2 and per_run[0] == per_run[1]
+    con.close()
+    third = run_tk(*args, "--seed", "1")
+    assert third.exit_code == 0 and "reused the results" not in third.stderr  # a new seed recomputes
 
 
 def test_new_image_is_added_incrementally(tmp_path, breakhis):

@@ -11,7 +11,7 @@ from tests.datasets import tile
 def test_similar_returns_the_image_itself_first(tmp_path, breakhis):
     store = tmp_path / "tk.duckdb"
     assert run_tk("run", breakhis, "--backbone", "tiny", "--store", store, "--export", "none",
-                  "--plugin", TINY).exit_code == 0
+                  "--analysis", "none", "--plugin", TINY).exit_code == 0
     query = sorted(breakhis.rglob("SOB_M_DC-*.png"))[1]
     result = run_tk("similar", query, "--backbone", "tiny", "-k", "5", "--store", store, "--format", "csv",
                     "--plugin", TINY)

@@ -86,7 +86,7 @@ def test_second_writer_gets_one_clear_line(tmp_path, breakhis):
 def test_sql_is_read_only_by_default(tmp_path, breakhis):
     store = tmp_path / "tk.duckdb"
     assert run_tk("run", breakhis, "--backbone", "tiny", "--store", store, "--export", "none",
-                  "--plugin", TINY).exit_code == 0
+                  "--analysis", "none", "--plugin", TINY).exit_code == 0
     counted = run_tk("sql", "SELECT label, count(*) AS n FROM images GROUP BY label ORDER BY label",
                      "--store", store, "--format", "csv")
     assert counted.stdout.splitlines() == ["label,n", "benign,16", "malignant,16"]

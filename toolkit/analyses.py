@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import inspect
+import json
 import threading
 import time
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -27,6 +31,7 @@ class Outcome:
     status: str  # "ok", "skipped" or "failed"
     message: str
     seconds: float
+    reused_from: str | None = None  # the run whose stored results were reused
 
 
 def unmet_need(needs: Needs, metadata: pd.DataFrame) -> str | None:
@@ -64,6 +69,8 @@ def run_analyses(store: Store, run_id: str, sets: dict[str, EmbeddingSet], analy
     metadata = next(iter(loaded.values()))[0]
     all_embeddings = {name: _read_only(matrix) for name, (meta, matrix) in loaded.items()
                       if meta["image_id"].equals(metadata["image_id"])}
+    data_keys = {name: _data_key([sets[name].table], meta) for name, (meta, _) in loaded.items()}
+    data_keys[ALL_BACKBONES] = _data_key(sorted(sets[name].table for name in all_embeddings), metadata)
     outcomes: list[Outcome] = []
     for analysis in analyses:
         targets = [ALL_BACKBONES] if analysis.needs.all_backbones else list(loaded)
@@ -74,10 +81,40 @@ def run_analyses(store: Store, run_id: str, sets: dict[str, EmbeddingSet], analy
                 embeddings=None if backbone == ALL_BACKBONES else _read_only(loaded[backbone][1]),
                 metadata=meta.copy(), all_embeddings=all_embeddings, con=store.con.cursor(),
                 settings=dict(settings), seed=seed)
-            outcome = _run_one(store, analysis, context, backbone)
+            key = cache_key(analysis, data_keys[backbone], settings, seed)
+            source = store.reusable_results(key)
+            if source is not None:
+                status, message, seconds = store.copy_results(source, run_id, analysis.name, backbone)
+                outcome = Outcome(analysis.name, backbone or "all", status, message, seconds, reused_from=source)
+            else:
+                outcome = _run_one(store, analysis, context, backbone, key)
             outcomes.append(outcome)
             on_outcome(outcome)
     return outcomes
+
+
+UNCACHED_SETTINGS = ("plugins", "analysis_timeout")
+
+
+def _data_key(tables: list[str], metadata: pd.DataFrame) -> str:
+    """Identity of what an analysis reads: the embedding tables and every metadata value, in order."""
+    digest = hashlib.sha256("|".join(tables).encode())
+    digest.update(pd.util.hash_pandas_object(metadata.astype(str), index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cache_key(analysis: Analysis, data_key: str, settings: dict[str, Any], seed: int) -> str:
+    """Results can be reused when the analysis' code, its data, the settings and the seed are the same.
+
+    The code is identified by the source file of ``analysis.run`` (any edit invalidates the cache).
+    """
+    try:
+        code = hashlib.sha256(Path(inspect.getsourcefile(analysis.run) or "").read_bytes()).hexdigest()
+    except (OSError, TypeError):
+        code = f"uncacheable-{time.time_ns()}"  # no source file (built in a notebook, a lambda...)
+    relevant = {k: v for k, v in settings.items() if k not in UNCACHED_SETTINGS}
+    text = json.dumps([analysis.name, code, data_key, relevant, seed], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class AnalysisTimeout(Exception):
@@ -111,7 +148,8 @@ def _call(analysis: Analysis, context: AnalysisContext) -> Any:
     return outcome["value"]
 
 
-def _run_one(store: Store, analysis: Analysis, context: AnalysisContext, backbone: str) -> Outcome:
+def _run_one(store: Store, analysis: Analysis, context: AnalysisContext, backbone: str,
+             key: str | None = None) -> Outcome:
     started = time.perf_counter()
     results: list = []
     reason = unmet_need(analysis.needs, context.metadata)
@@ -134,7 +172,7 @@ def _run_one(store: Store, analysis: Analysis, context: AnalysisContext, backbon
             results = []
     seconds = time.perf_counter() - started
     try:
-        store.save_results(context.run_id, analysis.name, backbone, status, message, seconds, results)
+        store.save_results(context.run_id, analysis.name, backbone, status, message, seconds, results, key)
     except Exception as exc:  # results that cannot be stored count as a failure of this analysis only
         status, message = "failed", f"results could not be stored: {type(exc).__name__}: {str(exc).splitlines()[0]}"
         store.save_results(context.run_id, analysis.name, backbone, status, message, seconds, [])

@@ -176,6 +176,83 @@ def build_app(plugins: list[str]) -> typer.Typer:
         for path in rerender(store, run_id, out, plugins, template_dir, reveal_ids):
             print(path)
 
+    @app.command(name="export")
+    def export_command(
+        backbone: str = typer.Option(..., "--backbone", "-b", help="Backbone whose classifier to export."),
+        fmt: str = typer.Option("tflite", "--format", "-f", help="tflite | tflite-fp16 | tflite-dynamic | tflite-int8 | savedmodel (comma list allowed)."),
+        run_id: Optional[str] = typer.Option(None, "--run", help="Run whose embeddings train the head (default: the latest)."),
+        store: Path = typer.Option(Path("tk.duckdb"), "--store"),
+        out: Path = typer.Option(Path("exports"), "--out", help="Folder for the exported models."),
+        seed: int = typer.Option(0, "--seed"),
+        plugin: Optional[List[str]] = PluginOption,
+    ) -> None:
+        """Export a backbone + probe-head classifier, with size, latency and parity numbers."""
+        from toolkit.kinds import ExportContext
+        from toolkit.registry import load_registry
+        from toolkit.runner import select
+        from toolkit.store import Store
+
+        registry = load_registry(plugins)
+        exporters = select(registry.exporters, fmt, "exporter")
+        with Store.open(store) as opened:
+            context = ExportContext(opened.run(run_id)["run_id"], opened,
+                                    {"plugins": plugins, "backbones": [backbone], "seed": seed})
+            for exporter in exporters:
+                for path in exporter.export(context, out.resolve()):
+                    print(path)
+            rows = opened.query_df("SELECT format, input_type, size_bytes, latency_single_ms, centred_cosine_mean, "
+                                   "prediction_agreement FROM export_parity WHERE run_id = ? AND backbone = ?",
+                                   [context.run_id, backbone])
+        _print_table(rows, "table") if not rows.empty else None
+
+    @app.command()
+    def explain(
+        image: Path = typer.Argument(..., help="Image to explain."),
+        backbone: str = typer.Option(..., "--backbone", "-b"),
+        run_id: Optional[str] = typer.Option(None, "--run", help="Run whose embeddings train the head (default: the latest)."),
+        store: Path = typer.Option(Path("tk.duckdb"), "--store"),
+        out: Path = typer.Option(Path("explanations"), "--out", help="Folder for the overlay PNG."),
+        plugin: Optional[List[str]] = PluginOption,
+    ) -> None:
+        """Grad-CAM overlay of the backbone + probe-head classifier for one image."""
+        from toolkit.classifier import load_classifier
+        from toolkit.explain import explain as explain_image
+        from toolkit.registry import load_registry
+        from toolkit.store import Store
+
+        with Store.open(store, read_only=True) as opened:
+            classifier = load_classifier(opened, load_registry(plugins), backbone, run_id)
+        prediction = explain_image(classifier, image, out)
+        print(f"{prediction.overlay}\t{prediction.label}\t{prediction.probability:.3f}")
+
+    @app.command()
+    def predict(
+        images: List[Path] = typer.Argument(..., help="Images to classify."),
+        model: Path = typer.Option(..., "--model", help="An exported .tflite file or SavedModel version folder."),
+        explain_with: bool = typer.Option(False, "--explain", help="Also write Grad-CAM overlays from the Keras model (needs the store)."),
+        store: Path = typer.Option(Path("tk.duckdb"), "--store"),
+        out: Path = typer.Option(Path("explanations"), "--out"),
+        plugin: Optional[List[str]] = PluginOption,
+    ) -> None:
+        """Classify images with an exported model: class, probability and latency."""
+        from toolkit.explain import predict as predict_images
+
+        print("image\tclass\tprobability\tlatency_ms")
+        predictions = predict_images(model, images)
+        for p in predictions:
+            print(f"{p.image}\t{p.label}\t{p.probability:.4f}\t{p.latency_ms:.1f}")
+        if explain_with:
+            from toolkit.classifier import load_classifier
+            from toolkit.explain import explain as explain_image, load_exported
+            from toolkit.registry import load_registry
+            from toolkit.store import Store
+
+            meta = load_exported(model)[1]
+            with Store.open(store, read_only=True) as opened:
+                classifier = load_classifier(opened, load_registry(plugins), meta["backbone"], meta["run_id"])
+            for image in images:
+                print(explain_image(classifier, image, out).overlay)
+
     from toolkit.registry import load_registry
 
     load_registry(plugins).pm.hook.register_commands(app=app)

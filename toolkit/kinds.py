@@ -32,6 +32,8 @@ class Backbone:
     :param input_size: ``(height, width)`` the images are resized to.
     :param gradcam_layer: name of the last convolutional layer (read by Grad-CAM).
     :param imagenet: whether ``build("imagenet")`` is supported.
+    :param fixed_weights: a weights file that always applies, whatever ``--weights`` says (e.g. a
+        fine-tuned variant's ``.keras`` model); its sha256 identifies the embedding set.
     """
 
     name: str
@@ -42,6 +44,7 @@ class Backbone:
     gradcam_layer: str | None = None
     imagenet: bool = True
     description: str = ""
+    fixed_weights: str | None = None
 
 
 @dataclass(frozen=True)

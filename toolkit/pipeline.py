@@ -41,10 +41,11 @@ def make_extractor(backbone: Backbone, model: Any, batch_size: int) -> Callable[
     tf = tensorflow()
 
     height, width = backbone.input_size
+    preprocess = tf.autograph.experimental.do_not_convert(backbone.preprocess)  # plain tensor code
 
     @tf.function(input_signature=[tf.TensorSpec([batch_size, height, width, 3], tf.uint8)], reduce_retracing=True)
     def extract(batch: tf.Tensor) -> tf.Tensor:
-        return model(backbone.preprocess(tf.cast(batch, tf.float32)), training=False)
+        return model(preprocess(tf.cast(batch, tf.float32)), training=False)
 
     return lambda batch: extract(tf.constant(batch)).numpy()
 

@@ -31,10 +31,22 @@ DEFAULT_PLUGINS = (
     "toolkit.plugins.backbones.efficientnetb0",
     "toolkit.plugins.backbones.densenet201",
     "toolkit.plugins.analyses.pca",
+    "toolkit.plugins.analyses.ttest",
+    "toolkit.plugins.analyses.anova",
+    "toolkit.plugins.analyses.correlation",
+    "toolkit.plugins.analyses.clustering",
+    "toolkit.plugins.analyses.probe",
+    "toolkit.plugins.analyses.integrity",
+    "toolkit.plugins.analyses.gradcam",
     "toolkit.plugins.exporters.html_report",
+    "toolkit.plugins.exporters.savedmodel",
+    "toolkit.plugins.exporters.tflite",
+    "toolkit.plugins.commands.new_plugin",
+    "toolkit.plugins.commands.train",
 )
 LOCAL_PLUGIN_DIR = "tk_plugins"
 PLUGIN_NAME = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
+EXPORTER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,40}$")  # exporter names are never SQL identifiers
 
 T = TypeVar("T", Backbone, Analysis, Exporter)
 
@@ -64,7 +76,8 @@ class Register(Generic[T]):
                 f"plugin {self._plugin_name()} registered a {type(item).__name__} "
                 f"where a {kind_name} was expected"
             )
-        if not isinstance(item.name, str) or not PLUGIN_NAME.match(item.name):
+        pattern = EXPORTER_NAME if self.kind is Exporter else PLUGIN_NAME
+        if not isinstance(item.name, str) or not pattern.match(item.name):
             raise PluginError(
                 f"plugin {self._plugin_name()}: {kind_name.lower()} name {item.name!r} must be "
                 "lower-case letters, digits and underscores, starting with a letter"
@@ -93,6 +106,11 @@ class Registry:
     pm: pluggy.PluginManager
 
     def backbone(self, name: str) -> Backbone:
+        """A registered backbone, or a fine-tuned variant ``<base>@<train_id>`` (toolkit.variants)."""
+        if "@" in name:
+            from toolkit.variants import resolve
+
+            return resolve(self.backbones, name)
         return _lookup(self.backbones, name, "backbone")
 
     def analysis(self, name: str) -> Analysis:

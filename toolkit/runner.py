@@ -69,6 +69,10 @@ def select(items: dict[str, Any], spec: str, kind: str) -> list[Any]:
     if spec.strip() == "all":
         return list(items.values())
     names = [n.strip() for n in spec.split(",") if n.strip()]
+    if kind == "backbone":  # fine-tuned variants, <base>@<train_id>
+        from toolkit.variants import with_variants
+
+        items = with_variants(items, names)
     unknown = [n for n in names if n not in items]
     if unknown:
         raise TkError(f"unknown {kind} {', '.join(unknown)}; available: {', '.join(items) or 'none'} (see `tk plugins`)")
@@ -107,7 +111,8 @@ def _plan_backbone(store: Store, backbone: Backbone, settings: RunSettings,
                    shas: set[str]) -> tuple[EmbeddingSet, ResolvedWeights, Any, set[str]]:
     """The embedding set a backbone writes to, its weights, its model (None if nothing to do), and
     the hashes it still needs."""
-    planned = planned_weights(settings.weights, settings.seed)
+    request = backbone.fixed_weights or settings.weights
+    planned = planned_weights(request, settings.seed)
     if planned is None:
         planned = _auto_without_building(store, backbone, settings.seed, shas)
     if planned is not None:
@@ -115,7 +120,7 @@ def _plan_backbone(store: Store, backbone: Backbone, settings: RunSettings,
         needed = store.missing(embedding_set, shas)
         if not needed:
             return embedding_set, planned, None, needed
-    model, resolved = build_model(backbone, settings.weights, settings.seed)
+    model, resolved = build_model(backbone, request, settings.seed)
     embedding_set = EmbeddingSet(backbone.name, resolved.weights_id, backbone.dim)
     return embedding_set, resolved, model, store.missing(embedding_set, shas)
 
@@ -258,8 +263,12 @@ def _embed_and_analyse(store: Store, registry: Registry, settings: RunSettings, 
                               images_per_second=rate, status="ok", error=None)
         sets[job.backbone.name] = job.embedding_set
 
+    reused: set[str] = set()
+
     def on_outcome(outcome: Any) -> None:
-        if outcome.status == "failed":
+        if outcome.reused_from:
+            reused.add(outcome.reused_from)
+        elif outcome.status == "failed":
             failures.append(f"analysis {outcome.analysis} ({outcome.backbone}): {outcome.message}")
             console.error(f"analysis {outcome.analysis} on {outcome.backbone} failed: {outcome.message}")
         elif outcome.status == "skipped":
@@ -270,6 +279,9 @@ def _embed_and_analyse(store: Store, registry: Registry, settings: RunSettings, 
         run_analyses(store, run_id, sets, analyses,
                      {"plugins": settings.plugins, "analysis_timeout": settings.analysis_timeout},
                      settings.seed, on_outcome)
+        if reused:
+            console.info(f"analyses whose code, data and settings were unchanged reused the results of run(s) "
+                         f"{', '.join(sorted(reused))}")
     n_images = int(store.one("SELECT count(*) FROM run_images WHERE run_id = ?", [run_id])[0])
     return _Progress(n_images, len(skipped) + len(bad_shas), failures, warnings)
 
@@ -280,7 +292,7 @@ def _export(store: Store, settings: RunSettings, run_id: str, exporters: list[Ex
     context = ExportContext(run_id, store, {"plugins": settings.plugins, "reveal_ids": settings.reveal_ids},
                             settings.template_dir)
     out_dir = settings.out.resolve()
-    for exporter in exporters:
+    for exporter in sorted(exporters, key=lambda e: e.default):  # reports (the defaults) last: they show the others' results
         try:
             written = [Path(p).resolve() for p in exporter.export(context, out_dir)]
             outside = [p for p in written if not p.is_relative_to(out_dir)]

@@ -13,22 +13,12 @@ from toolkit.kinds import Backbone
 from toolkit.pipeline import make_extractor
 from toolkit.scan import sha256_file
 from toolkit.store import EmbeddingSet, Store, identifier
-from toolkit.weights import build_model
-
-
-def _weights_request(kind: str, weights_id: str, path: str | None) -> tuple[str, int]:
-    if kind == "random":
-        return "random", int(weights_id.removeprefix("random-seed") or 0)
-    if kind == "file":
-        if not path or not Path(path).is_file():
-            raise TkError(f"the weights file of the stored embeddings ({path}) is gone; restore it to embed new images")
-        return path, 0
-    return "imagenet", 0
+from toolkit.weights import build_model, request_for
 
 
 def embed_one(backbone: Backbone, image: Path, kind: str, weights_id: str, path: str | None) -> np.ndarray:
     """Embed a single image with the weights an embedding set was made with."""
-    request, seed = _weights_request(kind, weights_id, path)
+    request, seed = request_for(kind, weights_id, path)
     model, resolved = build_model(backbone, request, seed)
     if resolved.weights_id != weights_id:
         raise TkError(f"weights now resolve to {resolved.weights_id}, but the store holds {weights_id}")

@@ -154,7 +154,53 @@ def m001_create_tables(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("CREATE TABLE exports (run_id VARCHAR, exporter VARCHAR, path VARCHAR, created_at TIMESTAMP)")
 
 
-MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_create_tables]
+def m002_export_parity(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("""
+        CREATE TABLE export_parity (
+            run_id VARCHAR, backbone VARCHAR, format VARCHAR, path VARCHAR, input_type VARCHAR,
+            size_bytes BIGINT, latency_single_ms DOUBLE, latency_batch32_ms DOUBLE,
+            keras_latency_single_ms DOUBLE, keras_latency_batch32_ms DOUBLE,
+            centred_cosine_mean DOUBLE, centred_cosine_min DOUBLE, similarity_rank_corr DOUBLE,
+            prediction_agreement DOUBLE, max_probability_diff DOUBLE, n_images INTEGER,
+            created_at TIMESTAMP DEFAULT current_timestamp
+        )""")
+
+
+def m003_training(con: duckdb.DuckDBPyConnection) -> None:
+    """``tk train``: one row per training run, its per-epoch history, held-out metrics and ablation
+    differences."""
+    con.execute("""
+        CREATE TABLE training_runs (
+            train_id VARCHAR PRIMARY KEY, backbone VARCHAR, variant VARCHAR, base_weights_id VARCHAR,
+            base_weights_kind VARCHAR, ablation_id VARCHAR, settings JSON, classes JSON, model_path VARCHAR,
+            model_sha256 VARCHAR, n_train_images INTEGER, n_val_images INTEGER, n_train_patients INTEGER,
+            n_val_patients INTEGER, started_at TIMESTAMP, finished_at TIMESTAMP, status VARCHAR, error VARCHAR
+        )""")
+    con.execute("""
+        CREATE TABLE training_history (
+            train_id VARCHAR, epoch INTEGER, phase VARCHAR, loss DOUBLE, accuracy DOUBLE, val_loss DOUBLE,
+            val_accuracy DOUBLE, val_balanced_accuracy DOUBLE, val_roc_auc DOUBLE, learning_rate DOUBLE,
+            seconds DOUBLE, PRIMARY KEY (train_id, epoch)
+        )""")
+    con.execute("""
+        CREATE TABLE training_metrics (
+            train_id VARCHAR, split VARCHAR, metric VARCHAR, class VARCHAR, value DOUBLE,
+            ci_low DOUBLE, ci_high DOUBLE
+        )""")
+    con.execute("""
+        CREATE TABLE training_differences (
+            ablation_id VARCHAR, factor VARCHAR, train_a VARCHAR, train_b VARCHAR, metric VARCHAR,
+            class VARCHAR, value_a DOUBLE, value_b DOUBLE, difference DOUBLE, ci_low DOUBLE, ci_high DOUBLE
+        )""")
+
+
+def m004_analysis_cache_key(con: duckdb.DuckDBPyConnection) -> None:
+    """Analyses whose code, data and settings are unchanged reuse stored results (``cache_key``)."""
+    con.execute("ALTER TABLE analysis_runs ADD COLUMN cache_key VARCHAR")
+
+
+MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_create_tables, m002_export_parity,
+                                                                  m003_training, m004_analysis_cache_key]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -376,11 +422,13 @@ class Store:
 
     def run_embeddings(self, run_id: str, embedding_set: EmbeddingSet) -> tuple[pd.DataFrame, np.ndarray]:
         """Metadata and embeddings of the images of a run, ordered by image_id."""
-        table = self.con.sql(f"""
+        relation = self.con.sql(f"""
             SELECT i.image_id, i.sha256, i.relpath, i.label, i.subtype, i.magnification, i.patient_id,
                    i.width, i.height, e.vector
             FROM run_images r JOIN images i USING (image_id) JOIN {embedding_set.table} e USING (sha256)
-            WHERE r.run_id = $run_id ORDER BY i.image_id""", params={"run_id": run_id}).fetch_arrow_table()
+            WHERE r.run_id = $run_id ORDER BY i.image_id""", params={"run_id": run_id})
+        # DuckDB 2 renamed fetch_arrow_table to to_arrow_table
+        table = relation.to_arrow_table() if hasattr(relation, "to_arrow_table") else relation.fetch_arrow_table()
         vectors = table.column("vector").combine_chunks()
         flat = vectors.values.to_numpy(zero_copy_only=False) if len(vectors) else np.zeros(0, np.float32)
         matrix = np.asarray(flat, dtype=np.float32).reshape(len(vectors), embedding_set.dim)
@@ -435,7 +483,7 @@ class Store:
     # --- analysis results ------------------------------------------------------------------
 
     def save_results(self, run_id: str, analysis: str, backbone: str, status: str, message: str,
-                     seconds: float, results: list[Table | Figure | Finding]) -> None:
+                     seconds: float, results: list[Table | Figure | Finding], cache_key: str | None = None) -> None:
         """Replace one analysis' results for a run and backbone, in one transaction."""
         with self.transaction():
             self._delete_results(run_id, analysis, backbone)
@@ -450,8 +498,30 @@ class Store:
                     self.con.execute("INSERT INTO results_findings VALUES (?, ?, ?, ?, ?, ?)",
                                      [run_id, backbone, analysis, item.severity, item.message,
                                       json.dumps(item.detail, default=str)])
-            self.con.execute("INSERT INTO analysis_runs VALUES (?, ?, ?, ?, ?, ?)",
-                             [run_id, analysis, backbone, status, message, seconds])
+            self.con.execute("INSERT INTO analysis_runs (run_id, analysis, backbone, status, message, seconds, cache_key) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?)", [run_id, analysis, backbone, status, message, seconds, cache_key])
+
+    def reusable_results(self, cache_key: str) -> str | None:
+        """The latest run whose analysis finished (ok or skipped) with this cache key."""
+        row = self.one("SELECT a.run_id FROM analysis_runs a JOIN runs r USING (run_id) WHERE a.cache_key = ? "
+                       "AND a.status IN ('ok', 'skipped') ORDER BY r.started_at DESC LIMIT 1", [cache_key])
+        return row[0] if row else None
+
+    def copy_results(self, source_run: str, run_id: str, analysis: str, backbone: str) -> tuple[str, str, float]:
+        """Copy one analysis' stored results from ``source_run`` to ``run_id``; returns (status, message, seconds)."""
+        key = [source_run, analysis, backbone]
+        with self.transaction():
+            self._delete_results(run_id, analysis, backbone)
+            for (name,) in self.con.execute("SELECT table_name FROM result_tables WHERE run_id = ? AND analysis = ? "
+                                            "AND backbone = ?", key).fetchall():
+                self.con.execute(f"INSERT INTO {name} SELECT * REPLACE (?::VARCHAR AS run_id) FROM {name} "
+                                 "WHERE run_id = ? AND backbone = ?", [run_id, source_run, backbone])
+            for table in ("result_tables", "results_figures", "results_findings", "analysis_runs"):
+                self.con.execute(f"INSERT INTO {table} SELECT * REPLACE (?::VARCHAR AS run_id) FROM {table} "
+                                 "WHERE run_id = ? AND analysis = ? AND backbone = ?", [run_id, *key])
+        status, message, seconds = self.one("SELECT status, message, seconds FROM analysis_runs WHERE run_id = ? "
+                                            "AND analysis = ? AND backbone = ?", [run_id, analysis, backbone])
+        return status, message, seconds
 
     def _delete_results(self, run_id: str, analysis: str, backbone: str) -> None:
         key = [run_id, analysis, backbone]

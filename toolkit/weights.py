@@ -64,6 +64,17 @@ def planned_weights(request: str, seed: int) -> ResolvedWeights | None:
     return file_weights(Path(request).expanduser())
 
 
+def request_for(kind: str, weights_id: str, path: str | None) -> tuple[str, int]:
+    """The ``--weights`` request and seed that rebuild a stored embedding set's weights."""
+    if kind == "random":
+        return "random", int(weights_id.removeprefix("random-seed") or 0)
+    if kind == "file":
+        if not path or not Path(path).is_file():
+            raise TkError(f"the weights file of the stored embeddings ({path}) is gone; restore it to embed new images")
+        return path, 0
+    return "imagenet", 0
+
+
 def _seeded(seed: int) -> None:
     tensorflow()
     import keras

@@ -22,7 +22,7 @@ def pca(context: AnalysisContext) -> list:
     if np.allclose(x.std(axis=0), 0):
         raise SkipAnalysis("every feature is constant; nothing to decompose")
     n_components = int(min(MAX_COMPONENTS, x.shape[0], x.shape[1]))
-    model = PCA(n_components=n_components, svd_solver="full", random_state=context.seed)
+    model = PCA(n_components=n_components, svd_solver="covariance_eigh", random_state=context.seed)
     coords = model.fit_transform(x)
     ratio = model.explained_variance_ratio_
     cumulative = np.cumsum(ratio)
@@ -32,7 +32,7 @@ def pca(context: AnalysisContext) -> list:
                              "cumulative": cumulative})
     points = pd.DataFrame({"image_id": context.metadata["image_id"].to_numpy(),
                            "pc1": coords[:, 0], "pc2": coords[:, 1] if n_components > 1 else 0.0})
-    message = (f"{to_90} principal components explain 90% of the variance"
+    message = (f"{to_90} principal component{'s explain' if to_90 > 1 else ' explains'} 90% of the variance"
                if to_90 else f"the first {n_components} components explain {cumulative[-1]:.0%} of the variance")
     return [
         Table("variance", variance, "Explained variance ratio per principal component"),

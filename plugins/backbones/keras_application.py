@@ -7,6 +7,8 @@ import importlib
 import sys
 from typing import Any, Callable
 
+import numpy as np
+
 from toolkit.kinds import Backbone
 
 
@@ -27,6 +29,8 @@ def keras_application(name: str, module: str, constructor: str, dim: int, gradca
             return factory(include_top=False, weights=weights, pooling="avg", input_shape=(224, 224, 3))
 
     def preprocess(batch: Any) -> Any:
+        if isinstance(batch, np.ndarray):  # keras' preprocess_input writes into float numpy arrays
+            batch = batch.astype(np.float32, copy=True)
         return _application(module).preprocess_input(batch)
 
     return Backbone(name=name, dim=dim, build=build or default_build, preprocess=preprocess,

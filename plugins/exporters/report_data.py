@@ -9,10 +9,11 @@ from typing import Any
 
 import pandas as pd
 
+from toolkit.plugins.exporters.report_training import training_sections
 from toolkit.store import Store
 
 MAX_TABLE_ROWS = 20
-SECTION_ORDER = ["pca", "clustering", "ttest", "anova", "correlation", "probe"]
+SECTION_ORDER = ["pca", "clustering", "ttest", "anova", "correlation", "probe", "gradcam"]
 """Analyses shown first in each backbone's section, in this order; plugin analyses follow."""
 
 
@@ -168,11 +169,13 @@ def gather(store: Store, run_id: str, titles: dict[str, str], reveal_ids: bool =
         "composition": composition(images),
         "backbones": backbones,
         "comparison": rows,
+        "training": training_sections(store, run_id, [b["backbone"] for b in backbones]),
         "best": best,
         "cka": cka_matrix(store, run_id),
         "sections": sections(store, run_id, [b["backbone"] for b in backbones], ids),
+        "deployment": _records(store, "SELECT * FROM export_parity WHERE run_id = ? ORDER BY backbone, format", [run_id]),
         "integrity": _records(store, "SELECT DISTINCT message, severity FROM results_findings WHERE run_id = ? "
-                                     "AND analysis = 'integrity'", [run_id]),
+                                     "AND analysis = 'integrity' ORDER BY severity DESC, message", [run_id]),
         "skipped": _records(store, "SELECT relpath, reason FROM skipped_files WHERE run_id = ? ORDER BY relpath", [run_id]),
         "failures": [a for a in analyses if a["status"] == "failed"] + [b for b in backbones if b["status"] != "ok"],
         "random_backbones": [b["backbone"] for b in backbones if b["weights_kind"] == "random"],

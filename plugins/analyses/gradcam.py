@@ -1,0 +1,105 @@
+"""Grad-CAM gallery: where the classifier looks, for its most confident right and wrong calls.
+
+Images are chosen from the probe's patient-held-out predictions (label target): per true class, the
+two most confident correct and the two most confident wrong. Heatmaps come from the deployable
+classifier (backbone + probe head trained on all images), explaining the held-out predicted class.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pandas as pd
+
+from toolkit import hookimpl
+from toolkit.kinds import Analysis, AnalysisContext, Needs
+from toolkit.results import Figure, SkipAnalysis, Table
+
+PER_KIND = 2
+
+
+def choose(predictions: pd.DataFrame) -> pd.DataFrame:
+    """Per true class, the PER_KIND most confident correct and wrong predictions (image_id, y_true,
+    y_pred, probability, correct)."""
+    chosen = predictions[predictions["class"] == predictions["y_pred"]].copy()
+    chosen["correct"] = chosen["y_true"] == chosen["y_pred"]
+    chosen = chosen.sort_values(["y_true", "correct", "probability", "image_id"], ascending=[True, False, False, True])
+    return chosen.groupby(["y_true", "correct"], sort=False).head(PER_KIND).reset_index(drop=True)
+
+
+def gradcam_gallery(context: AnalysisContext) -> list:
+    """Table ``main`` (image_id, y_true, y_pred, probability, correct, peak_row, peak_col: where the
+    heatmap peaks, as a fraction of the image) and a gallery figure of the overlays."""
+    from toolkit.classifier import load_classifier
+    from toolkit.explain import read_image
+    from toolkit.gradcam import gradcam, overlay_png
+    from toolkit.registry import load_registry
+    from toolkit.store import Store
+
+    store = Store(context.con, None, read_only=True)
+    if not store.table_exists("results_probe_predictions"):
+        raise SkipAnalysis("needs the probe's held-out predictions; run the probe analysis too")
+    predictions = store.query_df("""SELECT image_id, y_true, y_pred, class, probability FROM results_probe_predictions
+                                    WHERE run_id = ? AND backbone = ? AND target = 'label' AND split = 'patient'""",
+                                 [context.run_id, context.backbone])
+    if predictions.empty:
+        raise SkipAnalysis("the probe made no patient-held-out predictions for label in this run")
+    registry = load_registry(context.settings.get("plugins", []))
+    classifier = load_classifier(store, registry, context.backbone, context.run_id, context.seed)
+    layer = classifier.backbone.gradcam_layer
+    if not layer:
+        raise SkipAnalysis(f"backbone {context.backbone} declares no gradcam_layer")
+    chosen = choose(predictions)
+    paths = dict(store.con.execute("SELECT image_id, path FROM images WHERE image_id IN (SELECT unnest(?))",
+                                   [chosen["image_id"].tolist()]).fetchall())
+    pixels = np.stack([read_image(paths[i], classifier.backbone.input_size) for i in chosen["image_id"]])
+    class_index = [classifier.head.classes.index(label) for label in chosen["y_pred"]]
+    heatmaps = np.concatenate([gradcam(classifier.model, layer, pixels[k:k + 1], classifier.backbone.preprocess,
+                                       class_index[k])[0] for k in range(len(chosen))])
+    peaks = [np.unravel_index(np.argmax(h), h.shape) for h in heatmaps]
+    chosen["peak_row"] = [r / heatmaps.shape[1] for r, _ in peaks]
+    chosen["peak_col"] = [c / heatmaps.shape[2] for _, c in peaks]
+    overlays = [overlay_png(p, h) for p, h in zip(pixels, heatmaps)]
+    return [Table("main", chosen, "Images shown in the Grad-CAM gallery"),
+            _gallery(context.backbone, chosen, overlays)]
+
+
+def _gallery(backbone: str, chosen: pd.DataFrame, overlays: list[bytes]) -> Figure:
+    from PIL import Image
+
+    from toolkit.figures import new_figure
+
+    columns = max(int(chosen.groupby("y_true").size().max()), 1)
+    rows = chosen["y_true"].nunique()
+    figure, axes = new_figure(2.1 * columns, 2.4 * rows)
+    figure.clf()
+    grid = figure.subplots(rows, columns, squeeze=False)
+    for axis in grid.ravel():
+        axis.axis("off")
+    for r, (truth, group) in enumerate(chosen.groupby("y_true", sort=True)):
+        for c, (_, row) in enumerate(group.iterrows()):
+            axis = grid[r, c]
+            axis.imshow(Image.open(io.BytesIO(overlays[row.name])))
+            verdict = "correct" if row["correct"] else "WRONG"
+            axis.set_title(f"true {truth}\n{verdict}: {row['y_pred']} {row['probability']:.0%}", fontsize=7,
+                           color="black" if row["correct"] else "#B00020")
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
+    return Figure("gallery", buffer.getvalue(),
+                  alt=f"Grad-CAM overlays for {len(chosen)} images on {backbone}: per true class, the most "
+                      "confident correct and wrong held-out predictions; brighter yellow marks regions that "
+                      "raised the predicted class.",
+                  caption="Grad-CAM: yellow regions pushed the classifier towards the class it predicted. "
+                          "Predictions are from patients held out of training.")
+
+
+@hookimpl
+def register_analyses(register):
+    """Register ``gradcam``."""
+    register(Analysis(name="gradcam", run=gradcam_gallery, needs=Needs(labels=True, patients=True, min_samples=10),
+                      title="Where the classifier looks (Grad-CAM)",
+                      description="Grad-CAM overlays for the most confident right and wrong held-out predictions."))

@@ -1,0 +1,103 @@
+"""Dataset integrity: identical files with conflicting metadata, near-duplicate images across
+patients, and class / patient balance per magnification. Everything here is a finding, not a failure."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from toolkit import hookimpl
+from toolkit.kinds import Analysis, AnalysisContext, Needs
+from toolkit.results import Finding, Table
+
+NEAR_DUPLICATE_COSINE = 0.999
+BLOCK_ROWS = 2048
+METADATA = ("label", "subtype", "patient_id")
+
+
+def conflicting_files(metadata: pd.DataFrame) -> pd.DataFrame:
+    """Identical files (same sha256) whose label, subtype or patient differ: one row per file with
+    sha256, image_id, relpath, label, subtype, patient_id, conflict (e.g. 'subtype, patient_id')."""
+    present = [c for c in METADATA if c in metadata.columns]
+    groups = metadata.groupby("sha256")[present].nunique(dropna=False)
+    conflicts = groups[(groups > 1).any(axis=1)]
+    reason = conflicts.apply(lambda row: ", ".join(c for c in present if row[c] > 1), axis=1).rename("conflict")
+    rows = metadata[metadata["sha256"].isin(conflicts.index)]
+    columns = ["sha256", "image_id", "relpath", *present]
+    return rows[columns].join(reason, on="sha256").sort_values(["sha256", "image_id"]).reset_index(drop=True)
+
+
+def near_duplicates(x: np.ndarray, metadata: pd.DataFrame, threshold: float = NEAR_DUPLICATE_COSINE) -> pd.DataFrame:
+    """Pairs of different files of different patients with embedding cosine ≥ ``threshold``:
+    image_id_a, image_id_b, cosine, label_a, label_b, same_label."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    unit = (x / np.where(norms == 0, 1, norms)).astype(np.float32)
+    patients = metadata["patient_id"].to_numpy()
+    shas = metadata["sha256"].to_numpy()
+    firsts, seconds, values = [], [], []
+    for start in range(0, len(unit), BLOCK_ROWS):
+        block = unit[start:start + BLOCK_ROWS] @ unit[start:].T
+        rows, cols = np.nonzero(block >= threshold)
+        rows, cols = rows + start, cols + start
+        keep = (cols > rows) & (patients[rows] != patients[cols]) & (shas[rows] != shas[cols])
+        firsts.append(rows[keep])
+        seconds.append(cols[keep])
+        values.append(block[rows[keep] - start, cols[keep] - start])
+    a, b = np.concatenate(firsts), np.concatenate(seconds)
+    labels = metadata["label"].to_numpy()
+    ids = metadata["image_id"].to_numpy()
+    return pd.DataFrame({"image_id_a": ids[a], "image_id_b": ids[b], "cosine": np.concatenate(values).astype(float),
+                         "label_a": labels[a], "label_b": labels[b], "same_label": labels[a] == labels[b]})
+
+
+def balance(metadata: pd.DataFrame) -> pd.DataFrame:
+    """Images and patients per magnification and label: magnification, label, n_images,
+    n_patients, share_of_images (within the magnification)."""
+    frame = metadata.assign(magnification=metadata["magnification"].astype("Int64"),
+                            label=metadata["label"].fillna("unlabelled"))
+    table = (frame.groupby(["magnification", "label"], dropna=False)
+             .agg(n_images=("image_id", "size"), n_patients=("patient_id", "nunique")).reset_index())
+    table["share_of_images"] = table["n_images"] / table.groupby("magnification")["n_images"].transform("sum")
+    return table
+
+
+def _findings(conflicts: pd.DataFrame, pairs: pd.DataFrame, counts: pd.DataFrame) -> list[Finding]:
+    findings = []
+    if len(conflicts):
+        kinds = sorted({k for value in conflicts["conflict"] for k in value.split(", ")})
+        findings.append(Finding(
+            f"{conflicts['sha256'].nunique()} identical files appear {len(conflicts)} times with conflicting "
+            f"{' and '.join(kinds)} (see results_integrity_conflicts); count each once or drop them.", "warning",
+            detail={"files": int(conflicts["sha256"].nunique()), "rows": len(conflicts), "conflicts": kinds}))
+    if len(pairs):
+        findings.append(Finding(
+            f"{len(pairs)} pairs of images of different patients have embedding cosine ≥ {NEAR_DUPLICATE_COSINE} "
+            f"({int((~pairs['same_label']).sum())} of them with different labels): possible duplicates across "
+            "patients, which leak between patient-level folds.", "warning", detail={"pairs": len(pairs)}))
+    share = counts.groupby("label")["share_of_images"].agg(["min", "max"])
+    findings.append(Finding(
+        "Class balance per magnification: " + "; ".join(f"{label} {row['min']:.0%}–{row['max']:.0%} of images"
+                                                         for label, row in share.iterrows()) + ".",
+        detail={"balance": counts.to_dict("records")}))
+    return findings
+
+
+def integrity(context: AnalysisContext) -> list:
+    """Tables ``conflicts`` (see :func:`conflicting_files`) and ``near_duplicates`` (see
+    :func:`near_duplicates`), each only when not empty, and ``balance`` (see :func:`balance`), with findings."""
+    meta = context.metadata.reset_index(drop=True)
+    conflicts = conflicting_files(meta)
+    pairs = near_duplicates(np.asarray(context.embeddings), meta)
+    counts = balance(meta)
+    tables = [Table("conflicts", conflicts, "Identical files with conflicting labels, subtypes or patients"),
+              Table("near_duplicates", pairs, f"Image pairs of different patients with cosine ≥ {NEAR_DUPLICATE_COSINE}")]
+    return [*[t for t in tables if len(t.data)], Table("balance", counts, "Images and patients per magnification and label"),
+            *_findings(conflicts, pairs, counts)]
+
+
+@hookimpl
+def register_analyses(register):
+    """Register ``integrity``."""
+    register(Analysis(name="integrity", run=integrity, needs=Needs(min_samples=1), title="Dataset integrity",
+                      description="Duplicate files with conflicting metadata, near-duplicates across patients, "
+                                  "class and patient balance per magnification."))

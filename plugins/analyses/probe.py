@@ -1,0 +1,315 @@
+"""Linear probe: logistic regression on standardised embeddings, cross-validated by patient.
+
+Every metric carries a 95% CI from a patient-level bootstrap: patients are resampled with
+replacement and the metric recomputed from per-patient confusion counts, so 1,000 resamples cost
+a few matrix products. The same probe with an image-level split (leaky: images of one patient land
+in both training and test folds) is stored beside it for comparison.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from toolkit import hookimpl
+from toolkit.figures import PALETTE, new_figure, to_svg
+from toolkit.kinds import Analysis, AnalysisContext, Needs
+from toolkit.plugins.analyses.stats_common import group_codes
+from toolkit.results import Figure, Finding, SkipAnalysis, Table
+
+TARGETS = ("label", "subtype")
+SPLITS = ("patient", "image")
+N_SPLITS = 5
+N_BOOTSTRAP = 1000
+C_DEFAULT = 0.1
+
+
+@dataclass(frozen=True)
+class OutOfFold:
+    """Out-of-fold predictions of one target and split."""
+
+    target: str
+    split: str
+    classes: list[str]
+    y_true: np.ndarray  # class codes
+    proba: np.ndarray  # (n_images, n_classes)
+    n_splits: int
+
+    @property
+    def y_pred(self) -> np.ndarray:
+        return self.proba.argmax(axis=1)
+
+
+def n_folds(y: np.ndarray, patients: np.ndarray, split: str) -> int:
+    """Folds a stratified split can make: at most 5, at most the smallest class's patients (or images)."""
+    units = pd.DataFrame({"y": y, "unit": patients if split == "patient" else np.arange(len(y))})
+    return int(min(N_SPLITS, units.drop_duplicates().groupby("y").size().min()))
+
+
+def cross_validate(x: np.ndarray, y: np.ndarray, patients: np.ndarray, n_classes: int, split: str,
+                   seed: int, c: float) -> tuple[np.ndarray, int]:
+    """Out-of-fold class probabilities ``(n, n_classes)`` and the number of folds; the split is
+    ``StratifiedGroupKFold`` by patient or ``StratifiedKFold`` by image."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    folds = n_folds(y, patients, split)
+    if folds < 2:
+        unit = "patients" if split == "patient" else "images"
+        raise SkipAnalysis(f"a {split}-level split needs at least 2 {unit} in every class")
+    splitter = (StratifiedGroupKFold(folds, shuffle=True, random_state=seed) if split == "patient"
+                else StratifiedKFold(folds, shuffle=True, random_state=seed))
+    proba = np.zeros((len(y), n_classes))
+    for train, test in splitter.split(x, y, patients if split == "patient" else None):
+        model = make_pipeline(StandardScaler(), RowSpace(), LogisticRegression(C=c, max_iter=1000))
+        model.fit(x[train], y[train])
+        proba[np.ix_(test, model.classes_)] = model.predict_proba(x[test])
+    return proba, folds
+
+
+class RowSpace:
+    """Coordinates in the span of the (standardised) training rows.
+
+    An L2-regularised logistic regression's weights lie in that span (representer theorem), so
+    fitting on these coordinates gives the same model with at most n_train instead of dim weights
+    per class: exact, and far faster when there are fewer images than features.
+    """
+
+    def fit(self, x: np.ndarray, y: np.ndarray | None = None) -> RowSpace:
+        if len(x) >= x.shape[1]:
+            self.basis_ = None  # the rows already span every direction the weights can use
+            return self
+        _, singular, vt = np.linalg.svd(x, full_matrices=False)
+        rank = int((singular > singular[0] * max(x.shape) * np.finfo(float).eps).sum()) if singular.size else 0
+        self.basis_ = vt[:max(rank, 1)].T
+        return self
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        return x if self.basis_ is None else x @ self.basis_
+
+    def fit_transform(self, x: np.ndarray, y: np.ndarray | None = None) -> np.ndarray:
+        return self.fit(x, y).transform(x)
+
+    def get_params(self, deep: bool = True) -> dict:
+        return {}
+
+    def set_params(self, **params: object) -> RowSpace:
+        return self
+
+
+def confusion_counts(y_true: np.ndarray, y_pred: np.ndarray, patients: np.ndarray, n_patients: int,
+                     n_classes: int) -> np.ndarray:
+    """Per-patient confusion matrices ``(n_patients, n_classes, n_classes)``, rows = true class."""
+    flat = (patients * n_classes + y_true) * n_classes + y_pred
+    return np.bincount(flat, minlength=n_patients * n_classes ** 2).reshape(n_patients, n_classes, n_classes)
+
+
+def confusion_metrics(cm: np.ndarray) -> dict[str, np.ndarray]:
+    """accuracy and balanced_accuracy ``(...)``, sensitivity and specificity per class ``(..., C)``
+    of confusion matrices ``(..., C, C)`` (one-vs-rest for specificity)."""
+    total = cm.sum(axis=(-2, -1))
+    hits = np.diagonal(cm, axis1=-2, axis2=-1)
+    actual, predicted = cm.sum(axis=-1), cm.sum(axis=-2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sensitivity = hits / actual
+        specificity = (total[..., None] - actual - predicted + hits) / (total[..., None] - actual)
+        return {"accuracy": hits.sum(axis=-1) / total, "balanced_accuracy": np.nanmean(sensitivity, axis=-1),
+                "sensitivity": sensitivity, "specificity": specificity}
+
+
+def weighted_auc(score: np.ndarray, positive: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """ROC AUC of ``score`` for each row of image ``weights`` ``(B, n)``; ties count one half."""
+    order = np.argsort(score, kind="stable")
+    ordered = score[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    w = weights[:, order]
+    is_pos = positive[order]
+    pos = np.add.reduceat(w * is_pos, starts, axis=1)
+    neg = np.add.reduceat(w * ~is_pos, starts, axis=1)
+    below = np.cumsum(neg, axis=1) - neg
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return (pos * (below + 0.5 * neg)).sum(axis=1) / (pos.sum(axis=1) * neg.sum(axis=1))
+
+
+def probe_metrics(oof: OutOfFold, patients: np.ndarray, weights: np.ndarray) -> dict[str, np.ndarray]:
+    """Every metric for each row of patient ``weights`` ``(B, n_patients)``: scalars ``(B,)``;
+    sensitivity and specificity ``(B, C)``. A row of ones gives the plain estimate."""
+    n_classes = len(oof.classes)
+    counts = confusion_counts(oof.y_true, oof.y_pred, patients, weights.shape[1], n_classes)
+    cm = (weights @ counts.reshape(len(counts), -1)).reshape(len(weights), n_classes, n_classes)
+    metrics = confusion_metrics(cm)
+    per_patient = np.trace(counts, axis1=1, axis2=2) / counts.sum(axis=(1, 2))
+    metrics["patient_score"] = weights @ per_patient / weights.sum(axis=1)
+    image_weights = weights[:, patients]
+    classes = [1] if n_classes == 2 else range(n_classes)  # binary: the AUC of the second class
+    metrics["roc_auc"] = np.nanmean([weighted_auc(oof.proba[:, c], oof.y_true == c, image_weights)
+                                     for c in classes], axis=0)
+    return metrics
+
+
+def patient_resamples(n_patients: int, n_bootstrap: int, seed: int) -> np.ndarray:
+    """Bootstrap weights ``(n_bootstrap, n_patients)``: how often each patient is drawn per resample.
+    The same seed gives the same resamples, so metrics of two models can be paired."""
+    return np.random.default_rng(seed).multinomial(n_patients, np.full(n_patients, 1 / n_patients),
+                                                   size=n_bootstrap).astype(np.float64)
+
+
+def metric_rows(oof: OutOfFold, patients: np.ndarray, n_bootstrap: int, seed: int,
+                every_class: bool = False) -> pd.DataFrame:
+    """Columns target, split, metric, class, value, ci_low, ci_high, n_folds. Binary targets list
+    sensitivity and specificity of the second class only (label: sensitivity = recall of malignant,
+    specificity = recall of benign) unless ``every_class``; other targets list both for every class,
+    one-vs-rest."""
+    n_patients = int(patients.max()) + 1
+    resamples = patient_resamples(n_patients, n_bootstrap, seed)
+    with warnings.catch_warnings():  # resamples that miss a class give NaN, which is ignored
+        warnings.simplefilter("ignore", RuntimeWarning)
+        boot = probe_metrics(oof, patients, resamples)
+        point = probe_metrics(oof, patients, np.ones((1, n_patients)))
+        listed = range(1 if len(oof.classes) == 2 and not every_class else 0, len(oof.classes))
+        rows = []
+        for metric, value in point.items():
+            if value.ndim == 1:
+                rows.append(_row(metric, value, boot[metric], None))
+            else:
+                rows += [_row(metric, value[:, c], boot[metric][:, c], oof.classes[c]) for c in listed]
+    return pd.DataFrame(rows).assign(target=oof.target, split=oof.split, n_folds=oof.n_splits)[
+        ["target", "split", "metric", "class", "value", "ci_low", "ci_high", "n_folds"]]
+
+
+def percentile_ci(boot: np.ndarray) -> tuple[float, float]:
+    """The 95% percentile interval of bootstrap values, ignoring NaN (resamples missing a class)."""
+    low, high = np.nanpercentile(boot, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def _row(metric: str, point: np.ndarray, boot: np.ndarray, name: str | None) -> dict:
+    low, high = percentile_ci(boot)
+    return {"metric": metric, "class": name, "value": float(point[0]), "ci_low": float(low), "ci_high": float(high)}
+
+
+def prediction_rows(oof: OutOfFold, image_ids: np.ndarray) -> pd.DataFrame:
+    """Long table, one row per image and class: image_id, target, split, y_true, y_pred, class,
+    probability (the binary ROC curve reads class = 'malignant')."""
+    n, n_classes = oof.proba.shape
+    names = np.asarray(oof.classes, dtype=object)
+    return pd.DataFrame({
+        "image_id": np.repeat(image_ids, n_classes), "target": oof.target, "split": oof.split,
+        "y_true": np.repeat(names[oof.y_true], n_classes), "y_pred": np.repeat(names[oof.y_pred], n_classes),
+        "class": np.tile(names, n), "probability": oof.proba.ravel()})
+
+
+def _target_problem(meta: pd.DataFrame, target: str) -> str | None:
+    if target not in meta.columns or meta[target].isna().any():
+        return f"{target}: needs a value for every image"
+    if meta[target].nunique() < 2:
+        return f"{target}: needs at least 2 classes"
+    return None
+
+
+def _fit_all(context: AnalysisContext) -> tuple[list[OutOfFold], list[str]]:
+    meta = context.metadata
+    patients, _ = group_codes(meta["patient_id"])
+    c = float(context.settings.get("probe_c", C_DEFAULT))
+    fitted, skipped = [], []
+    for target in TARGETS:
+        problem = _target_problem(meta, target)
+        if problem:
+            skipped.append(problem)
+            continue
+        y, classes = group_codes(meta[target])
+        for split in SPLITS:  # the leaky image split only as a comparison with the patient split
+            try:
+                proba, folds = cross_validate(context.embeddings, y, patients, len(classes), split, context.seed, c)
+            except SkipAnalysis as exc:
+                skipped.append(f"{target}: {exc}")
+                break
+            fitted.append(OutOfFold(target, split, [str(k) for k in classes], y, proba, folds))
+    return fitted, skipped
+
+
+def probe(context: AnalysisContext) -> list:
+    """Table ``main`` (see :func:`metric_rows`), table ``predictions`` (see :func:`prediction_rows`),
+    a finding per target comparing the patient and the (leaky) image split, ROC and confusion figures."""
+    fitted, skipped = _fit_all(context)
+    if not fitted:
+        raise SkipAnalysis("; ".join(skipped))
+    patients, _ = group_codes(context.metadata["patient_id"])
+    n_bootstrap = int(context.settings.get("probe_bootstrap", N_BOOTSTRAP))
+    metrics = pd.concat([metric_rows(oof, patients, n_bootstrap, context.seed) for oof in fitted], ignore_index=True)
+    image_ids = context.metadata["image_id"].to_numpy()
+    predictions = pd.concat([prediction_rows(oof, image_ids) for oof in fitted], ignore_index=True)
+    results: list = [Table("main", metrics, "Linear probe metrics with patient-bootstrap 95% CIs"),
+                     Table("predictions", predictions, "Out-of-fold class probabilities of every image"),
+                     *_findings(metrics), *[Finding(f"Not probed: {s}", "warning") for s in skipped]]
+    binary = [oof for oof in fitted if oof.target == "label" and len(oof.classes) == 2]
+    if binary:
+        results += [_roc_figure(context.backbone, binary), _confusion_figure(context.backbone, binary[0])]
+    return results
+
+
+def _findings(metrics: pd.DataFrame) -> list[Finding]:
+    rows = metrics[metrics["metric"] == "balanced_accuracy"].set_index(["target", "split"])
+    findings = []
+    for target in rows.index.get_level_values("target").unique():
+        parts = [f"{split}-level split {r.value:.3f} (95% CI {r.ci_low:.3f}–{r.ci_high:.3f})"
+                 for (t, split), r in rows.loc[[target]].iterrows()]
+        findings.append(Finding(f"Linear probe for {target}, balanced accuracy: " + "; ".join(parts)
+                                + ". The image-level split is leaky: images of one patient fall on both sides.",
+                                detail={"target": target, **{f"{s}_balanced_accuracy": float(r.value)
+                                                             for (t, s), r in rows.loc[[target]].iterrows()}}))
+    return findings
+
+
+def _roc_figure(backbone: str | None, fitted: list[OutOfFold]) -> Figure:
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    figure, axes = new_figure(4.6, 4.2)
+    for colour, oof in zip(PALETTE, fitted):
+        fpr, tpr, _ = roc_curve(oof.y_true == 1, oof.proba[:, 1])
+        auc = roc_auc_score(oof.y_true == 1, oof.proba[:, 1])
+        axes.plot(fpr, tpr, color=colour, label=f"{oof.split} split (AUC {auc:.3f})",
+                  linestyle="-" if oof.split == "patient" else "--")
+    axes.plot([0, 1], [0, 1], color="#888888", linewidth=0.6)
+    axes.set_xlabel(f"false positive rate (1 − specificity, {fitted[0].classes[0]})")
+    axes.set_ylabel(f"true positive rate (sensitivity, {fitted[0].classes[1]})")
+    axes.legend(frameon=False, loc="lower right")
+    axes.set_title(f"{backbone}: linear probe ROC, out-of-fold")
+    return Figure("roc", to_svg(figure),
+                  alt=f"ROC curves of the linear probe for {fitted[0].classes[1]} vs {fitted[0].classes[0]}, "
+                      "patient-level and image-level cross-validation.",
+                  caption="Solid: split by patient (honest); dashed: split by image (leaky).")
+
+
+def _confusion_figure(backbone: str | None, oof: OutOfFold) -> Figure:
+    cm = confusion_counts(oof.y_true, oof.y_pred, np.zeros(len(oof.y_true), int), 1, len(oof.classes))[0]
+    figure, axes = new_figure(4.0, 3.6)
+    axes.imshow(cm, cmap="Blues")
+    ticks = range(len(oof.classes))
+    axes.set_xticks(ticks, oof.classes)
+    axes.set_yticks(ticks, oof.classes)
+    for (i, j), count in np.ndenumerate(cm):
+        axes.text(j, i, str(count), ha="center", va="center",
+                  color="white" if count > cm.max() / 2 else "black")
+    axes.set_xlabel("predicted class")
+    axes.set_ylabel("true class")
+    axes.set_title(f"{backbone}: confusion matrix ({oof.split} split)")
+    return Figure("confusion", to_svg(figure),
+                  alt=f"Confusion matrix of the linear probe, {oof.split}-level split: "
+                      + "; ".join(f"true {oof.classes[i]} predicted {oof.classes[j]}: {cm[i, j]}"
+                                  for i, j in np.ndindex(cm.shape)),
+                  caption="Out-of-fold predictions of every image, split by patient.")
+
+
+@hookimpl
+def register_analyses(register):
+    """Register ``probe``."""
+    register(Analysis(name="probe", run=probe, needs=Needs(labels=True, patients=True, min_samples=10),
+                      title="Linear probe",
+                      description="Logistic regression on standardised embeddings, cross-validated by patient "
+                                  "(and, for comparison, leakily by image), with patient-bootstrap CIs."))

@@ -1,0 +1,108 @@
+"""Helpers shared by the statistics analyses: FDR correction, group sums, the patient-level view.
+
+Nothing here registers an analysis; ``ttest``, ``anova``, ``probe`` and friends import it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import numpy as np
+import pandas as pd
+
+from toolkit.kinds import AnalysisContext
+from toolkit.results import Finding, SkipAnalysis
+
+FDR_ALPHA = 0.05
+PATIENT_NOTE = ("Images of one patient are not independent: image-level p-values treat every image as a "
+                "separate observation and overstate the evidence. The patient-level rows (level = 'patient') "
+                "test per-patient mean embeddings, one row per patient and group.")
+
+
+def bh_qvalues(p_values: np.ndarray) -> np.ndarray:
+    """Benjamini–Hochberg adjusted p-values (q) via statsmodels ``fdr_bh``; NaN p-values stay NaN
+    and do not count among the tests."""
+    from statsmodels.stats.multitest import multipletests
+
+    p = np.asarray(p_values, dtype=np.float64)
+    q = np.full(p.shape, np.nan)
+    finite = np.isfinite(p)
+    if finite.any():
+        q[finite] = multipletests(p[finite], alpha=FDR_ALPHA, method="fdr_bh")[1]
+    return q
+
+
+def embeddings_f64(context: AnalysisContext) -> np.ndarray:
+    """The context's embeddings as float64; SkipAnalysis when every feature is constant."""
+    x = np.asarray(context.embeddings, dtype=np.float64)
+    if x.shape[1] == 0 or not np.any(np.ptp(x, axis=0) > 0):
+        raise SkipAnalysis("every feature is constant; nothing to test")
+    return x
+
+
+def group_codes(values: pd.Series) -> tuple[np.ndarray, list]:
+    """Integer codes (``-1`` for missing) and the sorted distinct values of ``values``."""
+    codes, uniques = pd.factorize(values, sort=True)
+    return codes, list(uniques)
+
+
+def group_sums(x: np.ndarray, codes: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-group row sums ``(n_groups, dim)`` and row counts, one sparse product; code -1 is left out."""
+    from scipy import sparse
+
+    keep = codes >= 0
+    indicator = sparse.csr_matrix((np.ones(int(keep.sum())), (codes[keep], np.flatnonzero(keep))),
+                                  shape=(n_groups, len(codes)))
+    return np.asarray(indicator @ x), np.bincount(codes[keep], minlength=n_groups)
+
+
+@dataclass(frozen=True)
+class LevelView:
+    """Rows to test at one level: the image rows, or one mean embedding per patient and group."""
+
+    level: str  # "image" or "patient"
+    x: np.ndarray
+    groups: pd.Series
+
+
+def patient_means(x: np.ndarray, metadata: pd.DataFrame, column: str) -> LevelView:
+    """Mean embedding of every (patient, ``column`` value) pair that has images."""
+    keys = metadata[["patient_id", column]].astype(object)
+    present = keys.notna().all(axis=1).to_numpy()
+    pairs = pd.MultiIndex.from_frame(keys[present])
+    codes = np.full(len(keys), -1)
+    codes[present], uniques = pd.factorize(pairs)
+    sums, counts = group_sums(x, codes, len(uniques))
+    return LevelView("patient", sums / counts[:, None], pd.Series(uniques.get_level_values(1), name=column))
+
+
+def has_patients(metadata: pd.DataFrame) -> bool:
+    """Whether every image has a patient_id and there are at least 2 patients."""
+    patients = metadata["patient_id"]
+    return bool(patients.notna().all() and patients.nunique() >= 2)
+
+
+def patient_note(metadata: pd.DataFrame) -> Finding:
+    """Why the patient-level rows exist, or a warning that they are missing."""
+    if has_patients(metadata):
+        return Finding(PATIENT_NOTE, detail={"n_patients": int(metadata["patient_id"].nunique())})
+    return Finding("No patient-level view: it needs a patient_id for every image and at least 2 patients. "
+                   "Image-level p-values assume independent images.", "warning")
+
+
+def level_views(metadata: pd.DataFrame, x: np.ndarray, column: str) -> list[LevelView]:
+    """The image-level view of ``column`` and, when :func:`has_patients`, the patient-level view."""
+    views = [LevelView("image", x, metadata[column].reset_index(drop=True))]
+    return views + [patient_means(x, metadata, column)] if has_patients(metadata) else views
+
+
+def valid_groups(groups: pd.Series, min_size: int = 2) -> list:
+    """Sorted group values that have at least ``min_size`` rows."""
+    sizes = groups.dropna().value_counts()
+    return sorted(sizes.index[sizes >= min_size])
+
+
+def top_rows(frame: pd.DataFrame, by: str, k: int, within: list[str]) -> pd.DataFrame:
+    """The ``k`` rows of largest ``|by|`` within each combination of the ``within`` columns."""
+    ranked = frame.assign(_abs=frame[by].abs()).sort_values("_abs", ascending=False, kind="stable")
+    return ranked.groupby(within, sort=False).head(k).drop(columns="_abs").reset_index(drop=True)
+

@@ -1,0 +1,127 @@
+"""Two-group comparison of every embedding feature: Welch's t, Mann–Whitney U, BH q, Hedges' g.
+
+The grouping is the ``label`` column unless ``settings["ttest_grouping"]`` names another metadata
+column. Tests run on images and on per-patient mean embeddings (``level`` column).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from toolkit.plugins.analyses.stats_common import (FDR_ALPHA, LevelView, bh_qvalues, embeddings_f64, level_views,
+                                                   patient_note, top_rows, valid_groups)
+from toolkit import hookimpl
+from toolkit.figures import PALETTE, new_figure, to_svg
+from toolkit.kinds import Analysis, AnalysisContext, Needs
+from toolkit.results import Figure, Finding, SkipAnalysis, Table
+
+TOP_K = 20
+Z_95 = stats.norm.ppf(0.975)
+
+
+def hedges_g(xa: np.ndarray, xb: np.ndarray) -> dict[str, np.ndarray]:
+    """Cohen's d and Hedges' g of ``mean(xb) - mean(xa)`` per column with a normal-approximation
+    95% CI for g (Hedges & Olkin 1985): columns cohen_d, hedges_g, g_ci_low, g_ci_high."""
+    n_a, n_b = len(xa), len(xb)
+    pooled = np.sqrt(((n_a - 1) * xa.var(axis=0, ddof=1) + (n_b - 1) * xb.var(axis=0, ddof=1)) / (n_a + n_b - 2))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = (xb.mean(axis=0) - xa.mean(axis=0)) / pooled
+    g = d * (1 - 3 / (4 * (n_a + n_b) - 9))
+    se = np.sqrt((n_a + n_b) / (n_a * n_b) + g ** 2 / (2 * (n_a + n_b)))
+    return {"cohen_d": d, "hedges_g": g, "g_ci_low": g - Z_95 * se, "g_ci_high": g + Z_95 * se}
+
+
+def compare_two(view: LevelView, grouping: str, group_a: str, group_b: str) -> pd.DataFrame:
+    """Every non-constant feature of one level, ``group_b`` against ``group_a``.
+
+    Columns: grouping, level, feature (0-based index into the embedding), group_a, group_b, n_a, n_b,
+    mean_a, mean_b, t (Welch, positive when group_b is higher), dof, p_val, q_val (BH over the
+    features of this level), cohen_d, hedges_g, g_ci_low, g_ci_high, u (Mann–Whitney U of group_b),
+    p_val_mwu, q_val_mwu.
+    """
+    groups = view.groups.to_numpy()
+    varying = np.flatnonzero(np.ptp(view.x, axis=0) > 0)
+    xa, xb = view.x[groups == group_a][:, varying], view.x[groups == group_b][:, varying]
+    welch = stats.ttest_ind(xb, xa, axis=0, equal_var=False)
+    mwu = stats.mannwhitneyu(xb, xa, axis=0, alternative="two-sided")
+    return pd.DataFrame({
+        "grouping": grouping, "level": view.level, "feature": varying, "group_a": str(group_a),
+        "group_b": str(group_b), "n_a": len(xa), "n_b": len(xb), "mean_a": xa.mean(axis=0),
+        "mean_b": xb.mean(axis=0), "t": welch.statistic, "dof": welch.df, "p_val": welch.pvalue,
+        "q_val": bh_qvalues(welch.pvalue), **hedges_g(xa, xb), "u": mwu.statistic,
+        "p_val_mwu": mwu.pvalue, "q_val_mwu": bh_qvalues(mwu.pvalue)})
+
+
+def _two_groups(groups: pd.Series, grouping: str) -> tuple[str, str]:
+    present = valid_groups(groups)
+    if len(present) != 2 or groups.dropna().nunique() != 2:
+        raise SkipAnalysis(f"ttest compares two groups; {grouping!r} has {groups.dropna().nunique()} values "
+                           f"({len(present)} with at least 2 images); choose another ttest_grouping or see anova")
+    return present[0], present[1]
+
+
+def _summary(table: pd.DataFrame, level: str, grouping: str) -> Finding:
+    rows = table[table["level"] == level]
+    n_sig = int((rows["q_val"] < FDR_ALPHA).sum())
+    n_sig_mwu = int((rows["q_val_mwu"] < FDR_ALPHA).sum())
+    a, b = rows["group_a"].iloc[0], rows["group_b"].iloc[0]
+    return Finding(f"{level} level: {n_sig} of {len(rows)} features differ between {a} and {b} at q < {FDR_ALPHA} "
+                   f"(Welch t, Benjamini–Hochberg); {n_sig_mwu} by Mann–Whitney U.",
+                   detail={"grouping": grouping, "level": level, "n_significant": n_sig,
+                           "n_significant_mwu": n_sig_mwu, "n_tested": len(rows)})
+
+
+def ttest(context: AnalysisContext) -> list:
+    """Table ``main`` (every feature, see :func:`compare_two`), table ``top`` (the same columns,
+    the ``settings["ttest_top_k"]`` features of largest |hedges_g| per level), one finding per level
+    and a bar plot of the top 10 image-level features."""
+    grouping = context.settings.get("ttest_grouping", "label")
+    if grouping not in context.metadata.columns:
+        raise SkipAnalysis(f"ttest_grouping {grouping!r} is not a metadata column")
+    x = embeddings_f64(context)
+    group_a, group_b = _two_groups(context.metadata[grouping], grouping)
+    tables, findings = [], [patient_note(context.metadata)]
+    for view in level_views(context.metadata, x, grouping):
+        if min((view.groups == group_a).sum(), (view.groups == group_b).sum()) < 2:
+            findings.append(Finding(f"No {view.level}-level test: each group needs at least 2 {view.level}s.",
+                                    "warning"))
+            continue
+        tables.append(compare_two(view, grouping, group_a, group_b))
+    table = pd.concat(tables, ignore_index=True)
+    findings += [_summary(table, level, grouping) for level in table["level"].unique()]
+    top = top_rows(table, "hedges_g", int(context.settings.get("ttest_top_k", TOP_K)), ["level"])
+    return [Table("main", table, f"Welch t and Mann–Whitney U per feature, {group_b} vs {group_a}"),
+            Table("top", top, "Features with the largest |Hedges' g| per level"),
+            *findings, _bar_figure(context.backbone, top[top["level"] == "image"].head(10))]
+
+
+def _bar_figure(backbone: str | None, top: pd.DataFrame) -> Figure:
+    significant = top["q_val"] < FDR_ALPHA
+    figure, axes = new_figure(6.0, 3.6)
+    positions = np.arange(len(top))
+    errors = np.vstack([top["hedges_g"] - top["g_ci_low"], top["g_ci_high"] - top["hedges_g"]])
+    axes.bar(positions, top["hedges_g"], yerr=errors, capsize=2,
+             color=[PALETTE[1] if s else "#BBBBBB" for s in significant],
+             edgecolor="black", linewidth=0.4)
+    axes.set_xticks(positions, [f"#{f}{'*' if s else ''}" for f, s in zip(top["feature"], significant)],
+                    rotation=45, fontsize=7)
+    axes.axhline(0, color="black", linewidth=0.6)
+    axes.set_xlabel(f"embedding feature (* = q < {FDR_ALPHA}, Benjamini–Hochberg)")
+    a, b = (top["group_a"].iloc[0], top["group_b"].iloc[0]) if len(top) else ("a", "b")
+    axes.set_ylabel(f"Hedges' g ({b} − {a}) with 95% CI")
+    axes.set_title(f"{backbone}: features with the largest effect (image level)")
+    return Figure("top_features", to_svg(figure),
+                  alt=f"Bar chart of the {len(top)} features with the largest Hedges' g between {a} and {b} "
+                      f"at image level; {int(significant.sum())} of them are significant at q < {FDR_ALPHA}.",
+                  caption="Orange bars (and *) are significant after Benjamini–Hochberg correction; grey are not.")
+
+
+@hookimpl
+def register_analyses(register):
+    """Register ``ttest``."""
+    register(Analysis(name="ttest", run=ttest, needs=Needs(labels=True, min_samples=4),
+                      title="Two-group tests per feature",
+                      description="Welch's t and Mann–Whitney U per embedding feature, BH-corrected, with "
+                                  "Hedges' g, on images and on per-patient means."))

@@ -1,0 +1,1 @@
+"""Built-in commands added to ``tk`` through the ``register_commands`` hook."""

@@ -1,0 +1,112 @@
+"""The report's "Fine-tuned backbones" section, read from the store: each ``tk train`` variant of a
+backbone in the run, its held-out metrics beside the frozen backbone's linear probe, its training
+curve and, for an ablation, the paired differences. Nothing here recomputes a model."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from toolkit.store import Store
+
+MAX_VARIANTS = 8
+METRICS = [("balanced_accuracy", "Balanced accuracy"), ("roc_auc", "AUC"), ("accuracy", "Accuracy"),
+           ("patient_score", "Patient score"), ("sensitivity", "Sensitivity"), ("specificity", "Specificity")]
+SETTINGS_SHOWN = ("augment", "balance", "epochs", "unfreeze", "learning_rate", "seed")
+
+
+def _estimate(frame: pd.DataFrame, metric: str, cls: str | None) -> dict[str, float] | None:
+    rows = frame[(frame["metric"] == metric) & ((frame["class"] == cls) if cls else frame["class"].isna())]
+    if rows.empty:
+        return None
+    row = rows.iloc[0]
+    return {"value": float(row["value"]), "low": float(row["ci_low"]), "high": float(row["ci_high"])}
+
+
+def _per_class(frame: pd.DataFrame, metric: str, cls: str, classes: list[str]) -> dict[str, float] | None:
+    """A per-class estimate; binary probes list only the second class, whose specificity is the
+    first class's sensitivity (and the other way round)."""
+    found = _estimate(frame, metric, cls)
+    if found is None and len(classes) == 2 and cls == classes[0]:
+        other = {"sensitivity": "specificity", "specificity": "sensitivity"}[metric]
+        found = _estimate(frame, other, classes[1])
+    return found
+
+
+def comparison_rows(finetuned: pd.DataFrame, probes: dict[str, pd.DataFrame], classes: list[str]) -> list[dict[str, Any]]:
+    """One row per metric (per class for sensitivity and specificity): the fine-tuned estimate and
+    each probe's, keyed by column name."""
+    rows = []
+    for metric, label in METRICS:
+        for cls in (classes if metric in ("sensitivity", "specificity") else [None]):
+            pick = (lambda f: _estimate(f, metric, None)) if cls is None else (  # noqa: E731
+                lambda f: _per_class(f, metric, cls, classes))
+            rows.append({"label": f"{label}, {cls}" if cls else label, "finetuned": pick(finetuned),
+                         **{name: pick(frame) if not frame.empty else None for name, frame in probes.items()}})
+    return rows
+
+
+def curve_figure(history: pd.DataFrame, variant: str) -> dict[str, Any]:
+    """Training and held-out loss per epoch, with the start of fine-tuning marked; a figure record."""
+    from matplotlib.ticker import MaxNLocator
+
+    from toolkit.figures import PALETTE, new_figure, to_svg
+
+    figure, axes = new_figure(5.6, 3.4)
+    axes.plot(history["epoch"], history["loss"], color=PALETTE[0], marker="o", label="training loss")
+    axes.plot(history["epoch"], history["val_loss"], color=PALETTE[1], marker="s", label="held-out loss")
+    accuracy = axes.twinx()
+    accuracy.plot(history["epoch"], history["val_balanced_accuracy"], color=PALETTE[2], linestyle="--",
+                  label="held-out balanced accuracy")
+    accuracy.set_ylim(0, 1)
+    accuracy.set_ylabel("balanced accuracy")
+    finetune = history[history["phase"] == "finetune"]
+    if not finetune.empty:
+        axes.axvline(finetune["epoch"].iloc[0] - 0.5, color="#888888", linewidth=0.8)
+        axes.text(finetune["epoch"].iloc[0] - 0.45, axes.get_ylim()[1], "fine-tuning", va="top", fontsize=8)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("cross-entropy loss")
+    lines = axes.get_legend_handles_labels()
+    extra = accuracy.get_legend_handles_labels()
+    axes.legend(lines[0] + extra[0], lines[1] + extra[1], frameon=False, fontsize=8, ncol=3,
+                loc="upper center", bbox_to_anchor=(0.5, -0.2))
+    axes.set_title(f"{variant}: training curve")
+    alt = (f"Training curve of {variant}: " + "; ".join(
+        f"epoch {int(r.epoch)} ({r.phase}) loss {r.loss:.3f}, held-out loss {r.val_loss:.3f}"
+        for r in history.itertuples(index=False)))
+    return {"mime": "image/svg+xml", "content": to_svg(figure).encode(), "alt": alt}
+
+
+def training_sections(store: Store, run_id: str, backbones: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """``variants``: per trained variant whose base backbone or variant is in the run (latest first),
+    its metrics beside the frozen probe (and the probe on the variant's embeddings, when the run has
+    them) and its training curve; ``ablations``: the paired differences of their ablations."""
+    if not backbones or not store.table_exists("training_runs"):
+        return {"variants": [], "ablations": []}
+    bases = sorted({name.split("@")[0] for name in backbones})
+    runs = store.query_df(
+        "SELECT * FROM training_runs WHERE status = 'ok' AND (backbone IN (SELECT unnest(?)) OR variant IN "
+        "(SELECT unnest(?))) ORDER BY started_at DESC LIMIT ?", [bases, backbones, MAX_VARIANTS])
+    probe = (store.query_df("SELECT * FROM results_probe WHERE run_id = ? AND target = 'label' AND split = 'patient'",
+                            [run_id]) if store.table_exists("results_probe") else pd.DataFrame())
+    of = lambda name: probe[probe["backbone"] == name] if not probe.empty else probe  # noqa: E731
+    variants = []
+    for run in runs.to_dict("records"):
+        metrics = store.query_df("SELECT * FROM training_metrics WHERE train_id = ? AND split = 'patient'",
+                                 [run["train_id"]])
+        history = store.query_df("SELECT * FROM training_history WHERE train_id = ? ORDER BY epoch", [run["train_id"]])
+        settings = json.loads(run["settings"]) if isinstance(run["settings"], str) else run["settings"]
+        classes = json.loads(run["classes"]) if isinstance(run["classes"], str) else list(run["classes"])
+        variants.append({
+            **run, "settings": {k: settings.get(k) for k in SETTINGS_SHOWN}, "in_run": run["variant"] in backbones,
+            "rows": comparison_rows(metrics, {"frozen": of(run["backbone"]), "variant": of(run["variant"])}, classes),
+            "curve": curve_figure(history, run["variant"]) if not history.empty else None})
+    ablation_ids = sorted({v["ablation_id"] for v in variants if v["ablation_id"]})
+    ablations = [{"ablation_id": a, "rows": store.query_df("SELECT * FROM training_differences WHERE ablation_id = ? "
+                                                           "ORDER BY factor, metric", [a]).astype(object)
+                  .replace({np.nan: None}).to_dict("records")} for a in ablation_ids]
+    return {"variants": variants, "ablations": ablations}

@@ -1,0 +1,97 @@
+"""Deployment: TFLite variants with parity, SavedModel for TF Serving, tk predict and tk explain."""
+
+from __future__ import annotations
+
+import json
+
+import duckdb
+import numpy as np
+import pytest
+
+from tests.conftest import TINY, run_tk
+from tests.datasets import make_breakhis
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("deploy")
+    data = root / "breast"
+    make_breakhis(data, patients=2, magnifications=(40, 100, 200, 400), per_magnification=2)  # 128 images
+    store, out = root / "tk.duckdb", root / "exports"
+    ran = run_tk("run", data, "--backbone", "tiny", "--weights", "random", "--store", store, "--analysis", "none",
+                 "--export", "none", "--plugin", TINY)
+    assert ran.exit_code == 0, ran.stderr
+    result = run_tk("export", "--backbone", "tiny", "--format",
+                    "tflite,tflite-fp16,tflite-dynamic,tflite-int8,savedmodel", "--store", store, "--out", out,
+                    "--plugin", TINY)
+    assert result.exit_code == 0, result.stderr
+    return data, store, out
+
+
+def _parity(store):
+    con = duckdb.connect(str(store), read_only=True)
+    try:
+        frame = con.execute("SELECT * FROM export_parity").df()
+    finally:
+        con.close()
+    return frame.set_index("format")
+
+
+def test_tflite_variants_keep_parity(exported):
+    _, store, out = exported
+    parity = _parity(store)
+    assert set(parity.index) == {"tflite", "tflite-fp16", "tflite-dynamic", "tflite-int8", "savedmodel"}
+    for fmt in ("tflite", "tflite-fp16"):
+        assert parity.loc[fmt, "centred_cosine_min"] >= 0.999, fmt
+    assert parity.loc["tflite-int8", "centred_cosine_mean"] >= 0.95
+    assert parity.loc["tflite-int8", "prediction_agreement"] >= 0.95
+    assert parity.loc["tflite-int8", "input_type"].startswith("uint8")
+    assert (parity["n_images"] == 32).all()
+    sidecar = json.loads((out / "tflite" / "tiny" / "tiny-int8.json").read_text())
+    assert sidecar["classes"] == ["benign", "malignant"] and sidecar["parity"]["size_bytes"] > 0
+    assert parity.loc["tflite-int8", "size_bytes"] < parity.loc["tflite", "size_bytes"]
+
+
+def test_savedmodel_reloads_with_the_same_probabilities(exported):
+    import tensorflow as tf
+
+    from toolkit.classifier import load_classifier
+    from toolkit.registry import load_registry
+    from toolkit.store import Store
+
+    data, store, out = exported
+    version = out / "tiny_classifier" / "1"
+    assert (version / "saved_model.pb").is_file()
+    signature = tf.saved_model.load(str(version)).signatures["serving_default"]
+    pixels = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3)).astype(np.float32)
+    served = signature(images=tf.constant(pixels))
+    with Store.open(store, read_only=True) as opened:
+        classifier = load_classifier(opened, load_registry([TINY]), "tiny")
+    keras_out = classifier.predict(pixels)
+    assert np.abs(served["probabilities"].numpy() - keras_out["probabilities"]).max() <= 1e-5
+    assert served["embedding"].shape == (4, 16)
+    assert _parity(store).loc["savedmodel", "max_probability_diff"] <= 1e-5
+
+
+def test_predict_and_explain(exported, tmp_path):
+    data, store, out = exported
+    images = sorted(data.rglob("*.png"))[:2]
+    for model in (out / "tflite" / "tiny" / "tiny-int8.tflite", out / "tiny_classifier" / "1"):
+        result = run_tk("predict", *images, "--model", model)
+        assert result.exit_code == 0, result.stderr
+        lines = result.stdout.strip().splitlines()
+        assert lines[0] == "image\tclass\tprobability\tlatency_ms" and len(lines) == 3
+        assert all(line.split("\t")[1] in ("benign", "malignant") for line in lines[1:])
+    explained = run_tk("explain", images[0], "--backbone", "tiny", "--store", store, "--out", tmp_path,
+                       "--plugin", TINY)
+    assert explained.exit_code == 0, explained.stderr
+    overlay = tmp_path / f"{images[0].stem}.gradcam-tiny.png"
+    assert explained.stdout.startswith(str(overlay))
+    from PIL import Image
+
+    assert Image.open(overlay).size == (32, 32)
+
+
+def test_predict_on_a_missing_model_is_one_line(tmp_path):
+    result = run_tk("predict", tmp_path / "x.png", "--model", tmp_path / "none.tflite")
+    assert result.exit_code == 1 and "not a .tflite file or a SavedModel folder" in result.stderr

@@ -1,0 +1,111 @@
+"""probe: metrics against scikit-learn, bootstrap shape, signal vs shuffled labels, skips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_score
+
+from tests.test_stats_common import synthetic_context
+from toolkit.plugins.analyses.probe import (OutOfFold, confusion_counts, confusion_metrics, metric_rows, probe,
+                                            weighted_auc)
+from toolkit.results import SkipAnalysis, Table
+
+
+def _metrics(results):
+    return next(r.data for r in results if isinstance(r, Table) and r.name == "main")
+
+
+def _value(metrics, target, split, metric, cls=None):
+    rows = metrics[(metrics["target"] == target) & (metrics["split"] == split) & (metrics["metric"] == metric)]
+    if cls is not None:
+        rows = rows[rows["class"] == cls]
+    assert len(rows) == 1
+    return rows.iloc[0]
+
+
+def test_weighted_auc_matches_sklearn_with_ties_and_weights():
+    rng = np.random.default_rng(0)
+    score = np.round(rng.random(300), 2)  # many ties
+    positive = rng.random(300) < 0.4
+    weights = rng.integers(0, 3, (4, 300)).astype(float)
+    ours = weighted_auc(score, positive, weights)
+    expected = [roc_auc_score(positive, score, sample_weight=w) for w in weights]
+    np.testing.assert_allclose(ours, expected, atol=1e-12)
+
+
+def test_confusion_metrics_match_sklearn():
+    rng = np.random.default_rng(1)
+    y_true, y_pred = rng.integers(0, 3, 200), rng.integers(0, 3, 200)
+    counts = confusion_counts(y_true, y_pred, rng.integers(0, 5, 200), 5, 3)
+    cm = counts.sum(axis=0)
+    np.testing.assert_array_equal(cm, confusion_matrix(y_true, y_pred))
+    metrics = confusion_metrics(cm)
+    assert metrics["accuracy"] == pytest.approx((y_true == y_pred).mean(), abs=1e-12)
+    assert metrics["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y_true, y_pred), abs=1e-12)
+    negatives = y_true != 0
+    assert metrics["specificity"][0] == pytest.approx((y_pred[negatives] != 0).mean(), abs=1e-12)
+
+
+def test_point_estimates_and_patient_score():
+    y_true = np.array([0, 0, 1, 1, 1, 0])
+    proba1 = np.array([0.2, 0.6, 0.7, 0.9, 0.4, 0.1])
+    oof = OutOfFold("label", "patient", ["benign", "malignant"], y_true, np.c_[1 - proba1, proba1], 2)
+    patients = np.array([0, 0, 1, 1, 2, 2])
+    rows = metric_rows(oof, patients, n_bootstrap=200, seed=0).set_index("metric")
+    assert rows.loc["accuracy", "value"] == pytest.approx(4 / 6)
+    assert rows.loc["patient_score", "value"] == pytest.approx((0.5 + 1 + 0.5) / 3)
+    assert rows.loc["sensitivity", "value"] == pytest.approx(2 / 3) and rows.loc["sensitivity", "class"] == "malignant"
+    assert rows.loc["specificity", "value"] == pytest.approx(2 / 3)
+    assert rows.loc["roc_auc", "value"] == pytest.approx(roc_auc_score(y_true, proba1))
+    assert (rows["ci_low"] <= rows["value"] + 1e-12).all() and (rows["value"] <= rows["ci_high"] + 1e-12).all()
+
+
+def test_probe_finds_the_signal_and_stores_predictions():
+    results = probe(synthetic_context(dim=24, signal=2.0, settings={"probe_bootstrap": 200}))
+    metrics = _metrics(results)
+    assert set(metrics["split"]) == {"patient", "image"} and set(metrics["target"]) == {"label", "subtype"}
+    honest = _value(metrics, "label", "patient", "balanced_accuracy")
+    assert honest["value"] > 0.8 and honest["ci_low"] > 0.6
+    assert _value(metrics, "label", "patient", "roc_auc")["value"] > 0.9
+    per_class = metrics[(metrics["target"] == "subtype") & (metrics["metric"] == "sensitivity")
+                        & (metrics["split"] == "patient")]
+    assert len(per_class) == 4 and per_class["class"].notna().all()
+    predictions = next(r.data for r in results if isinstance(r, Table) and r.name == "predictions")
+    label = predictions[(predictions["target"] == "label") & (predictions["split"] == "patient")]
+    assert len(label) == 2 * 24 * 12
+    sums = label.groupby("image_id")["probability"].sum()
+    np.testing.assert_allclose(sums, 1.0, atol=1e-9)
+    assert {r.name for r in results if not isinstance(r, Table) and hasattr(r, "content")} == {"roc", "confusion"}
+
+
+def test_probe_on_shuffled_labels_is_at_chance():
+    context = synthetic_context(dim=24, signal=0.0, settings={"probe_bootstrap": 200})
+    context.metadata["label"] = context.metadata["label"].sample(frac=1.0, random_state=5).to_numpy()
+    value = _value(_metrics(probe(context)), "label", "patient", "balanced_accuracy")
+    assert 0.38 < value["value"] < 0.62 and value["ci_low"] < 0.5  # CV under the null sits at or below chance
+
+
+def test_probe_skips_without_two_patients_per_class():
+    context = synthetic_context(n_patients=3, per_patient=6, dim=6)  # one benign patient
+    context.metadata["subtype"] = None
+    with pytest.raises(SkipAnalysis, match="at least 2 patients"):
+        probe(context)
+
+
+def test_row_space_projection_gives_the_same_probe():
+    """Fewer images than features: fitting in the span of the training rows is the same model."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from toolkit.plugins.analyses.probe import RowSpace
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 300))
+    y = (x[:, 0] + 0.5 * rng.normal(size=60) > 0).astype(int)
+    test = rng.normal(size=(20, 300))
+    plain = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=5000, tol=1e-10)).fit(x, y)
+    projected = make_pipeline(StandardScaler(), RowSpace(), LogisticRegression(C=0.1, max_iter=5000, tol=1e-10)).fit(x, y)
+    assert projected[1].basis_.shape == (300, 59)  # centred rows span n - 1 directions
+    np.testing.assert_allclose(projected.predict_proba(test), plain.predict_proba(test), atol=1e-6)

@@ -1,0 +1,96 @@
+"""correlation, cka, clustering and integrity against direct computations on fixed data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.cluster.hierarchy import linkage
+from sklearn.metrics import adjusted_rand_score, silhouette_score
+
+from tests.test_stats_common import synthetic_context
+from toolkit.plugins.analyses.clustering import clustering, distance_matrices, purity, ward_linkage
+from toolkit.plugins.analyses.correlation import cka, cka_matrix, correlation, redundancy, top_pairs
+from toolkit.plugins.analyses.integrity import conflicting_files, integrity, near_duplicates
+from toolkit.results import Figure, Table
+
+
+def _tables(results) -> dict:
+    return {r.name: r.data for r in results if isinstance(r, Table)}
+
+
+def test_redundancy_and_pairs_on_known_correlations():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(500, 3))
+    x = np.c_[base, base[:, 0] + 0.01 * rng.normal(size=500), np.ones(500)]  # feature 3 copies 0; 4 constant
+    context = synthetic_context(n_patients=25, per_patient=20)
+    context.embeddings = x
+    tables = _tables(correlation(context))
+    summary = dict(zip(tables["main"]["metric"], tables["main"]["value"]))
+    assert summary["n_constant"] == 1 and summary["share_abs_r_gt_0_9"] == pytest.approx(1 / 6)
+    r = np.corrcoef(x[:, :4], rowvar=False)
+    eigen = np.linalg.eigvalsh(r)
+    assert summary["participation_ratio"] == pytest.approx(eigen.sum() ** 2 / (eigen ** 2).sum(), rel=1e-9)
+    share = eigen / eigen.sum()
+    assert summary["effective_rank"] == pytest.approx(np.exp(-(share * np.log(share)).sum()), rel=1e-6)
+    pair = tables["pairs"].iloc[0]
+    assert (pair["feature_a"], pair["feature_b"]) == (0, 3) and pair["r"] == pytest.approx(r[0, 3], abs=1e-12)
+    assert redundancy(np.eye(3))["effective_rank"] == pytest.approx(3)
+    assert len(top_pairs(np.eye(4), np.arange(4), 2)) == 2
+
+
+def test_linear_cka_matches_the_kernel_formula():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(60, 5))
+    y = x @ rng.normal(size=(5, 7)) + 0.5 * rng.normal(size=(60, 7))
+    z = rng.normal(size=(60, 4))
+    h = np.eye(60) - 1 / 60
+
+    def hsic(a, b):
+        return np.trace(h @ a @ a.T @ h @ b @ b.T)
+
+    table = cka_matrix({"x": x, "y": y, "z": z}).set_index(["backbone_a", "backbone_b"])["cka"]
+    for a, b in (("x", "y"), ("x", "z"), ("y", "z")):
+        first, second = {"x": x, "y": y, "z": z}[a], {"x": x, "y": y, "z": z}[b]
+        expected = hsic(first, second) / np.sqrt(hsic(first, first) * hsic(second, second))
+        assert table[a, b] == pytest.approx(expected, abs=1e-5) and table[b, a] == table[a, b]
+    assert table["x", "y"] > 0.5 > table["x", "z"]
+    context = synthetic_context(backbones=("a", "b"))
+    results = cka(context)
+    assert len(_tables(results)["main"]) == 4 and any(isinstance(r, Figure) for r in results)
+
+
+def test_clustering_matches_scipy_and_sklearn():
+    context = synthetic_context(n_patients=12, per_patient=8, dim=6, signal=3.0)
+    x = np.asarray(context.embeddings, dtype=np.float64)
+    euclidean, cosine = distance_matrices(x)
+    links = ward_linkage(euclidean)
+    np.testing.assert_allclose(links[:, 2], linkage(x, "ward")[:, 2], rtol=1e-4)
+    results = clustering(context)
+    table = _tables(results)["main"].set_index("partition")
+    labels = context.metadata["label"].to_numpy()
+    assert table.loc["label", "silhouette_euclidean"] == pytest.approx(silhouette_score(x, labels), abs=1e-5)
+    assert table.loc["label", "silhouette_cosine"] == pytest.approx(silhouette_score(x, labels, metric="cosine"), abs=1e-5)
+    assert set(table.index) == {"label", "ward_k2", "ward_k4"}
+    assert table.loc["ward_k2", "ari_label"] > 0.3
+    assert _tables(results)["linkage"].shape == (95, 5)
+    assert purity(np.array([1, 1, 1, 2]), np.array(["a", "a", "b", "b"])) == 0.75
+    assert adjusted_rand_score(labels, labels) == table.loc["label", "ari_label"]
+
+
+def test_integrity_finds_conflicts_and_near_duplicates():
+    context = synthetic_context(dim=16)
+    meta = context.metadata
+    meta.loc[1, ["sha256", "subtype", "patient_id"]] = [meta.loc[0, "sha256"], "other", "14-999"]
+    x = np.array(context.embeddings)
+    partner = int(np.flatnonzero(meta["patient_id"] != meta.loc[3, "patient_id"])[0])
+    x[partner] = x[3] * 1.001
+    context.embeddings = x
+    conflicts = conflicting_files(meta)
+    assert len(conflicts) == 2 and set(conflicts["conflict"]) == {"subtype, patient_id"}
+    pairs = near_duplicates(x, meta)
+    assert len(pairs) == 1 and set(pairs[["image_id_a", "image_id_b"]].iloc[0]) == set(meta.loc[[3, partner], "image_id"])
+    results = integrity(context)
+    assert set(_tables(results)) == {"conflicts", "near_duplicates", "balance"}
+    messages = " ".join(r.message for r in results if hasattr(r, "severity"))
+    assert "14-" not in messages, messages
+    assert "conflicting patient_id and subtype" in messages

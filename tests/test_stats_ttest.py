@@ -1,0 +1,108 @@
+"""ttest and anova: numbers against scipy / statsmodels called directly, and signal vs shuffled labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import stats
+from statsmodels.stats.multicomp import pairwise_tukeyhsd
+
+from tests.test_stats_common import SIGNAL_FEATURES, synthetic_context
+from toolkit.plugins.analyses.anova import anova, effect_sizes, one_way, tukey
+from toolkit.plugins.analyses.stats_common import bh_qvalues, level_views
+from toolkit.plugins.analyses.ttest import compare_two, ttest
+from toolkit.results import Finding, SkipAnalysis, Table
+
+
+def _tables(results) -> dict:
+    return {r.name: r.data for r in results if isinstance(r, Table)}
+
+
+def test_ttest_matches_scipy_feature_by_feature():
+    context = synthetic_context(dim=12)
+    x = np.asarray(context.embeddings, dtype=np.float64)
+    table = compare_two(level_views(context.metadata, x, "label")[0], "label", "benign", "malignant")
+    malignant = (context.metadata["label"] == "malignant").to_numpy()
+    for feature in (0, 7):
+        a, b = x[~malignant, feature], x[malignant, feature]
+        row = table[table["feature"] == feature].iloc[0]
+        welch = stats.ttest_ind(b, a, equal_var=False)
+        assert row["t"] == pytest.approx(welch.statistic, abs=1e-9)
+        assert row["p_val"] == pytest.approx(welch.pvalue, abs=1e-9)
+        assert row["p_val_mwu"] == pytest.approx(stats.mannwhitneyu(b, a).pvalue, abs=1e-9)
+        pooled = np.sqrt(((len(a) - 1) * a.var(ddof=1) + (len(b) - 1) * b.var(ddof=1)) / (len(a) + len(b) - 2))
+        d = (b.mean() - a.mean()) / pooled
+        assert row["cohen_d"] == pytest.approx(d, rel=1e-12)
+        assert row["hedges_g"] == pytest.approx(d * (1 - 3 / (4 * (len(a) + len(b)) - 9)), rel=1e-12)
+        assert row["g_ci_low"] < row["hedges_g"] < row["g_ci_high"]
+    np.testing.assert_allclose(table["q_val"], bh_qvalues(table["p_val"].to_numpy()), atol=1e-15)
+
+
+def test_ttest_finds_the_signal_on_images_and_patients():
+    results = ttest(synthetic_context(dim=40))
+    table = _tables(results)["main"]
+    assert set(table["level"]) == {"image", "patient"}
+    for level, rows in table.groupby("level"):
+        significant = set(rows.loc[rows["q_val"] < 0.05, "feature"])
+        assert set(range(SIGNAL_FEATURES)) <= significant, level
+    patient_rows = table[table["level"] == "patient"]
+    assert (patient_rows["n_a"] + patient_rows["n_b"] == 24).all()  # one row per patient
+    assert any("not independent" in r.message for r in results if isinstance(r, Finding))
+    assert "14-10" not in " ".join(r.message for r in results if isinstance(r, Finding))
+
+
+def test_ttest_on_shuffled_labels_finds_nothing():
+    context = synthetic_context(dim=40, signal=0.0)
+    shuffled = context.metadata["label"].sample(frac=1.0, random_state=3).to_numpy()
+    context.metadata["label"] = shuffled
+    table = _tables(ttest(context))["main"]
+    image = table[table["level"] == "image"]
+    assert (image["q_val"] < 0.05).sum() <= 1
+    assert image["q_val"].min() > 0.01
+
+
+def test_ttest_other_grouping_and_skips():
+    context = synthetic_context(dim=8, settings={"ttest_grouping": "magnification"})
+    with pytest.raises(SkipAnalysis, match="two groups"):
+        ttest(context)
+    context.metadata["magnification"] = np.where(context.metadata["magnification"] < 200, 40, 400)
+    assert set(_tables(ttest(context))["main"]["grouping"]) == {"magnification"}
+    context.embeddings = np.ones_like(context.embeddings)
+    with pytest.raises(SkipAnalysis, match="constant"):
+        ttest(context)
+
+
+def test_anova_matches_scipy_and_statsmodels():
+    context = synthetic_context(dim=10)
+    x = np.asarray(context.embeddings, dtype=np.float64)
+    view = level_views(context.metadata, x, "subtype")[0]
+    table = one_way(view, "subtype")
+    groups = context.metadata["subtype"].to_numpy()
+    samples = [x[groups == g, 3] for g in sorted(set(groups))]
+    row = table[table["feature"] == 3].iloc[0]
+    assert row["p_val"] == pytest.approx(stats.f_oneway(*samples).pvalue, abs=1e-9)
+    assert row["f"] == pytest.approx(stats.f_oneway(*samples).statistic, rel=1e-9)
+    assert row["p_val_kw"] == pytest.approx(stats.kruskal(*samples).pvalue, abs=1e-9)
+    assert row["epsilon_sq"] == pytest.approx(stats.kruskal(*samples).statistic / (len(x) - 1), rel=1e-12)
+    grand = x[:, 3].mean()
+    eta = sum(len(s) * (s.mean() - grand) ** 2 for s in samples) / ((x[:, 3] - grand) ** 2).sum()
+    assert row["eta_sq"] == pytest.approx(eta, rel=1e-9)
+    codes = np.searchsorted(sorted(set(groups)), groups)
+    assert effect_sizes(x[:, [3]], codes, 4)[0] == pytest.approx(eta, rel=1e-9)
+    post = tukey(view, "subtype", np.array([3]))
+    direct = pairwise_tukeyhsd(x[:, 3], groups)
+    np.testing.assert_allclose(post["p_adj"], direct.pvalues, atol=1e-12)
+    np.testing.assert_allclose(post["meandiff"], direct.meandiffs, atol=1e-12)
+
+
+def test_anova_tables_and_levels():
+    results = anova(synthetic_context(dim=12))
+    tables = _tables(results)
+    main = tables["main"]
+    assert set(zip(main["factor"], main["level"])) == {(f, l) for f in ("subtype", "magnification")
+                                                       for l in ("image", "patient")}
+    subtype_image = main[(main["factor"] == "subtype") & (main["level"] == "image")]
+    assert (subtype_image.loc[subtype_image["feature"] < SIGNAL_FEATURES, "q_val"] < 0.05).all()
+    magnification = main[(main["factor"] == "magnification") & (main["level"] == "image")]
+    assert (magnification["q_val"] < 0.05).sum() == 0
+    assert len(tables["tukey"]) == 2 * 2 * 3 * 6  # factors x levels x top 3 x pairs of 4 groups

@@ -1,0 +1,132 @@
+"""``tk train``: balancing, augmentation, determinism, the patient split, variants in run/explain/export."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+
+from tests.conftest import TINY, run_tk
+from tests.datasets import image_path, tile
+from toolkit.errors import TkError
+from toolkit.registry import load_registry
+from toolkit.scan import sha256_file
+from toolkit.training import (TrainSettings, class_weights, classifier_model, oversampled, patient_split, train)
+
+QUICK = {"backbone": "tiny", "weights": "random", "plugins": [str(TINY)], "epochs": 8, "learning_rate": 0.01,
+         "batch_size": 8, "unfreeze": 0, "n_bootstrap": 200, "patience": 100}
+
+
+def make_imbalanced(root: Path, benign: int = 3, malignant: int = 9, per_patient: int = 8, seed: int = 0) -> Path:
+    """12 patients, 75% of the images malignant (tests.datasets.tile draws the class signal)."""
+    rng = np.random.default_rng(seed)
+    for k in range(benign + malignant):
+        code = "A" if k < benign else "DC"
+        for seq in range(1, per_patient + 1):
+            path = image_path(root, code, f"14-{200 + k}", 100, seq)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tile(rng, code == "DC").save(path)
+    return root
+
+
+@pytest.fixture
+def imbalanced(tmp_path: Path) -> Path:
+    return make_imbalanced(tmp_path / "BreaKHis_v1" / "histology_slides" / "breast")
+
+
+def test_class_weights_raise_minority_sensitivity_on_held_out_patients(imbalanced, tmp_path):
+    store = tmp_path / "tk.duckdb"
+    outcomes, differences = train(TrainSettings(data=imbalanced, store=store, seed=0, **QUICK), ablation=True)
+    assert len(outcomes) == 4
+    sensitivity = {(o.settings.augment, o.settings.balance):
+                   o.metrics.query("metric == 'sensitivity' and `class` == 'benign'")["value"].iloc[0]
+                   for o in outcomes}
+    assert sensitivity[(False, "weights")] > sensitivity[(False, "none")]
+    row = differences.query("factor == 'balance weights − none (augment off)' and metric == 'sensitivity'").iloc[0]
+    assert row["class"] == "benign" and row["difference"] > 0
+    assert (differences["ci_low"] <= differences["difference"] + 1e-12).all()
+    assert (differences["difference"] <= differences["ci_high"] + 1e-12).all()
+    with duckdb.connect(str(store), read_only=True) as con:
+        assert con.execute("SELECT count(*) FROM training_runs WHERE status = 'ok' AND ablation_id IS NOT NULL").fetchone()[0] == 4
+        assert con.execute("SELECT count(*) FROM training_differences").fetchone()[0] == len(differences) == 8
+        held_out = con.execute("SELECT DISTINCT n_val_patients FROM training_runs").fetchall()
+    assert held_out == [(4,)]
+
+
+def test_same_seed_gives_the_same_final_validation_loss(imbalanced, tmp_path):
+    settings = TrainSettings(data=imbalanced, store=tmp_path / "tk.duckdb", seed=3,
+                             **{**QUICK, "epochs": 2, "unfreeze": 1}, augment=True)
+    losses = [train(settings)[0][0].history for _ in range(2)]
+    assert list(losses[0]["phase"]) == ["head", "head", "finetune", "finetune"]
+    assert abs(losses[0]["val_loss"].iloc[-1] - losses[1]["val_loss"].iloc[-1]) < 1e-6
+
+
+def test_augmentation_is_inactive_at_inference():
+    backbone = load_registry([str(TINY)]).backbone("tiny")
+    model = classifier_model(backbone, backbone.build(None), 2, TrainSettings(augment=True, seed=1))
+    x = np.random.default_rng(0).uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
+    first, second = model(x, training=False), model(x, training=False)
+    np.testing.assert_array_equal(np.asarray(first), np.asarray(second))
+    assert not np.allclose(np.asarray(model.get_layer("augmentation")(x, training=True)), x)
+
+
+def test_patient_split_holds_out_whole_patients_of_every_class():
+    y = np.repeat([0, 0, 0, 1, 1, 1, 1, 1, 1], 5)
+    patients = np.repeat(np.arange(9), 5)
+    val = patient_split(y, patients, 0.25, seed=0)
+    assert not set(patients[val]) & set(patients[~val])
+    assert set(y[val]) == {0, 1}
+    with pytest.raises(TkError, match="2 patients"):
+        patient_split(np.array([0, 1]), np.array([0, 1]), 0.25, seed=0)
+
+
+def test_balancing_modes():
+    y = np.array([0] * 2 + [1] * 6)
+    np.testing.assert_allclose(class_weights(y, 2), [2.0, 2 / 3])
+    drawn = oversampled(np.arange(8), y, seed=0)
+    assert np.bincount(y[drawn]).tolist() == [6, 6]
+
+
+def test_unknown_variant_is_one_clear_error():
+    registry = load_registry([str(TINY)])
+    with pytest.raises(TkError, match="tk train --backbone tiny"):
+        registry.backbone("tiny@t20000101t000000-0000")
+    with pytest.raises(TkError, match="unknown backbone 'nope'"):
+        registry.backbone("nope@t20000101t000000-0000")
+
+
+def test_train_then_run_explain_and_export_the_variant(imbalanced, tmp_path):
+    store, reports = tmp_path / "tk.duckdb", tmp_path / "reports"
+    trained = run_tk("train", imbalanced, "--backbone", "tiny", "--plugin", TINY, "--weights", "random",
+                     "--epochs", "1", "--unfreeze", "1", "--store", store)
+    assert trained.exit_code == 0, trained.stderr
+    variant = trained.stdout.strip().splitlines()[-1]
+    assert variant.startswith("tiny@t") and "head epoch 1/1" in trained.stderr
+    assert (tmp_path / "tk_models" / f"{variant}.keras").is_file()
+
+    ran = run_tk("run", imbalanced, "--backbone", f"tiny,{variant}", "--plugin", TINY, "--weights", "random",
+                 "--analysis", "probe", "--store", store, "--out", reports)
+    assert ran.exit_code == 0, ran.stderr
+    con = duckdb.connect(str(store), read_only=True)
+    weights = con.execute("SELECT weights_kind, weights_sha256 FROM run_backbones WHERE backbone = ?", [variant]).fetchall()
+    con.close()
+    assert weights == [("file", sha256_file(tmp_path / "tk_models" / f"{variant}.keras"))]  # not --weights random
+    html = next(reports.glob("*.html")).read_text()
+    section = html[html.index('id="training"'):]
+    assert "Fine-tuned backbones" in section and f"Linear probe on {variant} embeddings" in section
+    assert "Frozen tiny, linear probe" in section and "training curve" in section
+
+    image = next(imbalanced.rglob("*.png"))
+    explained = run_tk("explain", image, "--backbone", variant, "--plugin", TINY, "--store", store,
+                       "--out", tmp_path / "explain")
+    assert explained.exit_code == 0, explained.stderr
+    assert Path(explained.stdout.split("\t")[0]).is_file()
+    exported = run_tk("export", "--backbone", variant, "--format", "savedmodel", "--plugin", TINY,
+                      "--store", store, "--out", tmp_path / "exports")
+    assert exported.exit_code == 0, exported.stderr
+
+    (tmp_path / "tk_models" / f"{variant}.keras").write_bytes(b"tampered")
+    tampered = run_tk("explain", image, "--backbone", variant, "--plugin", TINY, "--store", store)
+    assert tampered.exit_code != 0 and "changed since training" in tampered.stderr

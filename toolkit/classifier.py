@@ -1,0 +1,121 @@
+"""A deployable classifier: a backbone plus the linear probe's head as a Keras Dense layer.
+
+The head is the probe's model (standardisation + logistic regression, fitted on all images of a
+run) with the standardisation folded into the Dense weights, so the Keras model maps raw pixels to
+``{"embedding", "probabilities"}``. The head is built on ``base.output`` of the flat backbone graph,
+so Grad-CAM can read any inner layer.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from toolkit.errors import TkError
+from toolkit.kinds import Backbone
+from toolkit.registry import Registry
+from toolkit.store import EmbeddingSet, Store
+from toolkit.weights import build_model, request_for
+
+
+@dataclass(frozen=True)
+class Head:
+    """Dense weights ``(dim, n_classes)`` and bias acting on raw (unstandardised) embeddings."""
+
+    classes: list[str]
+    kernel: np.ndarray
+    bias: np.ndarray
+
+    def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
+        logits = embeddings.astype(np.float64) @ self.kernel + self.bias
+        logits -= logits.max(axis=1, keepdims=True)
+        exp = np.exp(logits)
+        return exp / exp.sum(axis=1, keepdims=True)
+
+
+def fit_head(embeddings: np.ndarray, labels: np.ndarray, seed: int = 0) -> Head:
+    """The probe's logistic regression on standardised embeddings, folded into one affine map."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    from toolkit.plugins.analyses.probe import C_DEFAULT
+
+    classes = sorted({str(label) for label in labels})
+    if len(classes) < 2:
+        raise TkError("the classifier needs at least two labels among the run's images")
+    scaler = StandardScaler().fit(embeddings)
+    model = LogisticRegression(C=C_DEFAULT, max_iter=1000, random_state=seed)
+    model.fit(scaler.transform(embeddings), np.asarray(labels, dtype=str))
+    coef, intercept = model.coef_, model.intercept_
+    if len(classes) == 2:  # sigmoid(z) == softmax([0, z])
+        coef = np.vstack([np.zeros_like(coef), coef])
+        intercept = np.concatenate([[0.0], intercept])
+    kernel = (coef / scaler.scale_).T
+    bias = intercept - (scaler.mean_ / scaler.scale_) @ coef.T
+    return Head(list(model.classes_), kernel.astype(np.float32), bias.astype(np.float32))
+
+
+def build_classifier(base: Any, head: Head) -> Any:
+    """Keras model: preprocessed pixels -> {"embedding", "probabilities"} on the flat backbone graph."""
+    import keras
+
+    dense = keras.layers.Dense(len(head.classes), activation="softmax", name="probabilities")
+    probabilities = dense(base.output)
+    dense.set_weights([head.kernel, head.bias])
+    return keras.Model(base.input, {"embedding": base.output, "probabilities": probabilities},
+                       name=f"{base.name}_classifier")
+
+
+@dataclass
+class Classifier:
+    """Everything needed to export, explain or predict with one backbone of a run."""
+
+    backbone: Backbone
+    model: Any
+    head: Head
+    run_id: str
+    weights_id: str
+
+    def metadata(self) -> dict[str, Any]:
+        height, width = self.backbone.input_size
+        return {"backbone": self.backbone.name, "classes": self.head.classes, "run_id": self.run_id,
+                "weights_id": self.weights_id, "input": {"height": height, "width": width,
+                                                         "channels": 3, "range": "RGB 0..255"}}
+
+    def predict(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        """Outputs for a uint8/float batch of raw RGB pixels (n, h, w, 3)."""
+        import tensorflow as tf
+
+        x = self.backbone.preprocess(tf.convert_to_tensor(pixels, tf.float32))
+        return {k: v.numpy() for k, v in self.model(x, training=False).items()}
+
+
+def load_classifier(store: Store, registry: Registry, backbone_name: str, run_id: str | None = None,
+                    seed: int = 0) -> Classifier:
+    """Rebuild a run's backbone with its weights and fit the head on that run's embeddings."""
+    run = store.run(run_id)
+    row = store.one("SELECT weights_kind, weights_id, table_name, dim FROM run_backbones "
+                    "WHERE run_id = ? AND backbone = ? AND status = 'ok'", [run["run_id"], backbone_name])
+    if row is None:
+        raise TkError(f"run {run['run_id']} has no {backbone_name} embeddings; run `tk run --backbone {backbone_name}`")
+    kind, weights_id, _, dim = row
+    path_row = store.one("SELECT weights_path FROM embedding_sets WHERE backbone = ? AND weights_id = ?",
+                         [backbone_name, weights_id])
+    backbone = registry.backbone(backbone_name)
+    metadata, embeddings = store.run_embeddings(run["run_id"], EmbeddingSet(backbone_name, weights_id, dim))
+    if metadata["label"].isna().any():
+        raise TkError("the classifier needs a label for every image of the run")
+    head = fit_head(embeddings, metadata["label"].to_numpy(), seed)
+    request, weights_seed = request_for(kind, weights_id, path_row[0] if path_row else None)
+    base, _ = build_model(backbone, request, weights_seed)
+    return Classifier(backbone, build_classifier(base, head), head, run["run_id"], weights_id)
+
+
+def write_metadata(classifier: Classifier, path: Path, extra: dict[str, Any] | None = None) -> Path:
+    """Write the classifier's metadata (and ``extra``) as JSON at ``path``."""
+    path.write_text(json.dumps({**classifier.metadata(), **(extra or {})}, indent=2, default=float))
+    return path

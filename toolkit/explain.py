@@ -1,0 +1,88 @@
+"""``tk explain`` and ``tk predict``: run a classifier on image files, with Grad-CAM overlays."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from toolkit.classifier import Classifier
+from toolkit.errors import TkError
+from toolkit.gradcam import gradcam, overlay_png
+from toolkit.imageio import UnreadableImage, load_rgb, read_size
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's predicted class, its probability and the model's latency."""
+
+    image: Path
+    label: str
+    probability: float
+    latency_ms: float
+    overlay: Path | None = None
+
+
+def read_image(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """Decode an image file for a model input size, or raise a one-line TkError naming it."""
+    try:
+        read_size(path)
+        return load_rgb(path, size)
+    except (UnreadableImage, FileNotFoundError) as exc:
+        raise TkError(f"{path}: {exc}") from exc
+
+
+def explain(classifier: Classifier, image: Path, out_dir: Path) -> Prediction:
+    """Write ``<out>/<image stem>.gradcam-<backbone>.png`` and return the prediction it explains."""
+    layer = classifier.backbone.gradcam_layer
+    if not layer:
+        raise TkError(f"backbone {classifier.backbone.name} declares no gradcam_layer; Grad-CAM needs one")
+    pixels = read_image(image, classifier.backbone.input_size)
+    started = time.perf_counter()
+    heatmaps, probabilities = gradcam(classifier.model, layer, pixels[None], classifier.backbone.preprocess)
+    latency = (time.perf_counter() - started) * 1000
+    out_dir.mkdir(parents=True, exist_ok=True)
+    target = out_dir / f"{image.stem}.gradcam-{classifier.backbone.name}.png"
+    target.write_bytes(overlay_png(pixels, heatmaps[0]))
+    best = int(probabilities[0].argmax())
+    return Prediction(image, classifier.head.classes[best], float(probabilities[0, best]), latency, target)
+
+
+def load_exported(model: Path) -> tuple[Callable[[np.ndarray], dict[str, np.ndarray]], dict[str, Any]]:
+    """An exported classifier (``.tflite`` file or SavedModel folder) and its metadata JSON."""
+    if model.suffix == ".tflite" and model.is_file():
+        from toolkit.litert import LiteModel
+
+        return LiteModel(model), _metadata(model.with_suffix(".json"))
+    if (model / "saved_model.pb").is_file():
+        import tensorflow as tf
+
+        signature = tf.saved_model.load(str(model)).signatures["serving_default"]
+        run = lambda pixels: {k: v.numpy() for k, v in signature(images=tf.constant(pixels, tf.float32)).items()}  # noqa: E731
+        return run, _metadata(model.parent / f"{model.parent.name}.json")
+    raise TkError(f"{model}: not a .tflite file or a SavedModel folder (from `tk export`)")
+
+
+def _metadata(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise TkError(f"{path} is missing: it holds the class names; export the model again with `tk export`")
+    return json.loads(path.read_text())
+
+
+def predict(model: Path, images: list[Path]) -> list[Prediction]:
+    """Class, probability and latency of an exported classifier on each image."""
+    run, meta = load_exported(model)
+    size = (meta["input"]["height"], meta["input"]["width"])
+    predictions = []
+    for image in images:
+        pixels = read_image(image, size)[None]
+        started = time.perf_counter()
+        probabilities = run(pixels)["probabilities"][0]
+        latency = (time.perf_counter() - started) * 1000
+        best = int(np.argmax(probabilities))
+        predictions.append(Prediction(image, meta["classes"][best], float(probabilities[best]), latency))
+    return predictions

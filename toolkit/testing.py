@@ -1,0 +1,431 @@
+"""A conformance kit for plugins, in the manner of scikit-learn's ``parametrize_with_checks``.
+
+Each check takes one registered object and raises ``AssertionError`` saying what breaks the
+contract. Run them all at once::
+
+    from toolkit.testing import check_analysis
+    check_analysis(my_analysis)
+
+or one pytest test per check::
+
+    from toolkit.testing import parametrize_with_checks, registered
+    import my_plugin
+
+    @parametrize_with_checks(registered(my_plugin))
+    def test_conformance(item, check):
+        check(item)
+
+Analyses and exporters are checked on a synthetic run written into a DuckDB store through the
+store's own API (24 labelled images from 6 patients, two backbones with a class signal in the
+embeddings). Backbones are built with seeded random weights, so no download is needed. Importing
+this module does not import TensorFlow or pytest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from toolkit import __version__
+from toolkit.analyses import run_analyses
+from toolkit.kinds import Analysis, AnalysisContext, Backbone, ExportContext, Exporter
+from toolkit.results import Figure, Finding, MalformedResult, Result, Table, table_name, validate_results
+from toolkit.scan import ScannedImage
+from toolkit.sources import ImageRecord
+from toolkit.store import EmbeddingSet, Store, identifier
+
+Item = Backbone | Analysis | Exporter
+Check = Callable[[Any], None]
+
+KIT_RUN_ID = "kit-run"
+KIT_BACKBONES = {"alpha": 8, "beta": 12}
+KIT_LABELS = ("benign", "malignant")
+KIT_IMAGES = 24
+KIT_SEED = 7
+MAGNIFICATIONS = (40, 100, 200, 400)
+PATIENTS_PER_LABEL = 3
+
+
+# --- a synthetic run in a store ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SyntheticRun:
+    """A run written into ``store``: its id and the embedding set of every backbone."""
+
+    store: Store
+    run_id: str
+    sets: dict[str, EmbeddingSet]
+
+
+def _kit_images(n_images: int, labels: tuple[str, ...]) -> list[ScannedImage]:
+    images = []
+    for i in range(n_images):
+        label = labels[i % len(labels)] if labels else None
+        rank = i // max(len(labels), 1)
+        record = ImageRecord(
+            path=Path(f"/synthetic/image_{i:03d}.png"), relpath=f"image_{i:03d}.png", source="synthetic",
+            label=label, subtype=f"{label}_{'ab'[rank % 2]}" if label else None,
+            magnification=MAGNIFICATIONS[i % len(MAGNIFICATIONS)] if label else None,
+            patient_id=f"{label[0]}{rank % PATIENTS_PER_LABEL}" if label else None)
+        sha = hashlib.sha256(f"synthetic-{i}".encode()).hexdigest()
+        images.append(ScannedImage(record, sha, size_bytes=1, mtime_ns=0, width=32, height=32))
+    return images
+
+
+def _kit_vectors(images: list[ScannedImage], dim: int, seed: int) -> np.ndarray:
+    """Gaussian noise plus a shift along the first two features that grows with the label's rank."""
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(len(images), dim)).astype(np.float32)
+    ranks = {label: rank for rank, label in enumerate(sorted({i.record.label or "" for i in images}))}
+    vectors[:, :2] += np.array([[1.5 * ranks[i.record.label or ""]] for i in images], dtype=np.float32)
+    return vectors
+
+
+def synthetic_run(store: Store, n_images: int = KIT_IMAGES, backbones: Mapping[str, int] = KIT_BACKBONES,
+                  labels: tuple[str, ...] = KIT_LABELS, seed: int = KIT_SEED) -> SyntheticRun:
+    """Write a finished run of ``n_images`` synthetic images into ``store``.
+
+    ``labels=()`` gives unlabelled images (no label, subtype, magnification or patient id).
+    """
+    images = _kit_images(n_images, labels)
+    shas = [image.sha256 for image in images]
+    sets = {name: EmbeddingSet(name, f"random-seed{seed}", dim) for name, dim in backbones.items()}
+    store.start_run(KIT_RUN_ID, "toolkit.testing", {"seed": seed}, {"tk": __version__})
+    for offset, embedding_set in enumerate(sets.values()):
+        store.ensure_set(embedding_set, "random", None, None)
+    store.write_batch(KIT_RUN_ID, images, {s: (shas, _kit_vectors(images, s.dim, seed + offset))
+                                          for offset, s in enumerate(sets.values())})
+    for embedding_set in sets.values():
+        store.point_view(embedding_set)
+        store.record_backbone(KIT_RUN_ID, embedding_set.backbone, table_name=embedding_set.table,
+                              weights_id=embedding_set.weights_id, weights_kind="random", dim=embedding_set.dim,
+                              n_embedded=n_images, n_reused=0, seconds=0.0, status="ok")
+    store.update_run(KIT_RUN_ID, status="ok", n_images=n_images, n_skipped=0, source="synthetic",
+                     data_root="/synthetic", finished_at=datetime.now(timezone.utc).replace(tzinfo=None))
+    return SyntheticRun(store, KIT_RUN_ID, sets)
+
+
+# --- analyses ------------------------------------------------------------------------------------
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array = array.view()
+    array.flags.writeable = False
+    return array
+
+
+def _kit_context(run: SyntheticRun, analysis: Analysis, seed: int) -> AnalysisContext:
+    """The context the runner would build for ``analysis`` (first backbone, or all of them)."""
+    loaded = {name: run.store.run_embeddings(run.run_id, s) for name, s in run.sets.items()}
+    first = next(iter(loaded))
+    metadata = loaded[first][0]
+    every = {name: _read_only(matrix) for name, (_, matrix) in loaded.items()}
+    return AnalysisContext(run_id=run.run_id, backbone=None if analysis.needs.all_backbones else first,
+                           embeddings=None if analysis.needs.all_backbones else every[first],
+                           metadata=metadata, all_embeddings=every, con=run.store.con,
+                           settings={"plugins": []}, seed=seed)
+
+
+def _results(analysis: Analysis, context: AnalysisContext) -> list[Result]:
+    try:
+        returned = analysis.run(context)
+    except ValueError as exc:
+        if "read-only" in str(exc):
+            raise AssertionError(f"analysis {analysis.name!r} writes into its input arrays, which are read-only "
+                                 f"in tk runs; work on a copy (np.array(x)): {exc}") from exc
+        raise AssertionError(f"analysis {analysis.name!r} failed on the kit's synthetic run: ValueError: {exc}") from exc
+    except Exception as exc:
+        raise AssertionError(f"analysis {analysis.name!r} failed on the kit's synthetic run, which meets its "
+                             f"needs ({analysis.needs}): {type(exc).__name__}: {exc}") from exc
+    try:
+        return validate_results(analysis.name, returned)
+    except MalformedResult as exc:
+        raise AssertionError(str(exc)) from None
+
+
+@dataclass(frozen=True)
+class _KitOutcome:
+    results: list[Result]
+    context: AnalysisContext
+    metadata_before: pd.DataFrame
+    store: Store
+
+
+def _run_on_kit_data(analysis: Analysis, seed: int) -> _KitOutcome:
+    """One run of ``analysis`` on a fresh synthetic store, with a copy of the metadata it was given."""
+    store = Store.open(":memory:")
+    context = _kit_context(synthetic_run(store), analysis, seed)
+    before = context.metadata.copy()
+    return _KitOutcome(_results(analysis, context), context, before, store)
+
+
+def check_analysis_results_are_stored(analysis: Analysis, seed: int = 0) -> None:
+    """Results are Tables, Figures and Findings that the store saves and gives back unchanged in shape."""
+    outcome = _run_on_kit_data(analysis, seed)
+    results, store = outcome.results, outcome.store
+    store.save_results(KIT_RUN_ID, analysis.name, outcome.context.backbone or "", "ok", "", 0.0, results)
+    for table in (r for r in results if isinstance(r, Table)):
+        name = table_name(identifier(analysis.name), identifier(table.name))
+        stored = store.query_df(f"SELECT * EXCLUDE (run_id, backbone) FROM {name}")
+        expected = [identifier(str(c)) for c in table.data.columns]
+        assert list(stored.columns) == expected, (
+            f"analysis {analysis.name!r}: table {table.name!r} was stored with columns {list(stored.columns)}, "
+            f"not {expected}; use distinct lower-case column names")
+        assert len(stored) == len(table.data), (
+            f"analysis {analysis.name!r}: table {table.name!r} has {len(table.data)} rows but {len(stored)} were stored")
+    for kind, cls in (("figures", Figure), ("findings", Finding)):
+        count = store.one(f"SELECT count(*) FROM results_{kind} WHERE analysis = ?", [analysis.name])[0]
+        expected_count = sum(isinstance(r, cls) for r in results)
+        assert count == expected_count, (
+            f"analysis {analysis.name!r} returned {expected_count} {kind} but {count} were stored")
+
+
+def check_analysis_leaves_inputs_alone(analysis: Analysis, seed: int = 0) -> None:
+    """The analysis reads its context without changing it (arrays are read-only, metadata compared)."""
+    outcome = _run_on_kit_data(analysis, seed)
+    context = outcome.context
+    try:
+        pd.testing.assert_frame_equal(context.metadata, outcome.metadata_before)
+    except AssertionError as exc:
+        raise AssertionError(f"analysis {analysis.name!r} changed context.metadata in place; work on a copy "
+                             f"(context.metadata.copy()): {exc}") from None
+    assert set(context.all_embeddings) == set(KIT_BACKBONES), (
+        f"analysis {analysis.name!r} changed context.all_embeddings; treat the context as read-only")
+
+
+def _comparable(results: list[Result]) -> list[tuple[str, Any]]:
+    return [(type(r).__name__, r.data if isinstance(r, Table) else r.message if isinstance(r, Finding) else r.name)
+            for r in results]
+
+
+def check_analysis_is_deterministic(analysis: Analysis, seed: int = 0) -> None:
+    """Two runs with the same seed give the same tables, findings and figure names."""
+    first, second = (_comparable(_run_on_kit_data(analysis, seed).results) for _ in range(2))
+    assert [k for k, _ in first] == [k for k, _ in second], (
+        f"analysis {analysis.name!r} returned different kinds of results on two runs with seed {seed}")
+    for (kind, a), (_, b) in zip(first, second):
+        if kind == "Table":
+            try:
+                pd.testing.assert_frame_equal(a, b)
+            except AssertionError as exc:
+                raise AssertionError(f"analysis {analysis.name!r} is not deterministic with seed {seed}: "
+                                     f"seed every random step with context.seed: {exc}") from None
+        else:
+            assert a == b, f"analysis {analysis.name!r} is not deterministic with seed {seed}: {a!r} != {b!r}"
+
+
+def _unmet_scenarios(analysis: Analysis) -> dict[str, dict[str, Any]]:
+    """Synthetic runs that break one declared need each (and an unlabelled run for every analysis)."""
+    needs = analysis.needs
+    scenarios: dict[str, dict[str, Any]] = {"unlabelled images": {"labels": ()}}
+    if needs.min_samples > 1:
+        scenarios[f"{needs.min_samples - 1} images"] = {"n_images": needs.min_samples - 1}
+    if needs.labels:
+        scenarios["one label group"] = {"labels": KIT_LABELS[:1]}
+    if needs.all_backbones:
+        scenarios["one backbone"] = {"backbones": dict(list(KIT_BACKBONES.items())[:1])}
+    return scenarios
+
+
+def check_analysis_skips_with_reason(analysis: Analysis, seed: int = 0) -> None:
+    """Data that breaks a declared need is skipped with a reason; unlabelled data never crashes it."""
+    for scenario, arguments in _unmet_scenarios(analysis).items():
+        store = Store.open(":memory:")
+        run = synthetic_run(store, **arguments)
+        outcomes = run_analyses(store, run.run_id, run.sets, [analysis], {"plugins": []}, seed)
+        must_skip = scenario != "unlabelled images" or analysis.needs.labels or analysis.needs.patients
+        for outcome in outcomes:
+            where = f"analysis {analysis.name!r} on {scenario} ({outcome.backbone})"
+            assert outcome.status != "failed", (
+                f"{where} failed: {outcome.message}; declare the need in Needs(...) or raise SkipAnalysis(reason)")
+            if must_skip:
+                assert outcome.status == "skipped", f"{where} was not skipped although its needs are unmet"
+            if outcome.status == "skipped":
+                assert outcome.message.strip(), f"{where} was skipped without a reason"
+
+
+ANALYSIS_CHECKS: tuple[Check, ...] = (check_analysis_results_are_stored, check_analysis_leaves_inputs_alone,
+                                      check_analysis_is_deterministic, check_analysis_skips_with_reason)
+
+
+# --- backbones -----------------------------------------------------------------------------------
+
+def _kit_pixels(backbone: Backbone, n_images: int = 2) -> np.ndarray:
+    height, width = backbone.input_size
+    return np.random.default_rng(KIT_SEED).integers(0, 256, size=(n_images, height, width, 3), dtype=np.uint8)
+
+
+def _embed_fresh(backbone: Backbone, seed: int) -> np.ndarray:
+    """Embeddings of the kit's images from a model built anew with seeded random weights."""
+    from toolkit.errors import TkError
+    from toolkit.pipeline import make_extractor
+    from toolkit.weights import build_model
+
+    pixels = _kit_pixels(backbone)
+    try:
+        model, _ = build_model(backbone, "random", seed)
+    except TkError as exc:
+        raise AssertionError(str(exc)) from None
+    return make_extractor(backbone, model, len(pixels))(pixels)
+
+
+@lru_cache(maxsize=4)
+def _embed(backbone: Backbone, seed: int) -> np.ndarray:
+    return _embed_fresh(backbone, seed)
+
+
+def check_backbone_output(backbone: Backbone, seed: int = 0) -> None:
+    """The model built with random weights maps a batch to finite ``(n, dim)`` float embeddings."""
+    vectors = _embed(backbone, seed)
+    expected = (len(_kit_pixels(backbone)), backbone.dim)
+    assert vectors.shape == expected, f"backbone {backbone.name!r} gave embeddings of shape {vectors.shape}, not {expected}"
+    assert np.issubdtype(vectors.dtype, np.floating), f"backbone {backbone.name!r} gave {vectors.dtype} embeddings"
+    assert np.isfinite(vectors).all(), f"backbone {backbone.name!r} gave NaN or infinite embeddings"
+
+
+def check_backbone_is_deterministic(backbone: Backbone, seed: int = 0) -> None:
+    """Two builds with the same seed give the same embeddings (random weights follow the seed)."""
+    first, second = _embed(backbone, seed), _embed_fresh(backbone, seed)
+    assert np.allclose(first, second, rtol=1e-5, atol=1e-6), (
+        f"backbone {backbone.name!r} gives different embeddings from two builds with seed {seed}; "
+        "build(None) must draw its weights from Keras' seeded initialisers")
+
+
+def check_backbone_preprocess_is_pure(backbone: Backbone, seed: int = 0) -> None:
+    """``preprocess`` keeps the batch shape and does not write into a numpy batch it is given."""
+    batch = _kit_pixels(backbone).astype(np.float32)
+    original = batch.copy()
+    output = np.asarray(backbone.preprocess(batch))
+    assert output.shape == original.shape, (
+        f"backbone {backbone.name!r}: preprocess changed the batch shape {original.shape} to {output.shape}")
+    assert np.array_equal(batch, original), (
+        f"backbone {backbone.name!r}: preprocess wrote into its input array; copy it first")
+
+
+BACKBONE_CHECKS: tuple[Check, ...] = (check_backbone_output, check_backbone_is_deterministic,
+                                      check_backbone_preprocess_is_pure)
+
+
+# --- exporters -----------------------------------------------------------------------------------
+
+def _kit_store(path: Path) -> str:
+    """A store file holding a synthetic run with one stored result of each kind; returns the run id."""
+    with Store.open(path) as store:
+        run = synthetic_run(store)
+        for backbone in run.sets:
+            figure = Figure("dots", '<svg xmlns="http://www.w3.org/2000/svg" width="4" height="4"></svg>',
+                            alt="an empty kit figure")
+            store.save_results(run.run_id, "kit_summary", backbone, "ok", "", 0.01, [
+                Table("main", pd.DataFrame({"feature": [0, 1], "value": [0.5, 1.5]}), "kit table"),
+                figure, Finding("the kit wrote this finding")])
+    return run.run_id
+
+
+def _export(exporter: Exporter, store_path: Path, run_id: str, out_dir: Path) -> list[Path]:
+    """Export from the store opened read-only, as ``tk report`` does; exporters must not write to it."""
+    with Store.open(store_path, read_only=True) as store:
+        context = ExportContext(run_id, store, {"plugins": [], "reveal_ids": False})
+        try:
+            written = exporter.export(context, out_dir)
+        except Exception as exc:
+            raise AssertionError(f"exporter {exporter.name!r} failed on the kit's synthetic run (store opened "
+                                 f"read-only): {type(exc).__name__}: {exc}") from exc
+    assert isinstance(written, (list, tuple)), f"exporter {exporter.name!r} returned {type(written).__name__}, not a list of paths"
+    root = out_dir.resolve()
+    for path in written:
+        resolved = Path(path).resolve()
+        assert resolved.exists(), f"exporter {exporter.name!r} returned {path}, which does not exist"
+        assert resolved.is_relative_to(root), f"exporter {exporter.name!r} wrote {path} outside out_dir {root}"
+    return [Path(p).resolve().relative_to(root) for p in written]
+
+
+def check_exporter_writes_inside_out_dir(exporter: Exporter, seed: int = 0) -> None:
+    """Every returned path exists and lies inside ``out_dir``; the store is only read."""
+    with tempfile.TemporaryDirectory(prefix="tk-kit-") as tmp:
+        store_path = Path(tmp) / "kit.duckdb"
+        _export(exporter, store_path, _kit_store(store_path), Path(tmp) / "out")
+
+
+def check_exporter_is_repeatable(exporter: Exporter, seed: int = 0) -> None:
+    """Exporting the same run twice writes the same files (by name)."""
+    with tempfile.TemporaryDirectory(prefix="tk-kit-") as tmp:
+        store_path = Path(tmp) / "kit.duckdb"
+        run_id = _kit_store(store_path)
+        first = _export(exporter, store_path, run_id, Path(tmp) / "first")
+        second = _export(exporter, store_path, run_id, Path(tmp) / "second")
+        assert sorted(first) == sorted(second), (
+            f"exporter {exporter.name!r} wrote {sorted(map(str, first))} then {sorted(map(str, second))} for the same run")
+
+
+EXPORTER_CHECKS: tuple[Check, ...] = (check_exporter_writes_inside_out_dir, check_exporter_is_repeatable)
+
+
+# --- entry points --------------------------------------------------------------------------------
+
+def checks_for(item: Item) -> tuple[Check, ...]:
+    """The checks that apply to a Backbone, Analysis or Exporter."""
+    for kind, checks in ((Backbone, BACKBONE_CHECKS), (Analysis, ANALYSIS_CHECKS), (Exporter, EXPORTER_CHECKS)):
+        if isinstance(item, kind):
+            return checks
+    raise TypeError(f"expected a Backbone, Analysis or Exporter, got {type(item).__name__}")
+
+
+def _check_all(item: Item) -> None:
+    for check in checks_for(item):
+        check(item)
+
+
+def check_backbone(backbone: Backbone) -> None:
+    """Run every backbone check (builds the model twice with random weights)."""
+    _check_all(backbone)
+
+
+def check_analysis(analysis: Analysis) -> None:
+    """Run every analysis check on synthetic runs."""
+    _check_all(analysis)
+
+
+def check_exporter(exporter: Exporter) -> None:
+    """Run every exporter check on a synthetic run in a temporary store."""
+    _check_all(exporter)
+
+
+def registered(module: ModuleType) -> list[Item]:
+    """Everything a plugin module registers through its ``register_*`` hooks (only that module)."""
+    from toolkit.registry import Register
+
+    items: list[Item] = []
+    for hook, kind in (("register_backbones", Backbone), ("register_analyses", Analysis),
+                       ("register_exporters", Exporter)):
+        if hasattr(module, hook):
+            register: Register = Register(kind)
+            getattr(module, hook)(register=register)
+            items.extend(register.items.values())
+    return items
+
+
+def parametrize_with_checks(items: Iterable[Item],
+                            expected_failed_checks: Mapping[str, Mapping[str, str]] | None = None) -> Any:
+    """A ``pytest.mark.parametrize`` over (item, check) pairs, one test per check, with readable ids.
+
+    :param expected_failed_checks: ``{item name: {check name: reason}}``; those pairs are marked
+        ``xfail(strict=True)``, so a fixed check shows up as a failure to remove from the list.
+    """
+    import pytest
+
+    expected = expected_failed_checks or {}
+    params = []
+    for item in items:
+        for check in checks_for(item):
+            reason = expected.get(item.name, {}).get(check.__name__)
+            marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
+            params.append(pytest.param(item, check, id=f"{item.name}-{check.__name__}", marks=marks))
+    return pytest.mark.parametrize("item, check", params)

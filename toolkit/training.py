@@ -1,0 +1,494 @@
+"""``tk train``: fine-tune a backbone with a softmax head, evaluated on held-out patients.
+
+The model is ``augmentation (training only) -> backbone preprocessing -> backbone (pooled) ->
+dropout -> softmax``. Training runs in two phases: ``head`` with the backbone frozen, then, when
+``unfreeze`` > 0, ``finetune`` with the top ``unfreeze`` weight-bearing layers of the backbone
+trainable (BatchNormalization layers stay frozen and in inference mode) at a tenth of the learning
+rate. Validation holds out whole patients; each phase stops early when the validation loss has not
+improved for ``patience`` epochs, and the weights of the best epoch are kept. The fine-tuned
+backbone (the flat graph up to the pooled output) is saved as ``.keras`` and becomes the backbone
+variant ``<backbone>@<train_id>`` (toolkit.variants).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from toolkit import console
+from toolkit.errors import TkError
+from toolkit.kinds import Backbone
+from toolkit.plugins.analyses.probe import (OutOfFold, metric_rows, patient_resamples, percentile_ci,
+                                            probe_metrics)
+from toolkit.plugins.analyses.stats_common import group_codes
+from toolkit.scan import sha256_file
+from toolkit.store import Store
+from toolkit.variants import VariantInfo, model_path, register_variant, variant_name
+
+BALANCE_MODES = ("weights", "oversample", "none")
+FINETUNE_LR_FACTOR = 0.1
+AUGMENT_RANGES = {"rotation": 0.5, "zoom": 0.1, "translation": 0.1, "stain_sigma": 0.05}
+"""RandomRotation factor (fraction of a full turn: 0.5 = any angle), RandomZoom and
+RandomTranslation height/width factors, and the HED stain jitter's sigma (Tellez et al. 2018)."""
+RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float32)
+"""Ruifrok & Johnston (2001) stain vectors: haematoxylin, eosin, DAB optical densities in RGB."""
+HISTORY_COLUMNS = ("epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy",
+                   "val_roc_auc", "learning_rate", "seconds")
+METRIC_COLUMNS = ("split", "metric", "class", "value", "ci_low", "ci_high")
+DIFFERENCE_COLUMNS = ("factor", "train_a", "train_b", "metric", "class", "value_a", "value_b", "difference",
+                      "ci_low", "ci_high")
+
+
+@dataclass
+class TrainSettings:
+    """Everything ``tk train`` was asked to do."""
+
+    data: Path | None = None
+    backbone: str = "efficientnetb0"
+    weights: str = "auto"
+    store: Path = Path("tk.duckdb")
+    plugins: list[str] = field(default_factory=list)
+    source: str = "auto"
+    augment: bool = False
+    balance: str = "weights"
+    epochs: int = 5
+    unfreeze: int = 10
+    learning_rate: float = 1e-3
+    batch_size: int = 16
+    dropout: float = 0.2
+    val_fraction: float = 0.25
+    patience: int = 2
+    seed: int = 0
+    n_bootstrap: int = 1000
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Decoded images with labels and patients, and the patient-grouped validation mask."""
+
+    pixels: np.ndarray  # (n, h, w, 3) uint8
+    y: np.ndarray  # class codes
+    classes: list[str]
+    patients: np.ndarray  # patient codes
+    val: np.ndarray  # bool mask: images of held-out patients
+
+    @property
+    def minority(self) -> int:
+        """The class with the fewest training images."""
+        return int(np.argmin(np.bincount(self.y[~self.val], minlength=len(self.classes))))
+
+
+@dataclass
+class TrainOutcome:
+    """One finished training run: its id, variant name, held-out predictions and stored metrics."""
+
+    train_id: str
+    variant: str
+    settings: TrainSettings
+    oof: OutOfFold
+    val_patients: np.ndarray  # codes 0..k-1 of the held-out patients, aligned with oof
+    history: pd.DataFrame
+    metrics: pd.DataFrame
+    model_path: Path
+
+
+def new_train_id(prefix: str = "t") -> str:
+    """A short, lower-case, filesystem- and SQL-safe id, e.g. ``t20261125t180112-ab12``."""
+    return datetime.now(timezone.utc).strftime(f"{prefix}%Y%m%dt%H%M%S") + "-" + secrets.token_hex(2)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+# --- data -------------------------------------------------------------------------------------
+
+def patient_split(y: np.ndarray, patients: np.ndarray, val_fraction: float, seed: int) -> np.ndarray:
+    """Mask of validation images: whole patients, stratified by class, about ``val_fraction`` of them."""
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    per_class = pd.DataFrame({"y": y, "p": patients}).drop_duplicates().groupby("y").size()
+    folds = int(min(round(1 / val_fraction), per_class.min()))
+    if folds < 2 or len(per_class) < 2:
+        raise TkError("a patient-grouped split needs at least 2 classes with at least 2 patients each")
+    splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
+    _, val = next(splitter.split(np.zeros(len(y)), y, patients))
+    mask = np.zeros(len(y), dtype=bool)
+    mask[val] = True
+    return mask
+
+
+def load_training_data(settings: TrainSettings, size: tuple[int, int]) -> TrainingData:
+    """Find, check and decode the images of ``settings.data`` (the demo when None) at ``size``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from toolkit.imageio import load_rgb
+    from toolkit.scan import scan
+    from toolkit.sources import find_images
+
+    data = settings.data
+    if data is None:
+        from toolkit.demo import demo_dataset
+
+        data = demo_dataset()
+        console.info(f"no DATA given: using the bundled demo dataset ({data})")
+    kind, root, records, skipped = find_images(Path(data), settings.source)
+    images, unreadable = scan(records, {})
+    for item in [*skipped, *unreadable]:
+        console.warn(f"{item.relpath}: {item.reason} — skipped")
+    if any(i.record.label is None or i.record.patient_id is None for i in images):
+        raise TkError("training needs a label and a patient id for every image (patient-grouped validation); "
+                      "use a BreakHis tree or a manifest with label and patient_id columns")
+    y, classes = group_codes(pd.Series([i.record.label for i in images]))
+    patients, _ = group_codes(pd.Series([i.record.patient_id for i in images]))
+    console.info(f"decoding {len(images)} images ({kind}) from {root}")
+    with ThreadPoolExecutor(4) as pool:
+        pixels = np.stack(list(pool.map(lambda i: load_rgb(i.record.path, size), images)))
+    val = patient_split(y, patients, settings.val_fraction, settings.seed)
+    return TrainingData(pixels, y, [str(c) for c in classes], patients, val)
+
+
+def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
+    """``n / (n_classes * n_c)`` per class: every class contributes equally to the loss."""
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    return len(y) / (n_classes * np.maximum(counts, 1))
+
+
+def oversampled(indices: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
+    """``indices`` with every class drawn (with replacement) up to the largest class's count."""
+    rng = np.random.default_rng(seed)
+    by_class = [indices[y[indices] == c] for c in np.unique(y[indices])]
+    target = max(len(members) for members in by_class)
+    return np.concatenate([np.concatenate([members, rng.choice(members, target - len(members))])
+                           for members in by_class])
+
+
+def _datasets(data: TrainingData, settings: TrainSettings) -> tuple[Any, Any, int]:
+    """tf.data training set (x, y, sample weight) shuffled per epoch, validation images, and the
+    number of training images per epoch."""
+    import tensorflow as tf
+
+    train = np.flatnonzero(~data.val)
+    weights = np.ones(len(data.classes), np.float32)
+    if settings.balance == "weights":
+        weights = class_weights(data.y[train], len(data.classes)).astype(np.float32)
+    elif settings.balance == "oversample":
+        train = oversampled(train, data.y, settings.seed)
+    pixels = tf.constant(data.pixels)
+    y = tf.constant(data.y, tf.int32)
+    w = tf.constant(weights)
+
+    def gather(index: Any) -> tuple[Any, Any, Any]:
+        labels = tf.gather(y, index)
+        return tf.cast(tf.gather(pixels, index), tf.float32), labels, tf.gather(w, labels)
+
+    dataset = (tf.data.Dataset.from_tensor_slices(train.astype(np.int64))
+               .shuffle(len(train), seed=settings.seed, reshuffle_each_iteration=True)
+               .batch(settings.batch_size).map(gather).prefetch(2))
+    val_x = tf.data.Dataset.from_tensor_slices(np.flatnonzero(data.val)).batch(settings.batch_size).map(
+        lambda index: tf.cast(tf.gather(pixels, index), tf.float32))
+    return dataset, val_x, len(train)
+
+
+# --- model ------------------------------------------------------------------------------------
+
+def stain_jitter_layer(sigma: float, seed: int) -> Any:
+    """A Keras layer perturbing haematoxylin, eosin and DAB optical densities per image (training only)."""
+    import keras
+
+    hed_from_rgb = np.linalg.inv(RGB_FROM_HED).astype(np.float32)
+
+    class StainJitter(keras.layers.Layer):
+        """HED colour augmentation: ``hed * U(1-s, 1+s) + U(-s, s)`` per image and stain."""
+
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.seed_generator = keras.random.SeedGenerator(seed)
+
+        def call(self, images: Any, training: bool | None = None) -> Any:
+            if not training:
+                return images
+            ops = keras.ops
+            density = -ops.log(ops.clip(images, 1.0, 255.0) / 255.0)
+            hed = ops.matmul(density, hed_from_rgb)
+            shape = (ops.shape(images)[0], 1, 1, 3)
+            scale = keras.random.uniform(shape, 1 - sigma, 1 + sigma, seed=self.seed_generator)
+            shift = keras.random.uniform(shape, -sigma, sigma, seed=self.seed_generator)
+            return ops.clip(255.0 * ops.exp(-ops.matmul(hed * scale + shift, RGB_FROM_HED)), 0.0, 255.0)
+
+    return StainJitter(name="stain_jitter")
+
+
+def augmentation(seed: int) -> Any:
+    """Flip, rotation, zoom, translation and H&E stain jitter; every layer is inactive at inference."""
+    import keras
+
+    r = AUGMENT_RANGES
+    return keras.Sequential([
+        keras.layers.RandomFlip("horizontal_and_vertical", seed=seed),
+        keras.layers.RandomRotation(r["rotation"], fill_mode="reflect", seed=seed + 1),
+        keras.layers.RandomZoom(r["zoom"], fill_mode="reflect", seed=seed + 2),
+        keras.layers.RandomTranslation(r["translation"], r["translation"], fill_mode="reflect", seed=seed + 3),
+        stain_jitter_layer(r["stain_sigma"], seed + 4),
+    ], name="augmentation")
+
+
+def classifier_model(backbone: Backbone, base: Any, n_classes: int, settings: TrainSettings) -> Any:
+    """Raw RGB (0..255) -> [augmentation] -> preprocessing -> frozen-BN backbone -> dropout -> softmax."""
+    import keras
+
+    height, width = backbone.input_size
+    inputs = keras.Input((height, width, 3), name="pixels")
+    x = augmentation(settings.seed)(inputs) if settings.augment else inputs
+    x = keras.layers.Lambda(backbone.preprocess, name="preprocess")(x)
+    x = base(x, training=False)  # BatchNormalization stays in inference mode while fine-tuning
+    x = keras.layers.Dropout(settings.dropout, seed=settings.seed, name="dropout")(x)
+    outputs = keras.layers.Dense(n_classes, activation="softmax", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name=f"{base.name}_finetune")
+
+
+def unfreeze_top(base: Any, k: int) -> int:
+    """Make the top ``k`` weight-bearing, non-BatchNormalization layers of ``base`` trainable and
+    every other layer frozen; returns how many were unfrozen."""
+    import keras
+
+    base.trainable = True
+    weighted = [layer for layer in base.layers
+                if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)]
+    top = {id(layer) for layer in weighted[len(weighted) - k:]} if k > 0 else set()
+    for layer in base.layers:
+        layer.trainable = id(layer) in top
+    return len(top)
+
+
+# --- one training run -------------------------------------------------------------------------
+
+def _cross_entropy(proba: np.ndarray, y: np.ndarray) -> float:
+    return float(-np.mean(np.log(np.clip(proba[np.arange(len(y)), y], 1e-7, 1.0))))
+
+
+def _epoch_recorder(evaluate: Callable[[], tuple[float, dict[str, float]]], n_images: int,
+                    batch_size: int) -> Any:
+    """A Keras callback: a progress bar per epoch, held-out metrics per epoch (injected into the
+    logs as ``val_loss`` for early stopping) and the best weights across both phases."""
+    import keras
+
+    class EpochRecorder(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.rows: list[dict[str, Any]] = []
+            self.best_loss, self.best_weights = np.inf, None
+            self.phase, self.epochs, self._stack = "head", 0, ExitStack()
+
+        def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+            self._started, self._done = time.perf_counter(), 0
+            self._advance = self._stack.enter_context(
+                console.progress(f"{self.phase} epoch {epoch + 1}/{self.epochs}", n_images))
+
+        def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+            step = min(batch_size, n_images - self._done)
+            self._done += step
+            self._advance(step)
+
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            self._stack.close()
+            logs = logs if logs is not None else {}
+            val_loss, metrics = evaluate()
+            logs["val_loss"] = val_loss
+            if val_loss < self.best_loss:
+                self.best_loss, self.best_weights = val_loss, self.model.get_weights()
+            self.rows.append({"epoch": len(self.rows) + 1, "phase": self.phase, "loss": logs.get("loss"),
+                              "accuracy": logs.get("accuracy"), "val_loss": val_loss, **metrics,
+                              "learning_rate": float(np.asarray(self.model.optimizer.learning_rate)),
+                              "seconds": time.perf_counter() - self._started})
+            console.info(f"{self.phase} epoch {epoch + 1}: loss {logs.get('loss', float('nan')):.4f}, "
+                         f"held-out loss {val_loss:.4f}, held-out balanced accuracy "
+                         f"{metrics['val_balanced_accuracy']:.3f}")
+
+    return EpochRecorder()
+
+
+def _fit_phases(model: Any, base: Any, train: Any, n_images: int, evaluate: Callable, settings: TrainSettings) -> Any:
+    """Train the head, then (``unfreeze`` > 0) the top of the backbone; restores the best epoch's weights."""
+    import keras
+
+    recorder = _epoch_recorder(evaluate, n_images, settings.batch_size)
+    phases = [("head", 0, settings.learning_rate)]
+    if settings.unfreeze > 0:
+        phases.append(("finetune", settings.unfreeze, settings.learning_rate * FINETUNE_LR_FACTOR))
+    for phase, k, rate in phases:
+        if k:
+            console.info(f"unfroze the top {unfreeze_top(base, k)} weight layers of {base.name}")
+        else:
+            base.trainable = False
+        model.compile(optimizer=keras.optimizers.Adam(rate), loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"], jit_compile=False)
+        recorder.phase, recorder.epochs = phase, settings.epochs
+        stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings.patience)
+        model.fit(train, epochs=settings.epochs, callbacks=[recorder, stop], shuffle=False, verbose=0)
+        if recorder.best_weights is not None:
+            model.set_weights(recorder.best_weights)
+    return recorder
+
+
+def _seed_everything(seed: int) -> None:
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def train_one(store_path: Path, backbone: Backbone, data: TrainingData, settings: TrainSettings,
+              ablation_id: str | None = None) -> TrainOutcome:
+    """Train, evaluate on held-out patients, save and register one variant; every step is stored."""
+    from toolkit.weights import build_model
+
+    train_id = new_train_id()
+    name = variant_name(backbone.name, train_id)
+    with Store.open(store_path) as store:
+        store.con.execute("INSERT INTO training_runs (train_id, backbone, variant, ablation_id, settings, classes, "
+                          "started_at, status) VALUES (?, ?, ?, ?, ?, ?, ?, 'running')",
+                          [train_id, backbone.name, name, ablation_id, json.dumps(asdict(settings), default=str),
+                           json.dumps(data.classes), _utcnow()])
+    try:
+        _seed_everything(settings.seed)
+        base, resolved = build_model(backbone, settings.weights, settings.seed)
+        if resolved.note:
+            console.warn(resolved.note)
+        model = classifier_model(backbone, base, len(data.classes), settings)
+        train, val_x, n_images = _datasets(data, settings)
+        val_patients, _ = group_codes(pd.Series(data.patients[data.val]))
+        y_val = data.y[data.val]
+
+        def held_out() -> OutOfFold:
+            proba = model.predict(val_x, verbose=0)
+            return OutOfFold("label", "patient", data.classes, y_val, proba.astype(np.float64), 1)
+
+        def evaluate() -> tuple[float, dict[str, float]]:
+            oof = held_out()
+            point = probe_metrics(oof, val_patients, np.ones((1, int(val_patients.max()) + 1)))
+            return _cross_entropy(oof.proba, y_val), {
+                "val_accuracy": float(point["accuracy"][0]),
+                "val_balanced_accuracy": float(point["balanced_accuracy"][0]),
+                "val_roc_auc": float(point["roc_auc"][0])}
+
+        console.info(f"training {name} on {int((~data.val).sum())} images of "
+                     f"{len(np.unique(data.patients[~data.val]))} patients ({n_images} per epoch, balance "
+                     f"{settings.balance}); held out: {int(data.val.sum())} images of "
+                     f"{len(np.unique(val_patients))} patients")
+        recorder = _fit_phases(model, base, train, n_images, evaluate, settings)
+        oof = held_out()
+        metrics = metric_rows(oof, val_patients, settings.n_bootstrap, settings.seed, every_class=True)
+        path = model_path(store_path, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        base.trainable = True  # saved as an ordinary backbone: no layer left frozen by the last phase
+        base.save(path)
+        sha = sha256_file(path)
+        register_variant(VariantInfo(name, backbone.name, train_id, str(path), sha, resolved.kind, backbone.dim))
+    except BaseException as exc:
+        with Store.open(store_path) as store:
+            store.con.execute("UPDATE training_runs SET status = 'failed', error = ?, finished_at = ? "
+                              "WHERE train_id = ?", [f"{type(exc).__name__}: {exc}", _utcnow(), train_id])
+        raise
+    history = pd.DataFrame(recorder.rows)
+    _save(store_path, train_id, data, resolved, path, sha, history, metrics)
+    return TrainOutcome(train_id, name, settings, oof, val_patients, history, metrics, path)
+
+
+def _save(store_path: Path, train_id: str, data: TrainingData, resolved: Any, path: Path, sha: str,
+          history: pd.DataFrame, metrics: pd.DataFrame) -> None:
+    train = ~data.val
+    with Store.open(store_path) as store, store.transaction():
+        store.con.execute(
+            "UPDATE training_runs SET base_weights_id = ?, base_weights_kind = ?, model_path = ?, model_sha256 = ?, "
+            "n_train_images = ?, n_val_images = ?, n_train_patients = ?, n_val_patients = ?, finished_at = ?, "
+            "status = 'ok' WHERE train_id = ?",
+            [resolved.weights_id, resolved.kind, str(path), sha, int(train.sum()), int(data.val.sum()),
+             len(np.unique(data.patients[train])), len(np.unique(data.patients[data.val])), _utcnow(), train_id])
+        _insert(store, "training_history", train_id, history, HISTORY_COLUMNS)
+        _insert(store, "training_metrics", train_id, metrics, METRIC_COLUMNS)
+
+
+def _insert(store: Store, table: str, key: str, frame: pd.DataFrame, columns: tuple[str, ...]) -> None:
+    """Insert ``frame[columns]`` after the key column; NaN becomes NULL."""
+    values = frame[list(columns)].astype(object)
+    rows = [[key, *row] for row in values.where(values.notna(), None).itertuples(index=False, name=None)]
+    store.con.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * (len(columns) + 1))})", rows)
+
+
+# --- several runs: plain training and the ablation ---------------------------------------------
+
+ABLATION = [(False, "none"), (False, "weights"), (True, "none"), (True, "weights")]
+"""(augment, balance) of the four ablation runs."""
+
+
+def paired_differences(a: TrainOutcome, b: TrainOutcome, minority: int, n_bootstrap: int,
+                       seed: int) -> list[dict[str, Any]]:
+    """``a - b`` in balanced accuracy and minority-class sensitivity, with 95% CIs from one set of
+    patient resamples applied to both (both runs share the held-out patients)."""
+    import warnings
+
+    n = int(a.val_patients.max()) + 1
+    resamples = patient_resamples(n, n_bootstrap, seed)
+    rows = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        boot = [probe_metrics(o.oof, o.val_patients, resamples) for o in (a, b)]
+        point = [probe_metrics(o.oof, o.val_patients, np.ones((1, n))) for o in (a, b)]
+        for metric, cls in (("balanced_accuracy", None), ("sensitivity", minority)):
+            pick = (lambda m: m[metric]) if cls is None else (lambda m: m[metric][:, cls])  # noqa: E731
+            low, high = percentile_ci(pick(boot[0]) - pick(boot[1]))
+            va, vb = float(pick(point[0])[0]), float(pick(point[1])[0])
+            rows.append({"metric": metric, "class": None if cls is None else a.oof.classes[cls],
+                         "value_a": va, "value_b": vb, "difference": va - vb, "ci_low": low, "ci_high": high})
+    return rows
+
+
+def ablation_table(outcomes: list[TrainOutcome], minority: int, n_bootstrap: int, seed: int) -> pd.DataFrame:
+    """One row per factor comparison (augmentation at each balance, balancing at each augmentation)."""
+    by_key = {(o.settings.augment, o.settings.balance): o for o in outcomes}
+    pairs = [("augment", (True, bal), (False, bal)) for bal in ("none", "weights")]
+    pairs += [("balance", (aug, "weights"), (aug, "none")) for aug in (False, True)]
+    rows = []
+    for factor, key_a, key_b in pairs:
+        a, b = by_key[key_a], by_key[key_b]
+        label = (f"augment on − off (balance {key_a[1]})" if factor == "augment"
+                 else f"balance weights − none (augment {'on' if key_a[0] else 'off'})")
+        rows += [{"factor": label, "train_a": a.train_id, "train_b": b.train_id, **r}
+                 for r in paired_differences(a, b, minority, n_bootstrap, seed)]
+    return pd.DataFrame(rows)
+
+
+def train(settings: TrainSettings, ablation: bool = False) -> tuple[list[TrainOutcome], pd.DataFrame | None]:
+    """Run one training (or the four ablation runs on the same split and seed); returns the outcomes
+    and, for the ablation, the paired differences (also stored in ``training_differences``)."""
+    from toolkit.registry import load_registry
+
+    if settings.balance not in BALANCE_MODES:
+        raise TkError(f"--balance {settings.balance!r} is not one of {', '.join(BALANCE_MODES)}")
+    if settings.epochs < 1 or settings.unfreeze < 0:
+        raise TkError("--epochs must be at least 1 and --unfreeze at least 0")
+    backbone = load_registry(settings.plugins).backbone(settings.backbone)
+    data = load_training_data(settings, backbone.input_size)
+    if not ablation:
+        return [train_one(settings.store, backbone, data, settings)], None
+    ablation_id = new_train_id("a")
+    outcomes = []
+    for augment, balance in ABLATION:
+        console.info(f"ablation {ablation_id}: augment {'on' if augment else 'off'}, balance {balance}")
+        outcomes.append(train_one(settings.store, backbone, data,
+                                  replace(settings, augment=augment, balance=balance), ablation_id))
+    table = ablation_table(outcomes, data.minority, settings.n_bootstrap, settings.seed)
+    with Store.open(settings.store) as store:
+        _insert(store, "training_differences", ablation_id, table, DIFFERENCE_COLUMNS)
+    return outcomes, table
