@@ -42,12 +42,7 @@ def test_sigkill_during_extraction_then_rerun_equals_clean_run(tmp_path):
     rng = random.Random(7)
     for attempt in range(3):
         store = tmp_path / f"killed{attempt}.duckdb"
-        process = subprocess.Popen([sys.executable, "-m", "toolkit", *map(str, args), "--store", str(store)],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        _wait_for_line(process, "embedding 48 images with slow", timeout=120)
-        time.sleep(rng.uniform(0.2, 2.5))  # 12 batches of 4 take about 3 s
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
+        _kill_after(args, store, "embedding 48 images with slow", rng.uniform(0.2, 2.5))  # 12 batches take ~3 s
         assert len(_contents(store)[1]) < 48, "the kill came too late to test anything"
         resumed = run_tk(*args, "--store", store)
         assert resumed.exit_code == 0, resumed.stderr
@@ -56,6 +51,16 @@ def test_sigkill_during_extraction_then_rerun_equals_clean_run(tmp_path):
         statuses = [r[0] for r in con.execute("SELECT status FROM runs ORDER BY started_at").fetchall()]
         con.close()
         assert statuses == ["interrupted", "ok"]
+
+
+def _kill_after(args, store, line, seconds):
+    """Start `tk` on ``store``, wait until it prints ``line``, then SIGKILL it ``seconds`` later."""
+    process = subprocess.Popen([sys.executable, "-m", "toolkit", *map(str, args), "--store", str(store)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for_line(process, line, timeout=120)
+    time.sleep(seconds)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
 
 
 def _wait_for_line(process, text, timeout):
@@ -141,12 +146,7 @@ def test_sigkill_while_writing_results_then_rerun_equals_clean_run(tmp_path, bre
     rng = random.Random(11)
     for attempt in range(2):
         store = tmp_path / f"killed{attempt}.duckdb"
-        process = subprocess.Popen([sys.executable, "-m", "toolkit", *map(str, args), "--store", str(store)],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        _wait_for_line(process, "running", timeout=120)
-        time.sleep(rng.uniform(0.05, 1.5))
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait()
+        _kill_after(args, store, "running", rng.uniform(0.05, 1.5))
         assert run_tk(*args, "--store", store).exit_code == 0
         assert _result_counts(store, _last_run(store)) == expected
         con = duckdb.connect(str(store), read_only=True)

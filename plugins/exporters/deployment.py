@@ -71,7 +71,7 @@ def serving_function(classifier: Classifier) -> Any:
 def write_savedmodel(classifier: Classifier, directory: Path) -> Path:
     """A SavedModel with the ``serving_default`` signature (TF Serving and TFLite both read it)."""
     import contextlib
-    import sys
+    import os
 
     import keras
 
@@ -79,7 +79,7 @@ def write_savedmodel(classifier: Classifier, directory: Path) -> Path:
     archive.track(classifier.model)
     serve = serving_function(classifier)
     archive.add_endpoint(name="serve", fn=serve, input_signature=serve.input_signature)
-    with contextlib.redirect_stdout(sys.stderr):  # Keras prints the endpoint summary
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):  # Keras lists every captured tensor
         archive.write_out(str(directory))
     return directory
 
