@@ -90,6 +90,17 @@ def comparison(store: Store, run_id: str, backbones: list[dict[str, Any]]) -> li
     return rows
 
 
+def _separation(row: dict[str, Any]) -> tuple[float, float, float]:
+    """How well a backbone separates the classes: patient-grouped balanced accuracy, then AUC,
+    then silhouette (ties broken in that order)."""
+    def value(metric: dict[str, float] | float | None) -> float:
+        if metric is None:
+            return float("-inf")
+        return metric["value"] if isinstance(metric, dict) else float(metric)
+
+    return value(row["balanced_accuracy"]), value(row["roc_auc"]), value(row["silhouette"])
+
+
 def cka_matrix(store: Store, run_id: str) -> dict[str, Any] | None:
     """Backbone × backbone linear CKA, if the cka analysis ran."""
     frame = _frame(store, "SELECT backbone_a, backbone_b, cka FROM results_cka WHERE run_id = ?", [run_id], "results_cka")
@@ -157,7 +168,8 @@ def gather(store: Store, run_id: str, titles: dict[str, str], reveal_ids: bool =
     backbones = _records(store, "SELECT * FROM run_backbones WHERE run_id = ? ORDER BY backbone", [run_id])
     rows = comparison(store, run_id, backbones)
     ranked = [r for r in rows if r["balanced_accuracy"]]
-    best = max(ranked, key=lambda r: r["balanced_accuracy"]["value"]) if ranked else None
+    best = max(ranked, key=_separation) if ranked else None
+    tied = [r["backbone"] for r in ranked if r is not best and _separation(r)[:2] == _separation(best)[:2]]
     analyses = _records(store, "SELECT analysis, backbone, status, message FROM analysis_runs WHERE run_id = ?", [run_id])
     return {
         "run": run,
@@ -171,6 +183,7 @@ def gather(store: Store, run_id: str, titles: dict[str, str], reveal_ids: bool =
         "comparison": rows,
         "training": training_sections(store, run_id, [b["backbone"] for b in backbones]),
         "best": best,
+        "tied": tied,
         "cka": cka_matrix(store, run_id),
         "sections": sections(store, run_id, [b["backbone"] for b in backbones], ids),
         "deployment": _records(store, "SELECT * FROM export_parity WHERE run_id = ? ORDER BY backbone, format", [run_id]),
