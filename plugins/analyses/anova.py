@@ -3,6 +3,8 @@ one-way ANOVA and Kruskal–Wallis, BH-corrected, eta² / epsilon², Tukey HSD f
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 from scipy import stats
@@ -59,7 +61,9 @@ def tukey(view: LevelView, factor: str, features: np.ndarray) -> pd.DataFrame:
     groups = view.groups[keep].astype(str).to_numpy()
     frames = []
     for feature in features:
-        result = pairwise_tukeyhsd(view.x[keep, feature], groups)
+        with warnings.catch_warnings():  # groups with zero spread give inf/NaN statistics, kept as such
+            warnings.simplefilter("ignore", RuntimeWarning)
+            result = pairwise_tukeyhsd(view.x[keep, feature], groups)
         first, second = np.triu_indices(len(result.groupsunique), k=1)
         frames.append(pd.DataFrame({
             "factor": factor, "level": view.level, "feature": int(feature),
