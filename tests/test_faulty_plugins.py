@@ -33,3 +33,14 @@ def test_run_survives_faulty_plugins(tmp_path, breakhis):
     assert con.execute("SELECT count(*) FROM results_pca_again_coords").fetchall() == [(32,)]
     html = next(out.glob("*.html")).read_text()
     assert 'id="failures"' in html and "this analysis always fails" in html and "wrongshape" in html
+
+
+def test_an_exporter_writing_outside_out_is_refused(tmp_path, breakhis):
+    store, out = tmp_path / "tk.duckdb", tmp_path / "out"
+    result = run_tk("run", breakhis, "--backbone", "tiny", "--store", store, "--out", out, "--analysis", "none",
+                    "--export", "escape,html", "--plugin", TINY, "--plugin", FAULTY)
+    assert result.exit_code == 3
+    assert "exporter escape: TkError: wrote outside --out" in result.stderr
+    con = duckdb.connect(str(store), read_only=True)
+    assert con.execute("SELECT exporter FROM exports").fetchall() == [("html",)]  # the escaped path is not recorded
+    assert list(out.glob("tk-report-*.html"))  # the other exporter still ran

@@ -29,9 +29,9 @@ def signature(fn) -> str:
     return f"{fn.__name__}({params}) -> {sig.return_annotation}"
 
 
-def test_the_hookspecs_are_the_five_hooks():
+def test_the_hookspecs_are_the_six_hooks():
     assert sorted(HOOKS) == ["prepare_jinja2_environment", "register_analyses", "register_backbones",
-                             "register_commands", "register_exporters"]
+                             "register_commands", "register_exporters", "report_sections"]
 
 
 @pytest.mark.parametrize("name", sorted(HOOKS))
@@ -94,3 +94,16 @@ def test_hook_prepare_jinja2_environment(tmp_path):
     html = path.read_text()
     assert '<p class="shout">OUR LAB!</p>' in html
     assert html.index('class="shout"') < html.index('id="summary"')  # super() kept the built-in summary
+
+
+def test_hook_report_sections(tmp_path):
+    """A plugin's section appears in the report, escaped, between the backbone sections and Dataset."""
+    registry = load_registry([EVERY_HOOK])
+    with Store.open(tmp_path / "tk.duckdb") as store:
+        run = synthetic_run(store)
+        n_images = store.one("SELECT count(*) FROM run_images WHERE run_id = ?", [run.run_id])[0]
+        context = ExportContext(run.run_id, store, {"plugins": [str(EVERY_HOOK)]})
+        [path] = registry.exporter("html").export(context, tmp_path / "out")
+    html = path.read_text()
+    assert f"<h2>Lab notes</h2>\n<p>{n_images} images were scanned in our lab.</p>" in html
+    assert html.index("Lab notes") < html.index('id="dataset"')

@@ -14,7 +14,9 @@ if TYPE_CHECKING:
     import jinja2
     import typer
 
+    from toolkit.kinds import ReportSection
     from toolkit.registry import Register
+    from toolkit.store import Store
 
 hookspec = pluggy.HookspecMarker("tk")
 
@@ -90,4 +92,21 @@ def prepare_jinja2_environment(env: jinja2.Environment) -> None:
         @hookimpl
         def prepare_jinja2_environment(env):
             env.filters["shout"] = lambda text: str(text).upper()
+    """
+
+
+@hookspec
+def report_sections(store: Store, run_id: str) -> list[ReportSection]:
+    """Add sections to the HTML report of a run, after the per-backbone sections.
+
+    :param store: the run's store (read what the section shows; do not write).
+    :param run_id: the run being reported.
+    :returns: a list of ``toolkit.kinds.ReportSection`` (may be empty).
+
+    Example::
+
+        @hookimpl
+        def report_sections(store, run_id):
+            n = store.one("SELECT count(*) FROM run_images WHERE run_id = ?", [run_id])[0]
+            return [ReportSection("Lab notes", paragraphs=[f"{n} images were scanned in our lab."])]
     """

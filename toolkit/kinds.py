@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-    from toolkit.results import Result
+    from toolkit.results import Figure, Result, Table
     from toolkit.store import Store
 
 
@@ -126,3 +126,17 @@ class Exporter:
     export: Callable[[ExportContext, Path], list[Path]]
     default: bool = False
     description: str = ""
+
+
+@dataclass
+class ReportSection:
+    """A section a plugin adds to the HTML report (through the ``report_sections`` hook).
+
+    Text is escaped (no HTML); tables show their first rows, figures are embedded like analysis
+    figures.
+    """
+
+    title: str
+    paragraphs: list[str] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)

@@ -292,6 +292,7 @@ def _export(store: Store, settings: RunSettings, run_id: str, exporters: list[Ex
     context = ExportContext(run_id, store, {"plugins": settings.plugins, "reveal_ids": settings.reveal_ids},
                             settings.template_dir)
     out_dir = settings.out.resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
     for exporter in sorted(exporters, key=lambda e: e.default):  # reports (the defaults) last: they show the others' results
         try:
             written = [Path(p).resolve() for p in exporter.export(context, out_dir)]

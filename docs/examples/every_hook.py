@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from toolkit import hookimpl
-from toolkit.kinds import Analysis, AnalysisContext, Backbone, ExportContext, Exporter, Needs
+from toolkit.kinds import Analysis, AnalysisContext, Backbone, ExportContext, Exporter, Needs, ReportSection
 from toolkit.results import Finding, Result, Table
 
 __version__ = "1.0.0"
@@ -78,3 +78,9 @@ def register_commands(app):
 @hookimpl
 def prepare_jinja2_environment(env):
     env.filters["shout"] = lambda text: str(text).upper() + "!"
+
+
+@hookimpl
+def report_sections(store, run_id):
+    n_images = store.one("SELECT count(*) FROM run_images WHERE run_id = ?", [run_id])[0]
+    return [ReportSection("Lab notes", paragraphs=[f"{n_images} images were scanned in our lab."])]

@@ -13,7 +13,7 @@ from scipy import stats
 from toolkit.plugins.analyses.stats_common import (FDR_ALPHA, LevelView, bh_qvalues, embeddings_f64, level_views,
                                                    patient_note, top_rows, valid_groups)
 from toolkit import hookimpl
-from toolkit.figures import PALETTE, new_figure, to_svg
+from toolkit.figures import PALETTE, colour_for, new_figure, to_svg
 from toolkit.kinds import Analysis, AnalysisContext, Needs
 from toolkit.results import Figure, Finding, SkipAnalysis, Table
 
@@ -94,7 +94,8 @@ def ttest(context: AnalysisContext) -> list:
     top = top_rows(table, "hedges_g", int(context.settings.get("ttest_top_k", TOP_K)), ["level"])
     return [Table("main", table, f"Welch t and Mann–Whitney U per feature, {group_b} vs {group_a}"),
             Table("top", top, "Features with the largest |Hedges' g| per level"),
-            *findings, _bar_figure(context.backbone, top[top["level"] == "image"].head(10))]
+            *findings, _bar_figure(context.backbone, top[top["level"] == "image"].head(10)),
+            _boxplots(context, x, top[top["level"] == "image"]["feature"].head(BOXPLOT_FEATURES).tolist(), grouping)]
 
 
 def _bar_figure(backbone: str | None, top: pd.DataFrame) -> Figure:
@@ -116,6 +117,38 @@ def _bar_figure(backbone: str | None, top: pd.DataFrame) -> Figure:
                   alt=f"Bar chart of the {len(top)} features with the largest Hedges' g between {a} and {b} "
                       f"at image level; {int(significant.sum())} of them are significant at q < {FDR_ALPHA}.",
                   caption="Orange bars (and *) are significant after Benjamini–Hochberg correction; grey are not.")
+
+
+BOXPLOT_FEATURES = 4
+
+
+def _boxplots(context: AnalysisContext, x: np.ndarray, features: list[int], grouping: str) -> Figure:
+    """Boxplots of the top features' values by ``grouping`` (top row) and by subtype (bottom row)."""
+    meta = context.metadata
+    rows = [grouping] + (["subtype"] if grouping != "subtype" and meta["subtype"].notna().any() else [])
+    figure, _ = new_figure(2.2 * max(len(features), 1), 2.6 * len(rows))
+    figure.clf()
+    grid = figure.subplots(len(rows), max(len(features), 1), squeeze=False)
+    for r, column in enumerate(rows):
+        values = meta[column].astype(object).where(meta[column].notna(), "missing").astype(str).to_numpy()
+        groups = sorted(set(values))
+        for c, feature in enumerate(features):
+            axis = grid[r, c]
+            parts = axis.boxplot([x[values == g, feature] for g in groups], patch_artist=True, widths=0.6,
+                                 showfliers=False)
+            for patch, group in zip(parts["boxes"], groups):
+                patch.set_facecolor(colour_for(group, groups) if column == grouping else PALETTE[groups.index(group) % len(PALETTE)])
+                patch.set_alpha(0.8)
+            axis.set_xticks(range(1, len(groups) + 1), [g.replace("_", " ") for g in groups], rotation=45 if len(groups) > 2 else 0,
+                            ha="right" if len(groups) > 2 else "center", fontsize=6)
+            axis.set_title(f"feature #{feature}", fontsize=8)
+            axis.set_ylabel("value (embedding units)" if c == 0 else "", fontsize=7)
+    figure.suptitle(f"{context.backbone}: the {len(features)} features with the largest effect, by {' and by '.join(rows)}",
+                    fontsize=9)
+    return Figure("top_feature_boxplots", to_svg(figure),
+                  alt=f"Boxplots of the {len(features)} embedding features with the largest Hedges' g, "
+                      f"split by {' and by '.join(rows)}; boxes span the middle half of the images, whiskers 1.5 IQR.",
+                  caption="Each box shows the middle half of the images' values for one feature and group; the line is the median.")
 
 
 @hookimpl

@@ -40,3 +40,16 @@ def register_analyses(register):
 def register_backbones(register):
     register(Backbone(name="wrongshape", dim=7, build=build_wrong_shape, preprocess=lambda x: x,
                       input_size=(32, 32), imagenet=False))
+
+
+def escape_out(context, out_dir):
+    target = out_dir / ".." / "escaped.txt"
+    target.write_text("outside")
+    return [target]
+
+
+@hookimpl
+def register_exporters(register):
+    from toolkit.kinds import Exporter
+
+    register(Exporter(name="escape", export=escape_out))
