@@ -8,9 +8,7 @@ so Grad-CAM can read any inner layer.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -113,9 +111,3 @@ def load_classifier(store: Store, registry: Registry, backbone_name: str, run_id
     request, weights_seed = request_for(kind, weights_id, path_row[0] if path_row else None)
     base, _ = build_model(backbone, request, weights_seed)
     return Classifier(backbone, build_classifier(base, head), head, run["run_id"], weights_id)
-
-
-def write_metadata(classifier: Classifier, path: Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write the classifier's metadata (and ``extra``) as JSON at ``path``."""
-    path.write_text(json.dumps({**classifier.metadata(), **(extra or {})}, indent=2, default=float))
-    return path

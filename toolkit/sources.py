@@ -124,9 +124,6 @@ def folder_records(root: Path, skipped: list[SkippedFile]) -> Iterator[ImageReco
         yield ImageRecord(path, rel.as_posix(), "folders", rel.parts[0])
 
 
-MANIFEST_COLUMNS = ("path", "label", "subtype", "magnification", "patient_id")
-
-
 def manifest_records(csv_path: Path, skipped: list[SkippedFile]) -> Iterator[ImageRecord]:
     """Images listed in a CSV with columns ``path,label[,patient_id,subtype,magnification]``.
 

@@ -28,9 +28,6 @@ from toolkit.errors import StoreBusy, TkError
 from toolkit.results import Figure, Finding, Table, table_name
 from toolkit.scan import KnownFile, ScannedImage
 
-SAFE_IDENTIFIER = re.compile(r"^[a-z][a-z0-9_]*$")
-
-
 def identifier(text: str) -> str:
     """A SQL identifier made from ``text``: lower-case letters, digits and underscores only."""
     cleaned = re.sub(r"[^a-z0-9_]+", "_", text.lower()).strip("_")
@@ -201,7 +198,6 @@ def m004_analysis_cache_key(con: duckdb.DuckDBPyConnection) -> None:
 
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_create_tables, m002_export_parity,
                                                                   m003_training, m004_analysis_cache_key]
-SCHEMA_VERSION = len(MIGRATIONS)
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> None:
