@@ -13,7 +13,7 @@ import numpy as np
 from toolkit.classifier import Classifier
 from toolkit.errors import TkError
 from toolkit.gradcam import gradcam, overlay_png
-from toolkit.imageio import UnreadableImage, load_rgb, read_size
+from toolkit.imageio import read_image
 
 
 @dataclass(frozen=True)
@@ -25,15 +25,6 @@ class Prediction:
     probability: float
     latency_ms: float
     overlay: Path | None = None
-
-
-def read_image(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """Decode an image file for a model input size, or raise a one-line TkError naming it."""
-    try:
-        read_size(path)
-        return load_rgb(path, size)
-    except (UnreadableImage, FileNotFoundError) as exc:
-        raise TkError(f"{path}: {exc}") from exc
 
 
 def explain(classifier: Classifier, image: Path, out_dir: Path) -> Prediction:

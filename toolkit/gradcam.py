@@ -7,18 +7,20 @@ weighted by the spatially averaged gradients of the chosen class probability.
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 from PIL import Image
 
 
-def gradcam(model: Any, layer: str, pixels: np.ndarray, preprocess: Any, class_index: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def gradcam(model: Any, layer: str, pixels: np.ndarray, preprocess: Any,
+            class_index: int | Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Heatmaps ``(n, h, w)`` in 0..1 at the layer's resolution and the class probabilities.
 
     :param model: a Keras model whose outputs include ``probabilities`` (or the probabilities
         tensor itself), built on a flat graph that contains ``layer``.
-    :param class_index: explain this class; ``None`` explains each image's predicted class.
+    :param class_index: explain this class (one for all images, or one per image); ``None``
+        explains each image's predicted class.
     """
     import keras
     import tensorflow as tf
@@ -28,7 +30,10 @@ def gradcam(model: Any, layer: str, pixels: np.ndarray, preprocess: Any, class_i
     x = preprocess(tf.convert_to_tensor(pixels, tf.float32))
     with tf.GradientTape() as tape:
         maps, probs = probe(x, training=False)
-        chosen = tf.argmax(probs, axis=1) if class_index is None else tf.fill([tf.shape(probs)[0]], class_index)
+        if class_index is None:
+            chosen = tf.argmax(probs, axis=1)
+        else:  # a scalar broadcasts to every image
+            chosen = tf.broadcast_to(tf.constant(class_index, tf.int64), [tf.shape(probs)[0]])
         score = tf.gather(probs, chosen, axis=1, batch_dims=1)
     grads = tape.gradient(score, maps)
     weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from toolkit.errors import TkError
+
 MAX_PIXELS = 100_000_000
 """Images with more pixels than this are refused before decoding (decompression-bomb guard)."""
 MIN_SIDE = 32
@@ -84,3 +86,12 @@ def load_rgb(path: Path | str, size: tuple[int, int]) -> np.ndarray:
         raise UnreadableImage(_describe(exc)) from exc
     except (OSError, SyntaxError, ValueError) as exc:
         raise UnreadableImage(f"cannot decode ({exc}); the file is damaged: copy or export it again") from exc
+
+
+def read_image(path: Path | str, size: tuple[int, int]) -> np.ndarray:
+    """Check and decode one image file for a model input ``size``, or raise a one-line TkError naming it."""
+    try:
+        read_size(Path(path))
+        return load_rgb(path, size)
+    except (UnreadableImage, FileNotFoundError) as exc:
+        raise TkError(f"{path}: {exc}") from exc

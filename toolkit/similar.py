@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from toolkit.errors import TkError
-from toolkit.imageio import UnreadableImage, load_rgb, read_size
+from toolkit.imageio import read_image
 from toolkit.kinds import Backbone
 from toolkit.pipeline import make_extractor
 from toolkit.scan import sha256_file
@@ -22,12 +22,7 @@ def embed_one(backbone: Backbone, image: Path, kind: str, weights_id: str, path:
     model, resolved = build_model(backbone, request, seed)
     if resolved.weights_id != weights_id:
         raise TkError(f"weights now resolve to {resolved.weights_id}, but the store holds {weights_id}")
-    try:
-        read_size(image)
-        pixels = load_rgb(image, backbone.input_size)[None]
-    except UnreadableImage as exc:
-        raise TkError(f"{image}: {exc}") from exc
-    return make_extractor(backbone, model, 1)(pixels)[0]
+    return make_extractor(backbone, model, 1)(read_image(image, backbone.input_size)[None])[0]
 
 
 def find_similar(store: Store, backbone: Backbone, image: Path, k: int = 10) -> pd.DataFrame:

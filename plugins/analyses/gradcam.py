@@ -32,7 +32,7 @@ def gradcam_gallery(context: AnalysisContext) -> list:
     """Table ``main`` (image_id, y_true, y_pred, probability, correct, peak_row, peak_col: where the
     heatmap peaks, as a fraction of the image) and a gallery figure of the overlays."""
     from toolkit.classifier import load_classifier
-    from toolkit.explain import read_image
+    from toolkit.imageio import read_image
     from toolkit.gradcam import gradcam, overlay_png
     from toolkit.registry import load_registry
     from toolkit.store import Store
@@ -55,8 +55,7 @@ def gradcam_gallery(context: AnalysisContext) -> list:
                                    [chosen["image_id"].tolist()]).fetchall())
     pixels = np.stack([read_image(paths[i], classifier.backbone.input_size) for i in chosen["image_id"]])
     class_index = [classifier.head.classes.index(label) for label in chosen["y_pred"]]
-    heatmaps = np.concatenate([gradcam(classifier.model, layer, pixels[k:k + 1], classifier.backbone.preprocess,
-                                       class_index[k])[0] for k in range(len(chosen))])
+    heatmaps, _ = gradcam(classifier.model, layer, pixels, classifier.backbone.preprocess, class_index)
     peaks = [np.unravel_index(np.argmax(h), h.shape) for h in heatmaps]
     chosen["peak_row"] = [r / heatmaps.shape[1] for r, _ in peaks]
     chosen["peak_col"] = [c / heatmaps.shape[2] for _, c in peaks]
