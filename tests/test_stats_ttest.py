@@ -8,7 +8,7 @@ from scipy import stats
 from statsmodels.stats.multicomp import pairwise_tukeyhsd
 
 from tests.test_stats_common import SIGNAL_FEATURES, synthetic_context
-from toolkit.plugins.analyses.anova import anova, effect_sizes, one_way, tukey
+from toolkit.plugins.analyses.anova import anova, f_test, one_way, tukey
 from toolkit.plugins.analyses.stats_common import bh_qvalues, level_views
 from toolkit.plugins.analyses.ttest import compare_two, ttest
 from toolkit.results import Finding, SkipAnalysis, Table
@@ -88,7 +88,7 @@ def test_anova_matches_scipy_and_statsmodels():
     eta = sum(len(s) * (s.mean() - grand) ** 2 for s in samples) / ((x[:, 3] - grand) ** 2).sum()
     assert row["eta_sq"] == pytest.approx(eta, rel=1e-9)
     codes = np.searchsorted(sorted(set(groups)), groups)
-    assert effect_sizes(x[:, [3]], codes, 4)[0] == pytest.approx(eta, rel=1e-9)
+    assert f_test(x[:, [3]], codes, 4)[2][0] == pytest.approx(eta, rel=1e-9)
     post = tukey(view, "subtype", np.array([3]))
     direct = pairwise_tukeyhsd(x[:, 3], groups)
     np.testing.assert_allclose(post["p_adj"], direct.pvalues, atol=1e-12)

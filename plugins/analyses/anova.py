@@ -3,34 +3,61 @@ one-way ANOVA and Kruskal–Wallis, BH-corrected, eta² / epsilon², Tukey HSD f
 
 from __future__ import annotations
 
-import warnings
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
-from scipy import stats
+from scipy import special, stats
 
 from toolkit import hookimpl
 from toolkit.kinds import Analysis, AnalysisContext, Needs
-from toolkit.plugins.analyses.stats_common import (FDR_ALPHA, LevelView, bh_qvalues, embeddings_f64,
-                                                   group_codes, group_sums, level_views, patient_note,
-                                                   valid_groups)
+from toolkit.plugins.analyses.stats_common import (FDR_ALPHA, ColumnRanks, LevelView, RankCache, bh_qvalues,
+                                                   embeddings_f64, group_codes, group_sums, level_views,
+                                                   patient_note, valid_groups)
 from toolkit.results import Finding, SkipAnalysis, Table
 
 FACTORS = ("subtype", "magnification")
 TUKEY_TOP = 3
+TUKEY_ALPHA = 0.05
+NEAR_CONSTANT = 1e-9  # within-group over total sum of squares below which f_oneway's own constant-group rules apply
 
 
-def effect_sizes(x: np.ndarray, codes: np.ndarray, n_groups: int) -> np.ndarray:
-    """Eta² per column: between-group over total sum of squares."""
-    sums, counts = group_sums(x, codes, n_groups)
-    grand = x.mean(axis=0)
-    between = (counts[:, None] * (sums / counts[:, None] - grand) ** 2).sum(axis=0)
-    return between / ((x - grand) ** 2).sum(axis=0)
+def f_test(x: np.ndarray, codes: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One-way ANOVA F, p and eta² (between-group over total sum of squares) per column:
+    ``scipy.stats.f_oneway``'s sums of squares about the grand mean, from one product of group sums
+    instead of per-group copies. Columns whose groups are each (nearly) constant go through scipy
+    itself, which gives them F = inf."""
+    n = len(x)
+    centred = x - x.mean(axis=0)
+    normalized_ss = centred.sum(axis=0) ** 2 / n
+    total = np.einsum("ij,ij->j", centred, centred) - normalized_ss
+    sums, counts = group_sums(centred, codes, n_groups)
+    between = (sums ** 2 / counts[:, None]).sum(axis=0) - normalized_ss
+    within = total - between
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f = (between / (n_groups - 1)) / (within / (n - n_groups))
+    degenerate = np.flatnonzero(within <= NEAR_CONSTANT * total)
+    if degenerate.size:
+        f[degenerate] = stats.f_oneway(*[x[codes == g][:, degenerate] for g in range(n_groups)], axis=0).statistic
+    return f, special.fdtrc(n_groups - 1, n - n_groups, f), between / total
 
 
-def one_way(view: LevelView, factor: str) -> pd.DataFrame | None:
+def kruskal_wallis(ranks: ColumnRanks, codes: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Kruskal–Wallis H (tie-corrected) and its chi² p-value per column, from ranks over the rows of
+    every group: ``scipy.stats.kruskal``'s formula on rank sums. Constant columns give NaN."""
+    sums = ranks.group_sums(codes, n_groups)
+    counts = np.bincount(codes, minlength=n_groups)
+    n = int(counts.sum())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = 12.0 / (n * (n + 1)) * sum(s ** 2 / c for s, c in zip(sums, counts)) - 3 * (n + 1)
+        h /= 1 - ranks.tie_term / (n ** 3 - n)
+    return h, special.chdtrc(n_groups - 1, h)
+
+
+def one_way(view: LevelView, factor: str, cache: RankCache | None = None) -> pd.DataFrame | None:
     """Every non-constant feature across the groups of ``factor`` that have at least 2 rows; None
-    when fewer than 2 such groups.
+    when fewer than 2 such groups. ``cache`` shares the Kruskal–Wallis ranking between calls that
+    test the same rows.
 
     Columns: factor, level, feature, n_groups, n, f, p_val, q_val, eta_sq, h, p_val_kw, q_val_kw,
     epsilon_sq (H / (n - 1), Tomczak & Tomczak 2014).
@@ -40,44 +67,61 @@ def one_way(view: LevelView, factor: str) -> pd.DataFrame | None:
         return None
     keep = view.groups.isin(present).to_numpy()
     codes, _ = group_codes(view.groups[keep])
-    x = view.x[keep]
+    x = view.x if keep.all() else view.x[keep]  # at image level a copy costs as much as a test
     varying = np.flatnonzero(np.ptp(x, axis=0) > 0)
-    x = x[:, varying]
-    samples = [x[codes == g] for g in range(len(present))]
-    anova, kruskal = stats.f_oneway(*samples, axis=0), stats.kruskal(*samples, axis=0)
+    x = x if len(varying) == x.shape[1] else x[:, varying]
+    f, p, eta_sq = f_test(x, codes, len(present))
+    h, p_kw = (v[varying] for v in kruskal_wallis((cache or RankCache()).ranks(view.x, keep), codes, len(present)))
     return pd.DataFrame({
         "factor": factor, "level": view.level, "feature": varying, "n_groups": len(present), "n": len(x),
-        "f": anova.statistic, "p_val": anova.pvalue, "q_val": bh_qvalues(anova.pvalue),
-        "eta_sq": effect_sizes(x, codes, len(present)), "h": kruskal.statistic, "p_val_kw": kruskal.pvalue,
-        "q_val_kw": bh_qvalues(kruskal.pvalue), "epsilon_sq": kruskal.statistic / (len(x) - 1)})
+        "f": f, "p_val": p, "q_val": bh_qvalues(p), "eta_sq": eta_sq, "h": h, "p_val_kw": p_kw,
+        "q_val_kw": bh_qvalues(p_kw), "epsilon_sq": h / (len(x) - 1)})
+
+
+@lru_cache(maxsize=None)
+def studentized_range_critical(n_groups: int, df: int) -> float:
+    """The studentized range quantile for Tukey's intervals; cached, as it takes a root search over a
+    double integral and factors, levels and backbones mostly share ``(n_groups, df)``."""
+    return float(stats.studentized_range.ppf(1 - TUKEY_ALPHA, n_groups, df))
 
 
 def tukey(view: LevelView, factor: str, features: np.ndarray) -> pd.DataFrame:
-    """Tukey HSD (statsmodels) for ``features``: columns factor, level, feature, group1, group2,
-    meandiff (group2 - group1), p_adj, ci_low, ci_high, reject."""
-    from statsmodels.stats.multicomp import pairwise_tukeyhsd
+    """Tukey–Kramer HSD for ``features``, all at once: columns factor, level, feature, group1, group2,
+    meandiff (group2 - group1), p_adj, ci_low, ci_high, reject.
 
+    The numbers of statsmodels' ``pairwise_tukeyhsd`` (its p-values and quantile are scipy's exact
+    studentized range too): groups in sorted string order, pooled variance over all groups, standard
+    error sqrt(MSE / 2 (1/n_i + 1/n_j)), df = n - k, reject where the range exceeds the 95% quantile.
+    Groups with zero spread give inf/NaN statistics, kept as such.
+    """
     keep = view.groups.isin(valid_groups(view.groups)).to_numpy()
-    groups = view.groups[keep].astype(str).to_numpy()
-    frames = []
-    for feature in features:
-        with warnings.catch_warnings():  # groups with zero spread give inf/NaN statistics, kept as such
-            warnings.simplefilter("ignore", RuntimeWarning)
-            result = pairwise_tukeyhsd(view.x[keep, feature], groups)
-        first, second = np.triu_indices(len(result.groupsunique), k=1)
-        frames.append(pd.DataFrame({
-            "factor": factor, "level": view.level, "feature": int(feature),
-            "group1": result.groupsunique[first], "group2": result.groupsunique[second],
-            "meandiff": result.meandiffs, "p_adj": result.pvalues, "ci_low": result.confint[:, 0],
-            "ci_high": result.confint[:, 1], "reject": result.reject}))
-    return pd.concat(frames, ignore_index=True)
+    codes, names = group_codes(view.groups[keep].astype(str))
+    k, values = len(names), view.x[:, features][keep]
+    counts = np.bincount(codes, minlength=k)
+    flat = (codes + k * np.arange(len(features))[:, None]).ravel()  # one bincount for every feature's group sums
+    means = (np.bincount(flat, weights=values.T.ravel(), minlength=k * len(features)).reshape(-1, k) / counts).T
+    df = len(codes) - k
+    with np.errstate(divide="ignore", invalid="ignore"):
+        variance = np.var(values - means[codes], axis=0, ddof=k)
+        first, second = np.triu_indices(k, k=1)
+        meandiff = (means[second] - means[first]).T  # (features, pairs)
+        se = np.sqrt(variance[:, None] * ((1.0 / counts[first] + 1.0 / counts[second]) / 2.0))
+        q = np.abs(meandiff) / se
+    critical = studentized_range_critical(k, df)
+    return pd.DataFrame({
+        "factor": factor, "level": view.level, "feature": np.repeat(np.asarray(features, dtype=int), len(first)),
+        "group1": np.tile(np.asarray(names, dtype=object)[first], len(features)),
+        "group2": np.tile(np.asarray(names, dtype=object)[second], len(features)),
+        "meandiff": meandiff.ravel(), "p_adj": stats.studentized_range.sf(q, k, df).ravel(),
+        "ci_low": (meandiff - critical * se).ravel(), "ci_high": (meandiff + critical * se).ravel(),
+        "reject": (q > critical).ravel()})
 
 
-def _factor_results(metadata: pd.DataFrame, x: np.ndarray, factor: str,
-                    top_k: int) -> tuple[list[pd.DataFrame], list[pd.DataFrame], list[Finding]]:
+def _factor_results(metadata: pd.DataFrame, x: np.ndarray, factor: str, top_k: int,
+                    cache: RankCache) -> tuple[list[pd.DataFrame], list[pd.DataFrame], list[Finding]]:
     tables, posthoc, findings = [], [], []
     for view in level_views(metadata, x, factor):
-        table = one_way(view, factor)
+        table = one_way(view, factor, cache)
         if table is None:
             findings.append(Finding(f"No {view.level}-level test across {factor}: it needs at least 2 groups "
                                     f"with at least 2 {view.level}s each.", "warning"))
@@ -103,9 +147,9 @@ def anova(context: AnalysisContext) -> list:
     if not factors:
         raise SkipAnalysis(f"anova needs at least 2 groups of at least 2 images in one of {', '.join(FACTORS)}")
     top_k = int(context.settings.get("anova_tukey_top", TUKEY_TOP))
-    tables, posthoc, findings = [], [], [patient_note(context.metadata)]
+    tables, posthoc, findings, cache = [], [], [patient_note(context.metadata)], RankCache()
     for factor in factors:
-        factor_tables, factor_posthoc, factor_findings = _factor_results(context.metadata, x, factor, top_k)
+        factor_tables, factor_posthoc, factor_findings = _factor_results(context.metadata, x, factor, top_k, cache)
         tables += factor_tables
         posthoc += factor_posthoc
         findings += factor_findings
