@@ -96,15 +96,15 @@ def load_classifier(store: Store, registry: Registry, backbone_name: str, run_id
                     seed: int = 0) -> Classifier:
     """Rebuild a run's backbone with its weights and fit the head on that run's embeddings."""
     run = store.run(run_id)
-    row = store.one("SELECT weights_kind, weights_id, table_name, dim FROM run_backbones "
+    row = store.one("SELECT weights_kind, weights_id, precision, dim FROM run_backbones "
                     "WHERE run_id = ? AND backbone = ? AND status = 'ok'", [run["run_id"], backbone_name])
     if row is None:
         raise TkError(f"run {run['run_id']} has no {backbone_name} embeddings; run `tk run --backbone {backbone_name}`")
-    kind, weights_id, _, dim = row
+    kind, weights_id, precision, dim = row
     path_row = store.one("SELECT weights_path FROM embedding_sets WHERE backbone = ? AND weights_id = ?",
                          [backbone_name, weights_id])
     backbone = registry.backbone(backbone_name)
-    metadata, embeddings = store.run_embeddings(run["run_id"], EmbeddingSet(backbone_name, weights_id, dim))
+    metadata, embeddings = store.run_embeddings(run["run_id"], EmbeddingSet(backbone_name, weights_id, dim, precision))
     if metadata["label"].isna().any():
         raise TkError("the classifier needs a label for every image of the run")
     head = fit_head(embeddings, metadata["label"].to_numpy(), seed)

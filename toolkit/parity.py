@@ -32,15 +32,24 @@ def similarity_rank_correlation(reference: np.ndarray, other: np.ndarray) -> flo
     return float(spearmanr(pairwise(reference), pairwise(other)).statistic)
 
 
-def parity(reference: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> dict[str, float]:
-    """Centred cosine (mean, min), similarity rank correlation, prediction agreement, max |Δp|."""
-    cosine = centred_cosine(reference["embedding"].astype(np.float64), other["embedding"].astype(np.float64))
-    agree = reference["probabilities"].argmax(axis=1) == other["probabilities"].argmax(axis=1)
+def embedding_parity(reference: np.ndarray, other: np.ndarray) -> dict[str, float]:
+    """Centred cosine (mean, min) and similarity rank correlation of two embeddings of the same images."""
+    cosine = centred_cosine(reference.astype(np.float64), other.astype(np.float64))
     return {
         "centred_cosine_mean": float(cosine.mean()),
         "centred_cosine_min": float(cosine.min()),
-        "similarity_rank_corr": similarity_rank_correlation(reference["embedding"], other["embedding"]),
+        "similarity_rank_corr": similarity_rank_correlation(reference, other),
+        "n_images": int(len(cosine)),
+    }
+
+
+def parity(reference: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> dict[str, float]:
+    """Embedding parity plus prediction agreement and max |Δp|."""
+    found = embedding_parity(reference["embedding"], other["embedding"])
+    agree = reference["probabilities"].argmax(axis=1) == other["probabilities"].argmax(axis=1)
+    return {
+        **{k: v for k, v in found.items() if k != "n_images"},
         "prediction_agreement": float(agree.mean()),
         "max_probability_diff": float(np.abs(reference["probabilities"] - other["probabilities"]).max()),
-        "n_images": int(len(cosine)),
+        "n_images": found["n_images"],
     }

@@ -44,8 +44,8 @@ def make_extractor(backbone: Backbone, model: Any, batch_size: int) -> Callable[
     preprocess = tf.autograph.experimental.do_not_convert(backbone.preprocess)  # plain tensor code
 
     @tf.function(input_signature=[tf.TensorSpec([batch_size, height, width, 3], tf.uint8)], reduce_retracing=True)
-    def extract(batch: tf.Tensor) -> tf.Tensor:
-        return model(preprocess(tf.cast(batch, tf.float32)), training=False)
+    def extract(batch: tf.Tensor) -> tf.Tensor:  # float32 out, also from a bf16 model
+        return tf.cast(model(preprocess(tf.cast(batch, tf.float32)), training=False), tf.float32)
 
     return lambda batch: extract(tf.constant(batch)).numpy()
 
@@ -55,6 +55,15 @@ def _pad(batch: np.ndarray, size: int) -> np.ndarray:
         return batch
     padding = np.zeros((size - len(batch), *batch.shape[1:]), dtype=batch.dtype)
     return np.concatenate([batch, padding])
+
+
+def embed_padded(extract: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray, batch_size: int) -> np.ndarray:
+    """Embeddings of any number of images through a fixed-batch extractor."""
+    chunks = []
+    for start in range(0, len(pixels), batch_size):
+        chunk = pixels[start:start + batch_size]
+        chunks.append(extract(_pad(chunk, batch_size))[: len(chunk)])
+    return np.concatenate(chunks)
 
 
 def decoded_batches(images: list[ScannedImage], sizes: list[tuple[int, int]], batch_size: int,
@@ -102,7 +111,8 @@ def extract(images: list[ScannedImage], jobs: list[BackboneJob], writer: Embeddi
     threads = threads or max(2, os.cpu_count() or 2)
     sizes = sorted({job.backbone.input_size for job in jobs})
     for job in jobs:
-        job.extract = make_extractor(job.backbone, job.model, batch_size)
+        if job.extract is None:  # a lowered-precision job brings its own (toolkit.precision)
+            job.extract = make_extractor(job.backbone, job.model, batch_size)
     dataset, errors = decoded_batches(images, sizes, batch_size, threads)
     done: list[ScannedImage] = []
     for index_batch, ok_batch, *pixel_batches in dataset.as_numpy_iterator():

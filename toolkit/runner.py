@@ -18,6 +18,7 @@ from toolkit.analyses import run_analyses
 from toolkit.errors import TkError
 from toolkit.kinds import Backbone, ExportContext, Exporter
 from toolkit.pipeline import BATCH_SIZE, BackboneJob, extract
+from toolkit.precision import Lowered, check_precision, lower
 from toolkit.registry import Registry, load_registry
 from toolkit.scan import ScannedImage, scan
 from toolkit.sources import find_images
@@ -43,6 +44,7 @@ class RunSettings:
     exports: str | None = None
     seed: int = 0
     batch_size: int = BATCH_SIZE
+    precision: str = "fp32"
     reveal_ids: bool = False
     template_dir: Path | None = None
     analysis_timeout: float | None = None
@@ -114,25 +116,26 @@ def _plan_backbone(store: Store, backbone: Backbone, settings: RunSettings,
     request = backbone.fixed_weights or settings.weights
     planned = planned_weights(request, settings.seed)
     if planned is None:
-        planned = _auto_without_building(store, backbone, settings.seed, shas)
+        planned = _auto_without_building(store, backbone, settings.seed, shas, settings.precision)
     if planned is not None:
-        embedding_set = EmbeddingSet(backbone.name, planned.weights_id, backbone.dim)
+        embedding_set = EmbeddingSet(backbone.name, planned.weights_id, backbone.dim, settings.precision)
         needed = store.missing(embedding_set, shas)
         if not needed:
             return embedding_set, planned, None, needed
     model, resolved = build_model(backbone, request, settings.seed)
-    embedding_set = EmbeddingSet(backbone.name, resolved.weights_id, backbone.dim)
+    embedding_set = EmbeddingSet(backbone.name, resolved.weights_id, backbone.dim, settings.precision)
     return embedding_set, resolved, model, store.missing(embedding_set, shas)
 
 
-def _auto_without_building(store: Store, backbone: Backbone, seed: int, shas: set[str]) -> ResolvedWeights | None:
+def _auto_without_building(store: Store, backbone: Backbone, seed: int, shas: set[str],
+                           precision: str) -> ResolvedWeights | None:
     """``--weights auto`` resolved from what the store already holds, so that a re-run builds no model."""
-    if not store.missing(EmbeddingSet(backbone.name, "imagenet", backbone.dim), shas):
+    if not store.missing(EmbeddingSet(backbone.name, "imagenet", backbone.dim, precision), shas):
         return ResolvedWeights("imagenet", "imagenet")
     fallback = random_weights(seed)
     if not backbone.imagenet:
         return fallback
-    if not store.missing(EmbeddingSet(backbone.name, fallback.weights_id, backbone.dim), shas):
+    if not store.missing(EmbeddingSet(backbone.name, fallback.weights_id, backbone.dim, precision), shas):
         note = (f"the stored {backbone.name} embeddings of these images use RANDOM weights (seed {seed}), because "
                 "ImageNet weights were unavailable when they were made; they are reused. "
                 "Use --weights imagenet to require pretrained weights.")
@@ -142,6 +145,7 @@ def _auto_without_building(store: Store, backbone: Backbone, seed: int, shas: se
 
 def execute_run(settings: RunSettings, command: str | None = None) -> RunSummary:
     """Run the whole job; raises TkError for problems that stop it before anything is written."""
+    check_precision(settings.precision)
     registry = load_registry(settings.plugins)
     backbones: list[Backbone] = select(registry.backbones, settings.backbones, "backbone")
     analyses = select(registry.analyses, settings.analyses, "analysis") if settings.analyses != "none" else []
@@ -201,9 +205,15 @@ def _embed_and_analyse(store: Store, registry: Registry, settings: RunSettings, 
     shas = {image.sha256 for image in scanned}
     jobs: list[BackboneJob] = []
     resolved_by_backbone: dict[str, ResolvedWeights] = {}
+    parity_by_backbone: dict[str, dict[str, float]] = {}
+    sample_paths = [str(image.record.path) for image in sorted({i.sha256: i for i in scanned}.values(),
+                                                                key=lambda i: i.sha256)]
     for backbone in backbones:
         try:
             embedding_set, resolved, model, needed = _plan_backbone(store, backbone, settings, shas)
+            lowered = (lower(backbone, model, resolved, settings.precision, settings.batch_size, sample_paths,
+                             settings.seed, store.set_model(embedding_set))
+                       if model is not None and settings.precision != "fp32" else None)
         except WeightsUnavailable:
             raise
         except TkError as exc:
@@ -214,13 +224,18 @@ def _embed_and_analyse(store: Store, registry: Registry, settings: RunSettings, 
         if resolved.note:
             console.warn(resolved.note)
             warnings.append(resolved.note)
-        others = store.ensure_set(embedding_set, resolved.kind, resolved.sha256, resolved.path)
+        others = store.ensure_set(embedding_set, resolved.kind, resolved.sha256, resolved.path,
+                                  *((lowered.model_path, lowered.model_sha256) if lowered else ()))
         if others:
-            console.info(f"{backbone.name}: weights {resolved.weights_id} differ from the stored "
-                         f"{', '.join(others)}; new weights start a new embedding set ({embedding_set.table}), "
+            console.info(f"{backbone.name}: weights and precision {embedding_set.label} differ from the stored "
+                         f"{', '.join(others)}; they start a new embedding set ({embedding_set.table}), "
                          "nothing is mixed")
+        if lowered is not None:
+            _report_lowered(store, backbone, embedding_set, lowered, warnings)
+            parity_by_backbone[backbone.name] = lowered.parity
         resolved_by_backbone[backbone.name] = resolved
-        jobs.append(BackboneJob(backbone, embedding_set, model, needed))
+        jobs.append(BackboneJob(backbone, embedding_set, model if lowered is None else None, needed,
+                                extract=lowered.extract if lowered else None))  # a lowered job needs no fp32 model
 
     needed_any = set().union(*(job.needed for job in jobs)) if jobs else set()
     representatives: dict[str, ScannedImage] = {}
@@ -255,12 +270,15 @@ def _embed_and_analyse(store: Store, registry: Registry, settings: RunSettings, 
         resolved = resolved_by_backbone[job.backbone.name]
         store.point_view(job.embedding_set)
         rate = job.embedded / job.seconds if job.seconds else None
+        parity = parity_by_backbone.get(job.backbone.name) or (
+            store.last_parity(job.embedding_set) if settings.precision != "fp32" else {})
         store.record_backbone(run_id, job.backbone.name, table_name=job.embedding_set.table,
                               weights_id=resolved.weights_id, weights_kind=resolved.kind,
                               weights_sha256=resolved.sha256, weights_note=resolved.note or None,
                               dim=job.backbone.dim, n_embedded=job.embedded,
                               n_reused=len(shas - job.needed), seconds=job.seconds,
-                              images_per_second=rate, status="ok", error=None)
+                              images_per_second=rate, status="ok", error=None, precision=settings.precision,
+                              **_parity_columns(parity))
         sets[job.backbone.name] = job.embedding_set
 
     reused: set[str] = set()
@@ -284,6 +302,30 @@ def _embed_and_analyse(store: Store, registry: Registry, settings: RunSettings, 
                          f"{', '.join(sorted(reused))}")
     n_images = int(store.one("SELECT count(*) FROM run_images WHERE run_id = ?", [run_id])[0])
     return _Progress(n_images, len(skipped) + len(bad_shas), failures, warnings)
+
+
+def _report_lowered(store: Store, backbone: Backbone, embedding_set: EmbeddingSet, lowered: Lowered,
+                    warnings: list[str]) -> None:
+    """Say where a lowered model came from and how close it is to fp32; keep the int8 model with its set."""
+    for note in lowered.notes:
+        console.warn(note)
+        warnings.append(note)
+    if lowered.model_path:
+        if store.set_model(embedding_set) != (lowered.model_path, lowered.model_sha256):
+            store.record_set_model(embedding_set, lowered.model_path, lowered.model_sha256)
+        origin = "converted and cached" if lowered.converted else "from the cache"
+        console.info(f"{backbone.name}: int8 model {origin} ({lowered.model_path})")
+    found = lowered.parity
+    console.info(f"{backbone.name} {lowered.precision} vs fp32 on {found['n_images']} held-out images: centred cosine "
+                 f"mean {found['centred_cosine_mean']:.4f}, min {found['centred_cosine_min']:.4f}; "
+                 f"similarity rank correlation {found['similarity_rank_corr']:.4f}")
+
+
+def _parity_columns(parity: dict[str, Any]) -> dict[str, Any]:
+    return {"parity_centred_cosine_mean": parity.get("centred_cosine_mean"),
+            "parity_centred_cosine_min": parity.get("centred_cosine_min"),
+            "parity_rank_corr": parity.get("similarity_rank_corr"),
+            "parity_n_images": parity.get("n_images")}
 
 
 def _export(store: Store, settings: RunSettings, run_id: str, exporters: list[Exporter],

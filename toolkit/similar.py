@@ -7,22 +7,29 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from toolkit import console
 from toolkit.errors import TkError
 from toolkit.imageio import read_image
 from toolkit.kinds import Backbone
-from toolkit.pipeline import make_extractor
+from toolkit.pipeline import embed_padded
+from toolkit.precision import query_extractor
 from toolkit.scan import sha256_file
 from toolkit.store import EmbeddingSet, Store, identifier
 from toolkit.weights import build_model, request_for
 
 
-def embed_one(backbone: Backbone, image: Path, kind: str, weights_id: str, path: str | None) -> np.ndarray:
-    """Embed a single image with the weights an embedding set was made with."""
+def embed_one(backbone: Backbone, image: Path, kind: str, weights_id: str, path: str | None,
+              precision: str = "fp32", quantised: tuple[str, str] | None = None) -> np.ndarray:
+    """Embed a single image with the weights and precision an embedding set was made with
+    (``quantised``: the int8 model that made an int8 set)."""
     request, seed = request_for(kind, weights_id, path)
     model, resolved = build_model(backbone, request, seed)
     if resolved.weights_id != weights_id:
         raise TkError(f"weights now resolve to {resolved.weights_id}, but the store holds {weights_id}")
-    return make_extractor(backbone, model, 1)(read_image(image, backbone.input_size)[None])[0]
+    extract, warning = query_extractor(backbone, model, precision, quantised)
+    if warning:
+        console.warn(warning)
+    return embed_padded(extract, read_image(image, backbone.input_size)[None], 1)[0]
 
 
 def find_similar(store: Store, backbone: Backbone, image: Path, k: int = 10) -> pd.DataFrame:
@@ -35,7 +42,9 @@ def find_similar(store: Store, backbone: Backbone, image: Path, k: int = 10) -> 
     embedding_set, kind, weights_path = current
     sha = sha256_file(image)
     row = store.one(f"SELECT vector FROM {embedding_set.table} WHERE sha256 = ?", [sha])
-    query = np.asarray(row[0], dtype=np.float32) if row else embed_one(backbone, image, kind, embedding_set.weights_id, weights_path)
+    query = (np.asarray(row[0], dtype=np.float32) if row else
+             embed_one(backbone, image, kind, embedding_set.weights_id, weights_path, embedding_set.precision,
+                       store.set_model(embedding_set)))
     return _nearest(store, embedding_set, query, k)
 
 

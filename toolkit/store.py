@@ -1,8 +1,9 @@
 """The DuckDB store: schema, migrations, batched Arrow writes and numpy reads.
 
 One file holds every image, embedding set, run and result. Embeddings live in one table per
-backbone and weights (``emb_<backbone>__<weights>``, ``sha256`` -> ``FLOAT[dim]``) and a view per
-backbone, ``embeddings_<backbone>``, joins them to ``images`` for the weights used last.
+backbone, weights and precision (``emb_<backbone>__<weights>[_<precision>]``, ``sha256`` ->
+``FLOAT[dim]``) and a view per backbone, ``embeddings_<backbone>``, joins them to ``images`` for
+the weights used last.
 Writers go through ``EmbeddingWriter`` so that another producer (Parquet shards from a cluster)
 can be added without touching the rest.
 """
@@ -196,8 +197,39 @@ def m004_analysis_cache_key(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE analysis_runs ADD COLUMN cache_key VARCHAR")
 
 
+def m005_precision(con: duckdb.DuckDBPyConnection) -> None:
+    """``tk run --precision``: the numeric precision is part of an embedding set's key (so bf16 or
+    int8 vectors never join fp32 ones), the quantised model that made an int8 set is kept with it,
+    and each run records its precision and its parity against fp32 per backbone."""
+    con.execute("""
+        CREATE TABLE embedding_sets_m005 (
+            table_name VARCHAR PRIMARY KEY,
+            backbone VARCHAR NOT NULL,
+            weights_id VARCHAR NOT NULL,
+            weights_kind VARCHAR,
+            weights_sha256 VARCHAR,
+            weights_path VARCHAR,
+            dim INTEGER NOT NULL,
+            created_at TIMESTAMP DEFAULT current_timestamp,
+            precision VARCHAR NOT NULL DEFAULT 'fp32',
+            model_path VARCHAR,
+            model_sha256 VARCHAR,
+            UNIQUE (backbone, weights_id, precision)
+        )""")
+    con.execute("INSERT INTO embedding_sets_m005 (table_name, backbone, weights_id, weights_kind, weights_sha256, "
+                "weights_path, dim, created_at) SELECT table_name, backbone, weights_id, weights_kind, weights_sha256, "
+                "weights_path, dim, created_at FROM embedding_sets")
+    con.execute("DROP TABLE embedding_sets")
+    con.execute("ALTER TABLE embedding_sets_m005 RENAME TO embedding_sets")
+    con.execute("ALTER TABLE run_backbones ADD COLUMN precision VARCHAR DEFAULT 'fp32'")
+    for column in ("parity_centred_cosine_mean", "parity_centred_cosine_min", "parity_rank_corr"):
+        con.execute(f"ALTER TABLE run_backbones ADD COLUMN {column} DOUBLE")
+    con.execute("ALTER TABLE run_backbones ADD COLUMN parity_n_images INTEGER")
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_create_tables, m002_export_parity,
-                                                                  m003_training, m004_analysis_cache_key]
+                                                                  m003_training, m004_analysis_cache_key,
+                                                                  m005_precision]
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> None:
@@ -217,15 +249,26 @@ def migrate(con: duckdb.DuckDBPyConnection) -> None:
 
 @dataclass(frozen=True)
 class EmbeddingSet:
-    """Where one backbone's embeddings for one set of weights live."""
+    """Where one backbone's embeddings for one set of weights, at one precision, live.
+
+    fp32 sets keep the names they always had; ``bf16`` and ``int8`` sets add the precision
+    (``emb_resnet50__random_seed0_int8``), so vectors of different precisions never mix.
+    """
 
     backbone: str
     weights_id: str
     dim: int
+    precision: str = "fp32"
 
     @property
     def table(self) -> str:
-        return f"emb_{identifier(self.backbone)}__{identifier(self.weights_id)}"
+        suffix = "" if self.precision == "fp32" else f"_{identifier(self.precision)}"
+        return f"emb_{identifier(self.backbone)}__{identifier(self.weights_id)}{suffix}"
+
+    @property
+    def label(self) -> str:
+        """``weights_id``, with the precision when it is not fp32 (for messages)."""
+        return self.weights_id if self.precision == "fp32" else f"{self.weights_id} {self.precision}"
 
 
 class EmbeddingWriter(Protocol):
@@ -360,17 +403,20 @@ class Store:
     # --- embeddings ------------------------------------------------------------------------
 
     def ensure_set(self, embedding_set: EmbeddingSet, weights_kind: str, weights_sha256: str | None,
-                   weights_path: str | None) -> list[str]:
-        """Create the set's table if it is new; returns the backbone's other weights already stored
-        (empty when the set existed or is the backbone's first)."""
+                   weights_path: str | None, model_path: str | None = None,
+                   model_sha256: str | None = None) -> list[str]:
+        """Create the set's table if it is new; returns the backbone's other weights (and precisions)
+        already stored (empty when the set existed or is the backbone's first). ``model_path`` is the
+        quantised model that makes an int8 set, kept so that later runs add to it with the same model."""
         row = self.one("SELECT dim FROM embedding_sets WHERE table_name = ?", [embedding_set.table])
         if row is not None:
             if row[0] != embedding_set.dim:
                 raise TkError(f"embedding set {embedding_set.table} holds {row[0]}-d vectors but "
                               f"{embedding_set.backbone} now gives {embedding_set.dim}-d; use another --store")
             return []
-        others = [r[0] for r in self.con.execute("SELECT weights_id FROM embedding_sets WHERE backbone = ?",
-                                                  [embedding_set.backbone]).fetchall()]
+        others = [EmbeddingSet(embedding_set.backbone, r[0], embedding_set.dim, r[1]).label for r in self.con.execute(
+            "SELECT weights_id, precision FROM embedding_sets WHERE backbone = ? ORDER BY created_at",
+            [embedding_set.backbone]).fetchall()]
         with self.transaction():
             self.con.execute(f"""CREATE TABLE {embedding_set.table} (
                 sha256 VARCHAR PRIMARY KEY,
@@ -378,9 +424,11 @@ class Store:
                 run_id VARCHAR,
                 created_at TIMESTAMP DEFAULT current_timestamp)""")
             self.con.execute("INSERT INTO embedding_sets (table_name, backbone, weights_id, weights_kind, weights_sha256, "
-                             "weights_path, dim) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                             "weights_path, dim, precision, model_path, model_sha256) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                              [embedding_set.table, embedding_set.backbone, embedding_set.weights_id,
-                              weights_kind, weights_sha256, weights_path, embedding_set.dim])
+                              weights_kind, weights_sha256, weights_path, embedding_set.dim,
+                              embedding_set.precision, model_path, model_sha256])
         return others
 
     def missing(self, embedding_set: EmbeddingSet, sha256s: Iterable[str]) -> set[str]:
@@ -411,10 +459,27 @@ class Store:
     def current_set(self, backbone: str) -> tuple[EmbeddingSet, str, str | None] | None:
         """The set the ``embeddings_<backbone>`` view shows, with its weights kind and file path."""
         row = self.one(
-            "SELECT s.backbone, s.weights_id, s.dim, s.weights_kind, s.weights_path FROM run_backbones rb "
+            "SELECT s.backbone, s.weights_id, s.dim, s.precision, s.weights_kind, s.weights_path FROM run_backbones rb "
             "JOIN runs r USING (run_id) JOIN embedding_sets s ON s.table_name = rb.table_name "
             "WHERE rb.backbone = ? AND rb.status = 'ok' ORDER BY r.started_at DESC LIMIT 1", [backbone])
-        return (EmbeddingSet(row[0], row[1], row[2]), row[3], row[4]) if row else None
+        return (EmbeddingSet(*row[:4]), row[4], row[5]) if row else None
+
+    def set_model(self, embedding_set: EmbeddingSet) -> tuple[str, str] | None:
+        """The quantised model (path, sha256) recorded as the maker of an int8 set, if any."""
+        row = self.one("SELECT model_path, model_sha256 FROM embedding_sets WHERE table_name = ?", [embedding_set.table])
+        return (row[0], row[1]) if row and row[0] else None
+
+    def record_set_model(self, embedding_set: EmbeddingSet, path: str, sha256: str) -> None:
+        self.con.execute("UPDATE embedding_sets SET model_path = ?, model_sha256 = ? WHERE table_name = ?",
+                         [path, sha256, embedding_set.table])
+
+    def last_parity(self, embedding_set: EmbeddingSet) -> dict[str, Any]:
+        """The parity against fp32 recorded by the latest run that measured it for this set."""
+        row = self.one("SELECT rb.parity_centred_cosine_mean, rb.parity_centred_cosine_min, rb.parity_rank_corr, "
+                       "rb.parity_n_images FROM run_backbones rb JOIN runs r USING (run_id) WHERE rb.table_name = ? "
+                       "AND rb.parity_n_images IS NOT NULL ORDER BY r.started_at DESC LIMIT 1", [embedding_set.table])
+        keys = ("centred_cosine_mean", "centred_cosine_min", "similarity_rank_corr", "n_images")
+        return dict(zip(keys, row)) if row else {}
 
     def run_embeddings(self, run_id: str, embedding_set: EmbeddingSet) -> tuple[pd.DataFrame, np.ndarray]:
         """Metadata and embeddings of the images of a run, ordered by image_id."""

@@ -1,5 +1,6 @@
 """What the TFLite and SavedModel exporters share: the run's classifiers, sample images from the
-store, the SavedModel writer, and parity measured against the Keras model and stored."""
+store, and parity measured against the Keras model and stored (the SavedModel writer and the TFLite
+converter live in ``toolkit.conversion``)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from toolkit.classifier import Classifier, load_classifier
-from toolkit.imageio import UnreadableImage, load_rgb
+from toolkit.conversion import calibration_sample
 from toolkit.kinds import ExportContext
 from toolkit.litert import median_ms
 from toolkit.parity import parity
@@ -40,48 +41,7 @@ def sample_pixels(context: ExportContext, size: tuple[int, int], seed: int = 0) 
     rows = context.store.con.execute("""SELECT any_value(i.path) FROM run_images r JOIN images i USING (image_id)
                                         WHERE r.run_id = ? GROUP BY i.sha256 ORDER BY i.sha256""",
                                      [context.run_id]).fetchall()
-    paths = [r[0] for r in rows]
-    np.random.default_rng(seed).shuffle(paths)
-    pixels = []
-    for path in paths[: N_CALIBRATION + N_PARITY]:
-        try:
-            pixels.append(load_rgb(path, size))
-        except (UnreadableImage, FileNotFoundError):
-            continue  # the file changed since the run; parity uses the others
-    stack = np.stack(pixels)
-    held_out = stack[-min(N_PARITY, len(stack)):]
-    calibration = stack[: max(len(stack) - N_PARITY, 0)] if len(stack) > N_PARITY else stack
-    return calibration, held_out
-
-
-def serving_function(classifier: Classifier) -> Any:
-    """The serving signature: float32 images (n, h, w, 3), RGB 0..255 -> embedding, probabilities."""
-    import tensorflow as tf
-
-    height, width = classifier.backbone.input_size
-
-    @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32, name="images")])
-    def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
-        outputs = classifier.model(classifier.backbone.preprocess(images), training=False)
-        return {"embedding": outputs["embedding"], "probabilities": outputs["probabilities"]}
-
-    return serve
-
-
-def write_savedmodel(classifier: Classifier, directory: Path) -> Path:
-    """A SavedModel with the ``serving_default`` signature (TF Serving and TFLite both read it)."""
-    import contextlib
-    import os
-
-    import keras
-
-    archive = keras.export.ExportArchive()
-    archive.track(classifier.model)
-    serve = serving_function(classifier)
-    archive.add_endpoint(name="serve", fn=serve, input_signature=serve.input_signature)
-    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):  # Keras lists every captured tensor
-        archive.write_out(str(directory))
-    return directory
+    return calibration_sample([r[0] for r in rows], size, seed, N_CALIBRATION, N_PARITY)
 
 
 def measure(context: ExportContext, classifier: Classifier, exported: Any, fmt: str, path: Path,

@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from toolkit import hookimpl
+from toolkit.conversion import write_savedmodel
 from toolkit.kinds import ExportContext, Exporter
-from toolkit.plugins.exporters.deployment import classifiers, measure, sample_pixels, write_json, write_savedmodel
+from toolkit.plugins.exporters.deployment import classifiers, measure, sample_pixels, write_json
 
 
 def next_version(model_dir: Path) -> int:
@@ -24,7 +25,7 @@ def export_savedmodel(context: ExportContext, out_dir: Path) -> list[Path]:
     for classifier in classifiers(context):
         model_dir = out_dir / f"{classifier.backbone.name}_classifier"
         target = model_dir / str(next_version(model_dir))
-        write_savedmodel(classifier, target)
+        write_savedmodel(classifier.backbone, classifier.model, target)
         signature = tf.saved_model.load(str(target)).signatures["serving_default"]
         _, held_out = sample_pixels(context, classifier.backbone.input_size)
         serve = lambda pixels: {k: v.numpy() for k, v in signature(images=tf.constant(pixels, tf.float32)).items()}  # noqa: E731

@@ -7,12 +7,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
 from toolkit import hookimpl
+from toolkit.conversion import convert, write_savedmodel
 from toolkit.kinds import ExportContext, Exporter
 from toolkit.litert import LiteModel
-from toolkit.plugins.exporters.deployment import classifiers, measure, sample_pixels, write_json, write_savedmodel
+from toolkit.plugins.exporters.deployment import classifiers, measure, sample_pixels, write_json
 
 VARIANTS = {
     "tflite": "fp32",
@@ -20,22 +19,6 @@ VARIANTS = {
     "tflite-dynamic": "dynamic",
     "tflite-int8": "int8",
 }
-
-
-def convert(savedmodel: Path, variant: str, calibration: np.ndarray) -> bytes:
-    """Convert a SavedModel; int8 is full-integer with uint8 input (0..255) and float32 outputs."""
-    import tensorflow as tf
-
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(savedmodel))
-    if variant != "fp32":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if variant == "fp16":
-        converter.target_spec.supported_types = [tf.float16]
-    if variant == "int8":
-        converter.representative_dataset = lambda: ([image[None].astype(np.float32)] for image in calibration)
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.uint8
-    return converter.convert()
 
 
 def make_export(variant: str) -> Callable[[ExportContext, Path], list[Path]]:
@@ -49,7 +32,8 @@ def make_export(variant: str) -> Callable[[ExportContext, Path], list[Path]]:
             folder.mkdir(parents=True, exist_ok=True)
             path = folder / f"{classifier.backbone.name}-{variant}.tflite"
             with tempfile.TemporaryDirectory() as tmp:
-                path.write_bytes(convert(write_savedmodel(classifier, Path(tmp) / "model"), variant, calibration))
+                path.write_bytes(convert(write_savedmodel(classifier.backbone, classifier.model, Path(tmp) / "model"), variant,
+                                         calibration))
             lite = LiteModel(path)
             input_type = "uint8 RGB 0..255" if variant == "int8" else "float32 RGB 0..255"
             row = measure(context, classifier, lite, _format(variant), path, input_type, held_out)
