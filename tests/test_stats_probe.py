@@ -29,9 +29,21 @@ def test_weighted_auc_matches_sklearn_with_ties_and_weights():
     score = np.round(rng.random(300), 2)  # many ties
     positive = rng.random(300) < 0.4
     weights = rng.integers(0, 3, (4, 300)).astype(float)
-    ours = weighted_auc(score, positive, weights)
+    ours = weighted_auc(score, positive, np.arange(300), weights)
     expected = [roc_auc_score(positive, score, sample_weight=w) for w in weights]
     np.testing.assert_allclose(ours, expected, atol=1e-12)
+
+
+def test_weighted_auc_of_patient_weights_counts_every_image_of_a_patient():
+    rng = np.random.default_rng(3)
+    score = np.round(rng.random(400), 2)
+    positive = rng.random(400) < 0.3
+    patients = rng.integers(0, 15, 400)
+    weights = rng.multinomial(15, np.full(15, 1 / 15), size=6).astype(float)
+    ours = weighted_auc(score, positive, patients, weights)
+    expected = [roc_auc_score(positive, score, sample_weight=w[patients]) for w in weights]
+    np.testing.assert_allclose(ours, expected, atol=1e-12)
+    assert np.isnan(weighted_auc(score, positive, patients, np.zeros((1, 15))))  # no image drawn
 
 
 def test_confusion_metrics_match_sklearn():
@@ -96,7 +108,6 @@ def test_probe_skips_without_two_patients_per_class():
 def test_row_space_projection_gives_the_same_probe():
     """Fewer images than features: fitting in the span of the training rows is the same model."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     from toolkit.plugins.analyses.probe import RowSpace
@@ -104,8 +115,57 @@ def test_row_space_projection_gives_the_same_probe():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(60, 300))
     y = (x[:, 0] + 0.5 * rng.normal(size=60) > 0).astype(int)
-    test = rng.normal(size=(20, 300))
-    plain = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=5000, tol=1e-10)).fit(x, y)
-    projected = make_pipeline(StandardScaler(), RowSpace(), LogisticRegression(C=0.1, max_iter=5000, tol=1e-10)).fit(x, y)
-    assert projected[1].basis_.shape == (300, 59)  # centred rows span n - 1 directions
-    np.testing.assert_allclose(projected.predict_proba(test), plain.predict_proba(test), atol=1e-6)
+    scaler = StandardScaler().fit(x)
+    z, test = scaler.transform(x), scaler.transform(rng.normal(size=(20, 300)))
+    plain = LogisticRegression(C=0.1, max_iter=5000, tol=1e-10).fit(z, y)
+    space = RowSpace().fit(z)
+    projected = LogisticRegression(C=0.1, max_iter=5000, tol=1e-10).fit(space.transform(z), y)
+    assert space.basis_.shape == (300, 59)  # centred rows span n - 1 directions
+    np.testing.assert_allclose(projected.predict_proba(space.transform(test)), plain.predict_proba(test), atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_standardise_matches_standard_scaler(dtype):
+    from sklearn.preprocessing import StandardScaler
+
+    from toolkit.plugins.analyses.probe import standardise
+
+    rng = np.random.default_rng(4)
+    x = np.abs(rng.normal(3, 2, size=(2500, 40))).astype(dtype)
+    x[:, 5] = dtype(0.1)  # constant: scale 1, standardised to 0
+    train, test = x[:2000].copy(), x[2000:].copy()
+    scaler = StandardScaler().fit(x[:2000])
+    standardise(train, test)
+    assert train.dtype == test.dtype == dtype
+    tolerance = 4 * np.finfo(dtype).eps
+    np.testing.assert_allclose(train, scaler.transform(x[:2000]), rtol=tolerance, atol=tolerance)
+    np.testing.assert_allclose(test, scaler.transform(x[2000:]), rtol=tolerance, atol=tolerance)
+    assert np.abs(train[:, 5]).max() < 1e-12
+
+
+def test_parallel_probe_matches_a_plain_scikit_learn_cross_validation():
+    """The probe's own standardisation and its folds fitted side by side give the out-of-fold
+    probabilities of the textbook pipeline, fold after fold (up to the optimizer's tolerance)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from toolkit.plugins.analyses.probe import cross_validate, fold_indices
+    from toolkit.plugins.analyses.stats_common import group_codes
+
+    context = synthetic_context(n_patients=30, per_patient=20, dim=48, signal=0.6)
+    x = context.embeddings
+    patients, _ = group_codes(context.metadata["patient_id"])
+    problems, expected = [], []
+    for target, split in (("label", "patient"), ("subtype", "image")):
+        y, classes = group_codes(context.metadata[target])
+        folds = fold_indices(y, patients, split, seed=0)
+        problems.append((y, len(classes), folds))
+        proba = np.zeros((len(y), len(classes)))
+        for train, test in folds:
+            model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=1000)).fit(x[train], y[train])
+            proba[np.ix_(test, model.classes_)] = model.predict_proba(x[test])
+        expected.append(proba)
+    for ours, theirs in zip(cross_validate(x, problems, c=0.1), expected):
+        np.testing.assert_allclose(ours, theirs, atol=1e-3)
+        np.testing.assert_array_equal(ours.argmax(axis=1), theirs.argmax(axis=1))

@@ -8,7 +8,8 @@ from scipy.cluster.hierarchy import linkage
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 
 from tests.test_stats_common import synthetic_context
-from toolkit.plugins.analyses.clustering import clustering, distance_matrices, purity, ward_linkage
+from toolkit.plugins.analyses.clustering import (clustering, cluster_distance_sums, condensed_euclidean, purity,
+                                                 silhouette, silhouettes, upper_gram, ward_linkage)
 from toolkit.plugins.analyses.correlation import cka, cka_matrix, correlation, redundancy, top_pairs
 from toolkit.plugins.analyses.integrity import conflicting_files, integrity, near_duplicates
 from toolkit.results import Figure, Table
@@ -62,8 +63,7 @@ def test_linear_cka_matches_the_kernel_formula():
 def test_clustering_matches_scipy_and_sklearn():
     context = synthetic_context(n_patients=12, per_patient=8, dim=6, signal=3.0)
     x = np.asarray(context.embeddings, dtype=np.float64)
-    euclidean, cosine = distance_matrices(x)
-    links = ward_linkage(euclidean)
+    links = ward_linkage(condensed_euclidean(upper_gram(x)))
     np.testing.assert_allclose(links[:, 2], linkage(x, "ward")[:, 2], rtol=1e-4)
     results = clustering(context)
     table = _tables(results)["main"].set_index("partition")
@@ -75,6 +75,47 @@ def test_clustering_matches_scipy_and_sklearn():
     assert _tables(results)["linkage"].shape == (95, 5)
     assert purity(np.array([1, 1, 1, 2]), np.array(["a", "a", "b", "b"])) == 0.75
     assert adjusted_rand_score(labels, labels) == table.loc["label", "ari_label"]
+
+
+def _full_distances(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The two distance matrices as the clustering once built them: whole, from a full float32 Gram."""
+    gram = (x.astype(np.float32) @ x.T.astype(np.float32)).astype(np.float64)
+    squared = np.diag(gram).copy()
+    euclidean = np.sqrt(np.clip(squared[:, None] + squared[None, :] - 2 * gram, 0, None))
+    norms = np.sqrt(squared)
+    norms[norms == 0] = 1.0
+    cosine = np.clip(1 - gram / norms[:, None] / norms[None, :], 0, 2)
+    for matrix in (euclidean, cosine):
+        np.fill_diagonal(matrix, 0)
+    return euclidean, cosine
+
+
+def test_strip_distances_give_sklearn_silhouettes_and_the_condensed_matrix(monkeypatch):
+    """Distances built a strip at a time (strips smaller than the data) equal the full matrices; the
+    silhouettes from per-cluster distance sums equal scikit-learn's on the full matrices."""
+    from scipy.spatial.distance import squareform
+
+    import toolkit.plugins.analyses.clustering as module
+
+    monkeypatch.setattr(module, "STRIP_ROWS", 64)
+    rng = np.random.default_rng(5)
+    x = np.abs(rng.normal(size=(300, 24)) + rng.normal(size=(3, 24))[rng.integers(0, 3, 300)])
+    x[7] = 0  # a zero row: its cosine distances are 1
+    euclidean, cosine = _full_distances(x)
+    gram = upper_gram(x)
+    np.testing.assert_allclose(condensed_euclidean(gram), squareform(euclidean, checks=False), rtol=1e-6)
+    partitions = {"three": rng.integers(0, 3, 300), "two": rng.integers(5, 7, 300),
+                  "with_a_singleton": np.r_[0, np.ones(299, int)]}
+    scores = silhouettes(gram, partitions)
+    for name, partition in partitions.items():
+        for metric, matrix in (("euclidean", euclidean), ("cosine", cosine)):
+            expected = silhouette_score(matrix, partition, metric="precomputed")
+            assert scores[name][f"silhouette_{metric}"] == pytest.approx(expected, abs=1e-9), (name, metric)
+    members = np.eye(3)[partitions["three"]]
+    sums = cluster_distance_sums(gram, members)
+    np.testing.assert_allclose(sums[0], euclidean @ members, rtol=1e-12)
+    with pytest.raises(ValueError, match="2 to n - 1 clusters"):
+        silhouette(sums[0][:, :1], np.zeros(300, int))
 
 
 def test_integrity_finds_conflicts_and_near_duplicates():
