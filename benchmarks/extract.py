@@ -13,6 +13,7 @@ Arms:
   seed   the seed's recipe: every image loaded with PIL into one float32 array, model.predict per
          backbone, features written with numpy
   rerun  the same tk run again on the unchanged dataset
+  tk-P   with --precisions P...: `tk run --precision P` at the larger size, into its own store
 """
 
 from __future__ import annotations
@@ -94,12 +95,12 @@ def arm_bound(batches: int) -> dict:
     return {"rates": rates, "bound": 1 / sum(1 / r for r in rates.values())}
 
 
-def arm_tk(data: str, store: str) -> dict:
+def arm_tk(data: str, store: str, precision: str = "fp32") -> dict:
     from toolkit.cli import main
 
     try:
         main(["run", data, "--backbone", "all", "--weights", "random", "--store", store,
-              "--analysis", "none", "--export", "none"])
+              "--analysis", "none", "--export", "none", "--precision", precision])
     except SystemExit as exc:
         if exc.code:
             raise
@@ -127,6 +128,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs=2, default=(200, 800), help="two dataset sizes (images)")
     parser.add_argument("--bound-batches", type=int, default=6)
+    parser.add_argument("--precisions", nargs="*", default=[], choices=("bf16", "int8"),
+                        help="also time `tk run --precision P` at the larger size")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "tk-bench")
     parser.add_argument("--arm", help=argparse.SUPPRESS)
     parser.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
@@ -149,6 +152,10 @@ def main() -> None:
         out.mkdir(exist_ok=True)
         rows[n] = {"tk": run_arm("tk", str(data), str(store)), "rerun": run_arm("tk", str(data), str(store)),
                    "seed": run_arm("seed", str(data), str(out))}
+    for precision in args.precisions:
+        store = args.work / f"store-{large}-{precision}.duckdb"
+        store.unlink(missing_ok=True)
+        rows[large][f"tk-{precision}"] = run_arm("tk", str(make_dataset(args.work, large)), str(store), precision)
 
     print(f"\nper-backbone bound (images/s, batch {BATCH}): "
           + ", ".join(f"{k} {v:.1f}" for k, v in bound["rates"].items()))
@@ -163,6 +170,12 @@ def main() -> None:
     print(f"\nratios at {large} images (goal in brackets):")
     print(f"  tk / bound       {tk_rate / bound['bound']:.2f}  (>= 0.9)")
     print(f"  tk / seed        {tk_rate / seed_rate:.2f}  (>= 1.5)")
+    marginal = (large - small) / (big["tk"]["wall_s"] - rows[small]["tk"]["wall_s"])
+    print(f"  marginal tk rate {marginal:.2f} images/s = {marginal / bound['bound']:.2f} x bound "
+          f"(between the two sizes: the fixed start-up cost cancels)")
+    for precision in args.precisions:
+        rate = large / big[f"tk-{precision}"]["wall_s"]
+        print(f"  tk {precision} / bound  {rate / bound['bound']:.2f};  tk {precision} / seed  {rate / seed_rate:.2f}")
     print(f"  re-run / first   {big['rerun']['wall_s'] / big['tk']['wall_s']:.3f}  (<= 0.05)")
     print(f"  RSS slope tk     {slope('tk'):.3f} MB/image  (<= 0.05)")
     print(f"  RSS slope seed   {slope('seed'):.3f} MB/image")

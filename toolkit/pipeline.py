@@ -16,6 +16,7 @@ import numpy as np
 
 from toolkit.imageio import UnreadableImage, load_rgb
 from toolkit.kinds import Backbone
+from toolkit.memory import release_free_memory
 from toolkit.scan import ScannedImage
 from toolkit.store import EmbeddingSet, EmbeddingWriter
 from toolkit.tfimport import tensorflow
@@ -134,6 +135,7 @@ def extract(images: list[ScannedImage], jobs: list[BackboneJob], writer: Embeddi
             job.embedded += len(rows)
             vectors[job.embedding_set] = ([batch_images[k].sha256 for k in rows], out)
         writer.write_batch(run_id, good_images, vectors)
+        release_free_memory()  # keeps the process flat over hours of batches (toolkit.memory)
         done.extend(good_images)
         on_progress(len(batch_images))
     return done
