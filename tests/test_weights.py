@@ -58,7 +58,7 @@ def test_local_weights_file_is_recorded_and_never_mixed(tmp_path, breakhis):
         result = run_tk("run", breakhis, "--backbone", "tiny", "--weights", weights, "--store", store,
                         "--analysis", "none", "--export", "none", "--plugin", TINY)
         assert result.exit_code == 0, result.stderr
-    assert "new weights start a new embedding set" in result.stderr
+    assert "start a new embedding set" in result.stderr, result.stderr
     con = duckdb.connect(str(store), read_only=True)
     sets = con.execute("SELECT weights_id, weights_kind, weights_sha256 FROM embedding_sets ORDER BY created_at").fetchall()
     sha_a, sha_b = sha256_file(file_a), sha256_file(file_b)
