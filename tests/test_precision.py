@@ -134,3 +134,11 @@ def test_stores_from_before_precision_keep_their_sets(tmp_path):
         assert EmbeddingSet("tiny", "random-seed0", 16).table == "emb_tiny__random_seed0"
         assert store.ensure_set(EmbeddingSet("tiny", "random-seed0", 16), "random", None, None) == []
         assert store.ensure_set(EmbeddingSet("tiny", "random-seed0", 16, "int8"), "random", None, None) == ["random-seed0"]
+
+
+def test_parity_far_from_fp32_gives_a_run_warning_and_close_parity_none():
+    from toolkit.precision import parity_warning
+
+    far = parity_warning("resnet50", "int8", {"centred_cosine_mean": 0.80, "n_images": 16})
+    assert far is not None and "resnet50 int8" in far and "0.800" in far and "--precision fp32" in far
+    assert parity_warning("resnet50", "int8", {"centred_cosine_mean": 0.99, "n_images": 16}) is None

@@ -31,6 +31,7 @@ from toolkit.weights import ResolvedWeights
 PRECISIONS = ("fp32", "bf16", "int8")
 N_CALIBRATION = 64
 N_PARITY = 16
+PARITY_WARNING_BELOW = 0.95  # centred cosine mean; the issue's bar for int8 embeddings worth reporting
 INT8_FORMAT = "int8-embedding-v1"  # change when the conversion changes, so cached models are rebuilt
 
 Extract = Callable[[np.ndarray], np.ndarray]
@@ -154,6 +155,16 @@ def _int8(backbone: Backbone, model: Any, resolved: ResolvedWeights, calibration
     path, converted = int8_model(backbone, model, resolved, calibration)
     return Lowered("int8", lite_extractor(path), model_path=str(path), model_sha256=sha256_file(Path(path)),
                    converted=converted, notes=notes)
+
+
+def parity_warning(backbone: str, precision: str, parity: dict[str, float]) -> str | None:
+    """A warning for the run and its report when lowered embeddings are far from fp32, else None."""
+    mean = parity.get("centred_cosine_mean")
+    if mean is None or mean >= PARITY_WARNING_BELOW:
+        return None
+    return (f"{backbone} {precision} embeddings differ from fp32 (centred cosine {mean:.3f} mean on "
+            f"{parity.get('n_images')} held-out images, below {PARITY_WARNING_BELOW}); statistics on them may not "
+            "match an fp32 run: use --precision fp32 for results you report")
 
 
 def parity_against(backbone: Backbone, model: Any, extract: Extract, pixels: np.ndarray,

@@ -18,7 +18,7 @@ from toolkit.analyses import run_analyses
 from toolkit.errors import TkError
 from toolkit.kinds import Backbone, ExportContext, Exporter
 from toolkit.pipeline import BATCH_SIZE, BackboneJob, extract
-from toolkit.precision import Lowered, check_precision, lower
+from toolkit.precision import Lowered, check_precision, lower, parity_warning
 from toolkit.registry import Registry, load_registry
 from toolkit.scan import ScannedImage, scan
 from toolkit.sources import find_images
@@ -319,6 +319,10 @@ def _report_lowered(store: Store, backbone: Backbone, embedding_set: EmbeddingSe
     console.info(f"{backbone.name} {lowered.precision} vs fp32 on {found['n_images']} held-out images: centred cosine "
                  f"mean {found['centred_cosine_mean']:.4f}, min {found['centred_cosine_min']:.4f}; "
                  f"similarity rank correlation {found['similarity_rank_corr']:.4f}")
+    far = parity_warning(backbone.name, lowered.precision, found)
+    if far:
+        console.warn(far)
+        warnings.append(far)
 
 
 def _parity_columns(parity: dict[str, Any]) -> dict[str, Any]:
