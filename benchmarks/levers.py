@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -38,18 +39,17 @@ from benchmarks.extract import make_dataset  # noqa: E402
 ARMS = ("tk", "decode-per-bb", "serial-decode", "eager", "predict", "batch-16", "batch-64", "interop-1")
 
 
-def _timed(owner: object, name: str, totals: dict[str, float], key: str) -> None:
-    """Wrap ``owner.name`` so that its seconds add up in ``totals[key]``."""
-    original = getattr(owner, name)
+def _timed(function: Callable, totals: dict[str, float], key: str) -> Callable:
+    """``function``, with the seconds of its calls added up in ``totals[key]``."""
 
     def wrapper(*args, **kwargs):
         started = time.perf_counter()
         try:
-            return original(*args, **kwargs)
+            return function(*args, **kwargs)
         finally:
             totals[key] = totals.get(key, 0.0) + time.perf_counter() - started
 
-    setattr(owner, name, wrapper)
+    return wrapper
 
 
 def _undo_lever(arm: str) -> list[str]:
@@ -93,18 +93,11 @@ def arm_main(arm: str, data: str, store: str, backbones: str) -> dict:
 
     extra = _undo_lever(arm)
     totals: dict[str, float] = {}
-    _timed(runner, "extract", totals, "extract")
-    _timed(runner, "scan", totals, "scan")
-    _timed(store_module.Store, "write_batch", totals, "writes")
-    original_maker = pipeline.make_extractor
-
-    def timed_maker(*args, **kwargs):
-        holder = type("Holder", (), {})()
-        holder.call = original_maker(*args, **kwargs)
-        _timed(holder, "call", totals, "model")
-        return holder.call
-
-    pipeline.make_extractor = timed_maker
+    runner.extract = _timed(runner.extract, totals, "extract")
+    runner.scan = _timed(runner.scan, totals, "scan")
+    store_module.Store.write_batch = _timed(store_module.Store.write_batch, totals, "writes")
+    make_extractor = pipeline.make_extractor
+    pipeline.make_extractor = lambda *args: _timed(make_extractor(*args), totals, "model")
     started = time.perf_counter()
     try:
         main(["run", data, "--backbone", backbones, "--weights", "random", "--store", store,
