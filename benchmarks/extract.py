@@ -8,8 +8,7 @@ RSS slope (MB per extra image) between two dataset sizes for tk and the seed rec
 
 Arms:
   bound  each backbone alone on pre-decoded tensors, graph mode, batch 32; three-backbone bound is
-         1 / sum(1 / rate_b). Measured for the plain graph (the goals' bound) and for the graph with
-         its weights folded in, which tk uses for a backbone with >= 1,000 images to embed
+         1 / sum(1 / rate_b)
   tk     `tk run DATA --backbone all --weights random --analysis none --export none` into a fresh store
   seed   the seed's recipe: every image loaded with PIL into one float32 array, model.predict per
          backbone, features written with numpy
@@ -77,27 +76,24 @@ def run_arm(arm: str, *args: str) -> dict:
 # --- arms, run inside the subprocess ---------------------------------------------------------
 
 def arm_bound(batches: int) -> dict:
-    """Per-backbone images/s of the plain graph (the issue's bound) and of the weight-folded graph."""
     import numpy as np
 
     from toolkit.pipeline import make_extractor
     from toolkit.registry import load_registry
     from toolkit.weights import build_model
 
-    rates: dict[str, dict[str, float]] = {"plain": {}, "folded": {}}
+    rates = {}
     for name in BACKBONES:
         backbone = load_registry().backbone(name)
         model, _ = build_model(backbone, "random", 0)
+        extract = make_extractor(backbone, model, BATCH)
         batch = np.random.default_rng(0).integers(0, 255, (BATCH, *backbone.input_size, 3), dtype=np.uint8)
-        for graph, fold_weights in (("plain", False), ("folded", True)):
-            extract = make_extractor(backbone, model, BATCH, fold_weights)
-            extract(batch)  # trace and warm up
-            started = time.perf_counter()
-            for _ in range(batches):
-                extract(batch)
-            rates[graph][name] = batches * BATCH / (time.perf_counter() - started)
-    return {"rates": rates["plain"], "bound": 1 / sum(1 / r for r in rates["plain"].values()),
-            "folded_rates": rates["folded"], "folded_bound": 1 / sum(1 / r for r in rates["folded"].values())}
+        extract(batch)  # trace and warm up
+        started = time.perf_counter()
+        for _ in range(batches):
+            extract(batch)
+        rates[name] = batches * BATCH / (time.perf_counter() - started)
+    return {"rates": rates, "bound": 1 / sum(1 / r for r in rates.values())}
 
 
 def arm_tk(data: str, store: str, precision: str = "fp32") -> dict:
@@ -167,9 +163,7 @@ def main() -> None:
 
     print(f"\nper-backbone bound (images/s, batch {BATCH}): "
           + ", ".join(f"{k} {v:.1f}" for k, v in bound["rates"].items()))
-    print(f"three-backbone bound: {bound['bound']:.2f} images/s")
-    print("weights folded: " + ", ".join(f"{k} {v:.1f}" for k, v in bound["folded_rates"].items())
-          + f"; three-backbone {bound['folded_bound']:.2f} images/s\n")
+    print(f"three-backbone bound: {bound['bound']:.2f} images/s\n")
     print(f"{'images':>7} {'arm':>15} {'img/s':>7} {'wall s':>7} {'peak MB':>8}")
     for n, arms in rows.items():
         for arm, result in arms.items():
@@ -179,7 +173,6 @@ def main() -> None:
     slope = lambda arm: (rows[large][arm]["peak_rss_mb"] - rows[small][arm]["peak_rss_mb"]) / (large - small)  # noqa: E731
     print(f"\nratios at {large} images (goal in brackets):")
     print(f"  tk / bound       {tk_rate / bound['bound']:.2f}  (>= 0.9)")
-    print(f"  tk / folded bound {tk_rate / bound['folded_bound']:.2f}")
     print(f"  tk / seed        {tk_rate / seed_rate:.2f}  (>= 1.5)")
     marginal = (large - small) / (big["tk"]["wall_s"] - rows[small]["tk"]["wall_s"])
     print(f"  marginal tk rate {marginal:.2f} images/s = {marginal / bound['bound']:.2f} x bound "

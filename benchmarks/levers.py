@@ -16,8 +16,6 @@ Arms (each undoes one lever):
   predict         `model.predict` per batch, last batch unpadded (tk pads to a fixed shape)
   batch-16/64     batch size 16 or 64 instead of 32
   interop-1       TF_NUM_INTEROP_THREADS=1 (a thread setting; tk keeps TensorFlow's default)
-  no-fold         never fold weights into the graph (tk folds for a backbone with >= 1,000 images)
-  fold-all        fold weights whatever the number of images (shows the start-up cost folding adds)
 It also prints where tk's own extraction time goes: hashing (scan), DuckDB writes, model calls.
 """
 
@@ -38,8 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.extract import make_dataset  # noqa: E402
 
-ARMS = ("tk", "decode-per-bb", "serial-decode", "eager", "predict", "batch-16", "batch-64", "interop-1", "no-fold",
-        "fold-all")
+ARMS = ("tk", "decode-per-bb", "serial-decode", "eager", "predict", "batch-16", "batch-64", "interop-1")
 
 
 def _timed(function: Callable, totals: dict[str, float], key: str) -> Callable:
@@ -75,7 +72,7 @@ def _undo_lever(arm: str) -> list[str]:
         pipeline.decoded_batches = lambda images, sizes, batch_size, threads: original_batches(images, sizes,
                                                                                                batch_size, 1)
     elif arm in ("eager", "predict"):
-        def plain_extractor(backbone, model, batch_size, fold_weights=False):
+        def plain_extractor(backbone, model, batch_size):
             tf = tensorflow()
             if arm == "eager":
                 return lambda batch: model(backbone.preprocess(tf.cast(batch, tf.float32)), training=False).numpy()
@@ -84,8 +81,6 @@ def _undo_lever(arm: str) -> list[str]:
         pipeline.make_extractor = plain_extractor
         if arm == "predict":
             pipeline._pad = lambda batch, size: batch
-    elif arm in ("no-fold", "fold-all"):
-        pipeline.FOLD_WEIGHTS_FROM = float("inf") if arm == "no-fold" else 0
     elif arm.startswith("batch-"):
         return ["--batch-size", arm.split("-")[1]]
     return []

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import duckdb
 import numpy as np
-import pytest
 
 from tests.conftest import TINY, run_tk, run_tk_reporting_tensorflow
 from tests.datasets import image_path, tile
@@ -97,77 +96,21 @@ def test_unknown_precision_is_one_clear_line(tmp_path, breakhis):
     assert not (tmp_path / "s.duckdb").exists()
 
 
-def _tiny_model():
+def test_fp32_fast_path_equals_a_plain_model_call():
+    """The fixed-batch graph function (padding included) gives what ``model(x)`` gives."""
+    import tensorflow as tf
+
+    from toolkit.pipeline import embed_padded, make_extractor
     from toolkit.registry import load_registry
     from toolkit.weights import build_model
 
     backbone = load_registry([str(TINY)]).backbone("tiny")
-    return backbone, build_model(backbone, "random", 0)[0]
-
-
-@pytest.mark.parametrize("fold_weights", [False, True])
-def test_fp32_fast_path_equals_a_plain_model_call(fold_weights):
-    """The fixed-batch graph function (padding included, weights folded or not) gives what
-    ``model(x)`` gives."""
-    import tensorflow as tf
-
-    from toolkit.pipeline import embed_padded, make_extractor
-
-    backbone, model = _tiny_model()
+    model, _ = build_model(backbone, "random", 0)
     pixels = np.random.default_rng(0).integers(0, 256, (5, *backbone.input_size, 3), dtype=np.uint8)
     plain = model(backbone.preprocess(tf.constant(pixels, tf.float32)), training=False).numpy()
-    fast = embed_padded(make_extractor(backbone, model, 4, fold_weights), pixels, 4)
+    fast = embed_padded(make_extractor(backbone, model, 4), pixels, 4)
     assert fast.dtype == np.float32 and fast.shape == plain.shape
     assert _cosine(plain.astype(np.float64), fast.astype(np.float64)).min() >= 0.99999
-
-
-def test_folded_weights_are_constants_of_the_graph():
-    """Once folded, the graph no longer reads the model's variables (that is what lets TensorFlow
-    fold batch norm into the convolutions); the plain graph does."""
-    from toolkit.pipeline import make_extractor
-
-    backbone, model = _tiny_model()
-    pixels = np.random.default_rng(1).integers(0, 256, (2, *backbone.input_size, 3), dtype=np.uint8)
-    folded, plain = make_extractor(backbone, model, 2, True), make_extractor(backbone, model, 2, False)
-    before = folded(pixels)
-    np.testing.assert_allclose(plain(pixels), before, rtol=1e-5, atol=1e-6)
-    model.set_weights([weight * 0.5 for weight in model.get_weights()])
-    np.testing.assert_array_equal(folded(pixels), before)
-    assert np.abs(plain(pixels) - before).max() > 1e-3 * np.abs(before).max()
-
-
-def test_a_model_that_cannot_be_folded_keeps_the_plain_graph(monkeypatch, capsys):
-    from tensorflow.python.framework import convert_to_constants
-
-    from toolkit.pipeline import make_extractor
-
-    def refuse(function):
-        raise ValueError("unsupported op")
-
-    monkeypatch.setattr(convert_to_constants, "convert_variables_to_constants_v2", refuse)
-    backbone, model = _tiny_model()
-    pixels = np.random.default_rng(2).integers(0, 256, (2, *backbone.input_size, 3), dtype=np.uint8)
-    out = make_extractor(backbone, model, 2, fold_weights=True)(pixels)
-    np.testing.assert_allclose(out, make_extractor(backbone, model, 2)(pixels), rtol=1e-6)
-    assert "tiny: cannot fold its weights into the graph (ValueError); extracting with the plain graph" in \
-        " ".join(capsys.readouterr().err.split())
-
-
-def test_extraction_folds_weights_only_for_jobs_large_enough_to_repay_it(monkeypatch):
-    from toolkit import pipeline
-
-    backbone, model = _tiny_model()
-    folds = []
-
-    def spy(backbone, model, batch_size, fold_weights):
-        folds.append(fold_weights)
-        return lambda batch: batch
-
-    monkeypatch.setattr(pipeline, "make_extractor", spy)
-    jobs = [pipeline.BackboneJob(backbone, None, model, {str(i) for i in range(n)})
-            for n in (pipeline.FOLD_WEIGHTS_FROM - 1, pipeline.FOLD_WEIGHTS_FROM)]
-    assert pipeline.extract([], jobs, None, "run", lambda n: None, lambda image, reason: None) == []
-    assert folds == [False, True]
 
 
 def test_stores_from_before_precision_keep_their_sets(tmp_path):

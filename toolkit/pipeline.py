@@ -14,7 +14,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-from toolkit import console
 from toolkit.imageio import UnreadableImage, load_rgb
 from toolkit.kinds import Backbone
 from toolkit.memory import release_free_memory
@@ -38,28 +37,8 @@ class BackboneJob:
     extract: Callable[[Any], Any] | None = field(default=None, repr=False)
 
 
-FOLD_WEIGHTS_FROM = 1000  # images; below this, folding costs more start-up than it saves (measured)
-
-
-def worth_folding(n_images: int) -> bool:
-    """Whether a backbone job of ``n_images`` images should fold its weights into the graph.
-
-    Folding (``make_extractor(fold_weights=True)``) makes the graph 1.08x (ResNet50, DenseNet201)
-    to 1.33x (EfficientNetB0) faster on this project's 2-core CPU, but costs 1-6 s of start-up per
-    network: it pays off from about 1,000 images on the large networks (docs/performance.md).
-    """
-    return n_images >= FOLD_WEIGHTS_FROM
-
-
-def make_extractor(backbone: Backbone, model: Any, batch_size: int,
-                   fold_weights: bool = False) -> Callable[[np.ndarray], np.ndarray]:
-    """A graph-mode function with one fixed input shape (no retracing): uint8 batch -> embeddings.
-
-    ``fold_weights`` turns the weights into graph constants, so that TensorFlow's graph optimiser
-    folds batch normalisation into the convolutions and fuses what follows (Keras keeps weights as
-    variables, which blocks both). A model that cannot be folded keeps the plain graph; the
-    embeddings are the same either way (tests/test_precision.py).
-    """
+def make_extractor(backbone: Backbone, model: Any, batch_size: int) -> Callable[[np.ndarray], np.ndarray]:
+    """A graph-mode function with one fixed input shape (no retracing): uint8 batch -> embeddings."""
     tf = tensorflow()
 
     height, width = backbone.input_size
@@ -69,23 +48,7 @@ def make_extractor(backbone: Backbone, model: Any, batch_size: int,
     def extract(batch: tf.Tensor) -> tf.Tensor:  # float32 out, also from a bf16 model
         return tf.cast(model(preprocess(tf.cast(batch, tf.float32)), training=False), tf.float32)
 
-    if fold_weights:
-        folded = _folded(backbone, extract)
-        if folded is not None:
-            return lambda batch: folded(tf.constant(batch))[0].numpy()
     return lambda batch: extract(tf.constant(batch)).numpy()
-
-
-def _folded(backbone: Backbone, extract: Any) -> Any:
-    """``extract``'s concrete function with its variables turned into constants, or None."""
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-
-    try:  # TF's own freezing (what its TFLite converter uses); no public alias in TF 2
-        return convert_variables_to_constants_v2(extract.get_concrete_function())
-    except Exception as exc:  # an op it cannot freeze: the plain graph computes the same, slower
-        console.info(f"{backbone.name}: cannot fold its weights into the graph ({type(exc).__name__}); "
-                     "extracting with the plain graph")
-        return None
 
 
 def _pad(batch: np.ndarray, size: int) -> np.ndarray:
@@ -150,7 +113,7 @@ def extract(images: list[ScannedImage], jobs: list[BackboneJob], writer: Embeddi
     sizes = sorted({job.backbone.input_size for job in jobs})
     for job in jobs:
         if job.extract is None:  # a lowered-precision job brings its own (toolkit.precision)
-            job.extract = make_extractor(job.backbone, job.model, batch_size, worth_folding(len(job.needed)))
+            job.extract = make_extractor(job.backbone, job.model, batch_size)
     dataset, errors = decoded_batches(images, sizes, batch_size, threads)
     done: list[ScannedImage] = []
     for index_batch, ok_batch, *pixel_batches in dataset.as_numpy_iterator():

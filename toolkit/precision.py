@@ -119,15 +119,13 @@ class Lowered:
 
 
 def lower(backbone: Backbone, model: Any, resolved: ResolvedWeights, precision: str, batch_size: int,
-          paths: list[str], seed: int, recorded: tuple[str, str] | None = None,
-          fold_weights: bool = False) -> Lowered:
+          paths: list[str], seed: int, recorded: tuple[str, str] | None = None) -> Lowered:
     """The extractor of ``model`` at ``precision`` with its parity against fp32.
 
     ``paths`` are the run's images, one per distinct content in a fixed order; calibration images
     (int8) and held-out parity images are drawn from them by ``seed``, disjoint whenever the run has
     more than ``N_PARITY`` images. ``recorded`` is the int8 model (path, sha256) that made the set
     so far: it is reused, so that one set never holds vectors of two quantised models.
-    ``fold_weights`` is passed to a bf16 or fp32 graph (``toolkit.pipeline.make_extractor``).
     """
     from toolkit.conversion import calibration_sample
     from toolkit.pipeline import make_extractor
@@ -135,11 +133,11 @@ def lower(backbone: Backbone, model: Any, resolved: ResolvedWeights, precision: 
     n_calibration = N_CALIBRATION if precision == "int8" else 0
     calibration, held_out = calibration_sample(paths, backbone.input_size, seed, n_calibration, N_PARITY)
     if precision == "bf16":
-        lowered = Lowered(precision, make_extractor(backbone, bf16_model(model), batch_size, fold_weights))
+        lowered = Lowered(precision, make_extractor(backbone, bf16_model(model), batch_size))
     elif precision == "int8":
         lowered = _int8(backbone, model, resolved, calibration, recorded)
     else:
-        return Lowered(precision, make_extractor(backbone, model, batch_size, fold_weights))
+        return Lowered(precision, make_extractor(backbone, model, batch_size))
     lowered.parity = parity_against(backbone, model, lowered.extract, held_out, batch_size)
     return lowered
 

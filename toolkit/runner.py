@@ -17,7 +17,7 @@ from toolkit import __version__, console
 from toolkit.analyses import run_analyses
 from toolkit.errors import TkError
 from toolkit.kinds import Backbone, ExportContext, Exporter
-from toolkit.pipeline import BATCH_SIZE, BackboneJob, extract, worth_folding
+from toolkit.pipeline import BATCH_SIZE, BackboneJob, extract
 from toolkit.precision import Lowered, check_precision, lower, parity_warning
 from toolkit.registry import Registry, load_registry
 from toolkit.scan import ScannedImage, scan
@@ -212,7 +212,7 @@ def _embed_and_analyse(store: Store, registry: Registry, settings: RunSettings, 
         try:
             embedding_set, resolved, model, needed = _plan_backbone(store, backbone, settings, shas)
             lowered = (lower(backbone, model, resolved, settings.precision, settings.batch_size, sample_paths,
-                             settings.seed, store.set_model(embedding_set), worth_folding(len(needed)))
+                             settings.seed, store.set_model(embedding_set))
                        if model is not None and settings.precision != "fp32" else None)
         except WeightsUnavailable:
             raise
