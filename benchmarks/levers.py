@@ -16,6 +16,7 @@ Arms (each undoes one lever):
   predict         `model.predict` per batch, last batch unpadded (tk pads to a fixed shape)
   batch-16/64     batch size 16 or 64 instead of 32
   interop-1       TF_NUM_INTEROP_THREADS=1 (a thread setting; tk keeps TensorFlow's default)
+  no-fold         keep batch norms as layers (tk folds them into the convolutions before them)
 It also prints where tk's own extraction time goes: hashing (scan), DuckDB writes, model calls.
 """
 
@@ -36,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.extract import make_dataset  # noqa: E402
 
-ARMS = ("tk", "decode-per-bb", "serial-decode", "eager", "predict", "batch-16", "batch-64", "interop-1")
+ARMS = ("tk", "decode-per-bb", "serial-decode", "eager", "predict", "batch-16", "batch-64", "interop-1", "no-fold")
 
 
 def _timed(function: Callable, totals: dict[str, float], key: str) -> Callable:
@@ -81,6 +82,10 @@ def _undo_lever(arm: str) -> list[str]:
         pipeline.make_extractor = plain_extractor
         if arm == "predict":
             pipeline._pad = lambda batch, size: batch
+    elif arm == "no-fold":
+        make_extractor = pipeline.make_extractor
+        pipeline.make_extractor = lambda backbone, model, batch_size: make_extractor(backbone, model, batch_size,
+                                                                                    fold=False)
     elif arm.startswith("batch-"):
         return ["--batch-size", arm.split("-")[1]]
     return []
