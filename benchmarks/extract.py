@@ -152,6 +152,9 @@ def main() -> None:
         return
 
     small, large = args.sizes
+    cache = args.work / "tk-cache"  # a fresh tk cache: the first int8 run must convert, as a new user's does
+    shutil.rmtree(cache, ignore_errors=True)
+    os.environ["TK_CACHE_DIR"] = str(cache)
     bound = run_arm("bound", str(args.bound_batches))
     rows = {}
     for n in (small, large):
