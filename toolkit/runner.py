@@ -111,8 +111,8 @@ def dataset_fingerprint(images: list[ScannedImage]) -> str:
 
 def _plan_backbone(store: Store, backbone: Backbone, settings: RunSettings,
                    shas: set[str]) -> tuple[EmbeddingSet, ResolvedWeights, Any, set[str]]:
-    """The embedding set a backbone writes to, its weights, its model (None if nothing to do), and
-    the hashes it still needs."""
+    """The embedding set a backbone writes to, its weights, its model for inference (batch norms
+    folded, ``toolkit.folding``; None if nothing to do), and the hashes it still needs."""
     request = backbone.fixed_weights or settings.weights
     planned = planned_weights(request, settings.seed)
     if planned is None:
@@ -123,6 +123,9 @@ def _plan_backbone(store: Store, backbone: Backbone, settings: RunSettings,
         if not needed:
             return embedding_set, planned, None, needed
     model, resolved = build_model(backbone, request, settings.seed)
+    from toolkit.folding import fold_batch_norm  # after build_model: imports Keras
+
+    model = fold_batch_norm(model)  # folded here, so the unfolded copy is freed before the next backbone is built
     embedding_set = EmbeddingSet(backbone.name, resolved.weights_id, backbone.dim, settings.precision)
     return embedding_set, resolved, model, store.missing(embedding_set, shas)
 
