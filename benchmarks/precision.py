@@ -60,7 +60,7 @@ def main() -> None:
 
     from toolkit.conversion import calibration_sample
     from toolkit.pipeline import make_extractor
-    from toolkit.precision import N_CALIBRATION, bf16_model, int8_model, lite_extractor
+    from toolkit.precision import N_CALIBRATION, int8_model, lite_extractor, mixed_model
     from toolkit.registry import load_registry
     from toolkit.weights import build_model
 
@@ -77,7 +77,7 @@ def main() -> None:
         path, converted = int8_model(backbone, model, resolved, calibration)
         convert_s = time.perf_counter() - started if converted else float("nan")
         arms = {"fp32": make_extractor(backbone, model, args.batch),
-                "bf16": make_extractor(backbone, bf16_model(model), args.batch),
+                "bf16": make_extractor(backbone, mixed_model(model, "bf16"), args.batch),
                 "int8": lite_extractor(path)}
         outputs = {arm: extract(pixels) for arm, extract in arms.items()}  # warm-up (graph tracing) + outputs
         seconds: dict[str, list[float]] = {arm: [] for arm in arms}

@@ -78,9 +78,9 @@ def test_nothing_to_fold_returns_the_model_itself():
 
 
 def test_bf16_folded_model_still_computes_in_bf16():
-    from toolkit.precision import bf16_model
+    from toolkit.precision import mixed_model
 
-    model = bf16_model(_mixed_model())
+    model = mixed_model(_mixed_model(), "bf16")
     folded = fold_batch_norm(model)
     assert folded.get_layer("plain_conv").compute_dtype == "bfloat16"
     assert folded.get_layer("plain_bn").compute_dtype == "bfloat16"

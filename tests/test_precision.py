@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import duckdb
 import numpy as np
+import pytest
 
 from tests.conftest import TINY, run_tk, run_tk_reporting_tensorflow
 from tests.datasets import image_path, tile
@@ -75,24 +76,32 @@ def test_int8_is_its_own_set_with_parity_and_reruns_skip(tmp_path, breakhis):
         assert con.execute("SELECT count(*) FROM emb_tiny__random_seed0_int8").fetchall() == [(33,)]
 
 
-def test_bf16_is_close_to_fp32(tmp_path, breakhis):
+@pytest.mark.parametrize("precision,closeness", [("bf16", 0.99), ("fp16", 0.999)])
+def test_mixed_precisions_are_close_to_fp32(tmp_path, breakhis, precision, closeness):
+    """bf16 keeps 8 mantissa bits, fp16 11: both stay close to fp32, fp16 closer."""
+    import tensorflow as tf
+
     store = tmp_path / "tk.duckdb"
     assert _run(breakhis, store).exit_code == 0
-    result = _run(breakhis, store, "--precision", "bf16")
+    result = _run(breakhis, store, "--precision", precision)
     assert result.exit_code == 0, result.stderr
+    table = f"emb_tiny__random_seed0_{precision}"
     con = duckdb.connect(str(store), read_only=True)
     _, fp32 = _vectors(con, "emb_tiny__random_seed0")
-    _, bf16 = _vectors(con, "emb_tiny__random_seed0_bf16")
-    assert _cosine(fp32, bf16).min() >= 0.99
-    cos_mean, precision = con.execute("SELECT parity_centred_cosine_mean, precision FROM run_backbones "
-                                      "WHERE table_name = 'emb_tiny__random_seed0_bf16'").fetchall()[0]
-    assert precision == "bf16" and cos_mean >= 0.99
+    shas, lowered = _vectors(con, table)
+    assert len(shas) == 32 and _cosine(fp32, lowered).min() >= closeness
+    assert np.abs(fp32 - lowered).max() > 0, "a lowered set must not be a copy of the fp32 one"
+    cos_mean, stored = con.execute("SELECT parity_centred_cosine_mean, precision FROM run_backbones "
+                                   f"WHERE table_name = '{table}'").fetchall()[0]
+    assert stored == precision and cos_mean >= closeness
+    warned = "--precision fp16: TensorFlow sees no GPU here" in " ".join(result.stderr.split())
+    assert warned == (precision == "fp16" and not tf.config.list_physical_devices("GPU"))
 
 
 def test_unknown_precision_is_one_clear_line(tmp_path, breakhis):
     result = _run(breakhis, tmp_path / "s.duckdb", "--precision", "int4")
     assert result.exit_code == 1
-    assert result.stderr.strip().splitlines() == ["error: --precision int4: unknown precision; use one of fp32, bf16, int8"]
+    assert result.stderr.strip().splitlines() == ["error: --precision int4: unknown precision; use one of fp32, bf16, fp16, int8"]
     assert not (tmp_path / "s.duckdb").exists()
 
 

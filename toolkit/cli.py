@@ -85,7 +85,7 @@ def build_app(plugins: list[str]) -> typer.Typer:
         export: Optional[str] = typer.Option(None, "--export", help="Comma list of exporters (default: the HTML report); none for no export."),
         seed: int = typer.Option(0, "--seed", help="Seed for random weights and analyses."),
         batch_size: int = typer.Option(32, "--batch-size", min=1, help="Images per batch."),
-        precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | int8: numeric precision of extraction; bf16 and int8 embeddings form their own sets, with their parity against fp32 recorded."),
+        precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16 | int8: numeric precision of extraction; bf16, fp16 and int8 embeddings form their own sets, with their parity against fp32 recorded. fp16 is for GPUs."),
         reveal_ids: bool = typer.Option(False, "--reveal-ids", help="Show real patient ids in the report."),
         template_dir: Optional[Path] = typer.Option(None, "--template-dir", help="Folder of report templates overriding the built-ins."),
         analysis_timeout: Optional[float] = typer.Option(None, "--analysis-timeout", min=0.01, help="Give up on an analysis after this many seconds (recorded as failed)."),

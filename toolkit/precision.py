@@ -1,7 +1,10 @@
-"""Extraction at a lower numeric precision: ``tk run --precision bf16|int8``.
+"""Extraction at a lower numeric precision: ``tk run --precision bf16|fp16|int8``.
 
 - ``bf16``: the same network and weights computing in bfloat16 (Keras ``mixed_bfloat16``: variables
-  stay float32, layers compute in bfloat16; the embedding is cast back to float32).
+  stay float32, layers compute in bfloat16; the embedding is cast back to float32). For CPUs with
+  bfloat16 instructions (AVX-512 BF16, AMX) and recent GPUs.
+- ``fp16``: the same in float16 (Keras ``mixed_float16``), for GPUs with float16 tensor cores. CPUs
+  compute float16 slowly; the run warns when TensorFlow sees no GPU.
 - ``int8``: the embedding network (its preprocessing included) converted to a full-integer TFLite
   model with uint8 input, calibrated on a sample of the run's own images, run by LiteRT (XNNPACK).
   The converted model is cached in the tk cache folder, keyed by backbone, weights and calibration
@@ -28,7 +31,8 @@ from toolkit.kinds import Backbone
 from toolkit.scan import sha256_file
 from toolkit.weights import ResolvedWeights
 
-PRECISIONS = ("fp32", "bf16", "int8")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+MIXED_POLICIES = {"bf16": "mixed_bfloat16", "fp16": "mixed_float16"}  # Keras dtype policies
 N_CALIBRATION = 64
 N_PARITY = 16
 PARITY_WARNING_BELOW = 0.95  # centred cosine mean; the issue's bar for int8 embeddings worth reporting
@@ -43,20 +47,30 @@ def check_precision(precision: str) -> str:
     return precision
 
 
-def bf16_model(model: Any) -> Any:
-    """The same network and weights, computing in bfloat16 (variables stay float32)."""
+def device_note(precision: str) -> str | None:
+    """A warning when ``precision`` is slow on this machine (fp16 with no GPU), else None."""
+    from toolkit.tfimport import tensorflow
+
+    if precision != "fp16" or tensorflow().config.list_physical_devices("GPU"):
+        return None
+    return ("--precision fp16: TensorFlow sees no GPU here, and CPUs compute float16 slowly (slower than fp32); "
+            "on a CPU use bf16 or int8")
+
+
+def mixed_model(model: Any, precision: str) -> Any:
+    """The same network and weights computing in ``precision`` (bf16 or fp16; variables stay float32)."""
     import keras
 
     def lowered(layer: Any) -> Any:
         config = layer.get_config()
-        config["dtype"] = "mixed_bfloat16"
+        config["dtype"] = MIXED_POLICIES[precision]
         return layer.__class__.from_config(config)
 
     try:
         clone = keras.models.clone_model(model, clone_function=lowered, recursive=True)
         clone.set_weights(model.get_weights())
     except Exception as exc:  # a layer that cannot be rebuilt from its config
-        raise TkError(f"model {model.name} cannot be computed in bf16 ({type(exc).__name__}: "
+        raise TkError(f"model {model.name} cannot be computed in {precision} ({type(exc).__name__}: "
                       f"{str(exc).splitlines()[0][:200]}); use --precision fp32 or int8") from exc
     return clone
 
@@ -132,8 +146,8 @@ def lower(backbone: Backbone, model: Any, resolved: ResolvedWeights, precision: 
 
     n_calibration = N_CALIBRATION if precision == "int8" else 0
     calibration, held_out = calibration_sample(paths, backbone.input_size, seed, n_calibration, N_PARITY)
-    if precision == "bf16":
-        lowered = Lowered(precision, make_extractor(backbone, bf16_model(model), batch_size))
+    if precision in MIXED_POLICIES:
+        lowered = Lowered(precision, make_extractor(backbone, mixed_model(model, precision), batch_size))
     elif precision == "int8":
         lowered = _int8(backbone, model, resolved, calibration, recorded)
     else:
@@ -188,8 +202,8 @@ def query_extractor(backbone: Backbone, model: Any, precision: str, recorded: tu
     ``tk similar``: a new query must be embedded the way the stored images were."""
     from toolkit.pipeline import make_extractor
 
-    if precision == "bf16":
-        return make_extractor(backbone, bf16_model(model), 1), ""
+    if precision in MIXED_POLICIES:
+        return make_extractor(backbone, mixed_model(model, precision), 1), ""
     if precision == "int8":
         if recorded and Path(recorded[0]).is_file():
             return lite_extractor(recorded[0]), ""

@@ -18,7 +18,7 @@ from toolkit.analyses import run_analyses
 from toolkit.errors import TkError
 from toolkit.kinds import Backbone, ExportContext, Exporter
 from toolkit.pipeline import BATCH_SIZE, BackboneJob, extract
-from toolkit.precision import Lowered, check_precision, lower, parity_warning
+from toolkit.precision import Lowered, check_precision, device_note, lower, parity_warning
 from toolkit.registry import Registry, load_registry
 from toolkit.scan import ScannedImage, scan
 from toolkit.sources import find_images
@@ -205,6 +205,10 @@ def _embed_and_analyse(store: Store, registry: Registry, settings: RunSettings, 
                        skipped: list) -> _Progress:
     failures: list[str] = []
     warnings: list[str] = []
+    slow = device_note(settings.precision)
+    if slow:
+        console.warn(slow)
+        warnings.append(slow)
     shas = {image.sha256 for image in scanned}
     jobs: list[BackboneJob] = []
     resolved_by_backbone: dict[str, ResolvedWeights] = {}
