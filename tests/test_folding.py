@@ -77,16 +77,23 @@ def test_nothing_to_fold_returns_the_model_itself():
     assert fold_batch_norm(model) is model
 
 
-def test_bf16_folded_model_still_computes_in_bf16():
+@pytest.mark.parametrize("order", ["fold then lower", "lower then fold"])
+def test_folding_and_mixed_precision_combine_in_either_order(order):
+    """tk run folds when it builds a model and lowers it afterwards; a lowered model given to
+    make_extractor is folded there. Both must compute in bf16 and agree with the unfolded model."""
     from toolkit.precision import mixed_model
 
-    model = mixed_model(_mixed_model(), "bf16")
-    folded = fold_batch_norm(model)
-    assert folded.get_layer("plain_conv").compute_dtype == "bfloat16"
-    assert folded.get_layer("plain_bn").compute_dtype == "bfloat16"
+    original = _mixed_model()
+    if order == "fold then lower":
+        model = mixed_model(fold_batch_norm(original), "bf16")
+    else:
+        model = fold_batch_norm(mixed_model(original, "bf16"))
+    assert model.get_layer("plain_conv").compute_dtype == "bfloat16"
+    assert model.get_layer("plain_bn").compute_dtype == "bfloat16"
+    assert isinstance(model.get_layer("plain_bn"), PassThrough)
     x = np.random.default_rng(2).normal(0, 1, (4, 12, 12, 3)).astype("float32")
-    a = np.asarray(model(x, training=False), np.float64).ravel()
-    b = np.asarray(folded(x, training=False), np.float64).ravel()
+    a = np.asarray(original(x, training=False), np.float64).ravel()
+    b = np.asarray(model(x, training=False), np.float64).ravel()
     assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.999
 
 

@@ -70,7 +70,7 @@ def fold_batch_norm(model: Any) -> Any:
 
     def rebuilt(layer: Any) -> Any:
         if layer.name in pairs:
-            return PassThrough(name=layer.name, dtype=layer.dtype_policy)
+            return PassThrough(name=layer.name, dtype=layer.dtype_policy.name)  # a name keeps it clonable
         config = layer.get_config()
         if layer.name in convolutions:
             config["use_bias"] = True
