@@ -95,3 +95,26 @@ def test_predict_and_explain(exported, tmp_path):
 def test_predict_on_a_missing_model_is_one_line(tmp_path):
     result = run_tk("predict", tmp_path / "x.png", "--model", tmp_path / "none.tflite")
     assert result.exit_code == 1 and "not a .tflite file or a SavedModel folder" in result.stderr
+
+
+def test_the_serving_graph_runs_plugin_preprocessing_as_is(caplog):
+    """A backbone's preprocess may import lazily (the keras.applications ones do); AutoGraph must not
+    try to convert it when the serving graph is traced (it warned twice per int8 run before)."""
+    import dataclasses
+    import importlib
+    import logging
+
+    from toolkit.conversion import serving_function
+    from toolkit.registry import load_registry
+    from toolkit.weights import build_model
+
+    tiny = load_registry([str(TINY)]).backbone("tiny")
+    model, _ = build_model(tiny, "random", 0)
+
+    def lazily_importing(batch):
+        return batch / importlib.import_module("math").e
+
+    backbone = dataclasses.replace(tiny, preprocess=lazily_importing)
+    with caplog.at_level(logging.WARNING):
+        serving_function(backbone, model).get_concrete_function()
+    assert not [r for r in caplog.records if "AutoGraph could not transform" in r.getMessage()]

@@ -21,10 +21,11 @@ def serving_function(backbone: Backbone, model: Any) -> Any:
     import tensorflow as tf
 
     height, width = backbone.input_size
+    preprocess = tf.autograph.experimental.do_not_convert(backbone.preprocess)  # plain tensor code
 
     @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32, name="images")])
     def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
-        outputs = model(backbone.preprocess(images), training=False)
+        outputs = model(preprocess(images), training=False)
         return dict(outputs) if isinstance(outputs, dict) else {"embedding": tf.cast(outputs, tf.float32)}
 
     return serve
