@@ -82,10 +82,10 @@ def _undo_lever(arm: str) -> list[str]:
         pipeline.make_extractor = plain_extractor
         if arm == "predict":
             pipeline._pad = lambda batch, size: batch
-    elif arm == "no-fold":
-        make_extractor = pipeline.make_extractor
-        pipeline.make_extractor = lambda backbone, model, batch_size: make_extractor(backbone, model, batch_size,
-                                                                                    fold=False)
+    elif arm == "no-fold":  # tk folds where it builds a model (runner) and in make_extractor: both import this
+        from toolkit import folding
+
+        folding.fold_batch_norm = lambda model: model
     elif arm.startswith("batch-"):
         return ["--batch-size", arm.split("-")[1]]
     return []
