@@ -82,7 +82,7 @@ def _undo_lever(arm: str) -> list[str]:
         pipeline.make_extractor = plain_extractor
         if arm == "predict":
             pipeline._pad = lambda batch, size: batch
-    elif arm == "no-fold":  # tk folds where it builds a model (runner) and in make_extractor: both import this
+    elif arm == "no-fold":  # tk run folds where it builds a model (toolkit.runner imports this at call time)
         from toolkit import folding
 
         folding.fold_batch_norm = lambda model: model

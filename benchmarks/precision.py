@@ -59,6 +59,7 @@ def main() -> None:
     os.environ.setdefault("TK_CACHE_DIR", str(args.work / "cache"))  # converted int8 models are kept here
 
     from toolkit.conversion import calibration_sample
+    from toolkit.folding import fold_batch_norm
     from toolkit.pipeline import make_extractor
     from toolkit.precision import N_CALIBRATION, int8_model, lite_extractor, mixed_model
     from toolkit.registry import load_registry
@@ -73,6 +74,7 @@ def main() -> None:
         backbone = registry.backbone(name)
         calibration, pixels = calibration_sample(paths, backbone.input_size, 0, N_CALIBRATION, args.batch)
         model, resolved = build_model(backbone, "random", 0)
+        model = fold_batch_norm(model)  # as tk run does when it builds a model
         started = time.perf_counter()
         path, converted = int8_model(backbone, model, resolved, calibration)
         convert_s = time.perf_counter() - started if converted else float("nan")

@@ -10,7 +10,7 @@ follows a linear convolution it can be merged into that convolution's kernel and
 The folded network computes the same embeddings (to float rounding) with one layer fewer per pair,
 and TensorFlow then fuses convolution, bias and activation into one kernel. Keras keeps weights as
 variables, so TensorFlow cannot do this folding itself. Measured on this project's 2-core CPU, graph
-mode, batch 32: ResNet50 1.16x, EfficientNetB0 1.23x, DenseNet201 1.02x (only half its batch norms
+mode, batch 32: ResNet50 1.14x, EfficientNetB0 1.26x, DenseNet201 1.05x (only half its batch norms
 follow a convolution) faster (docs/performance.md).
 
 Only exact pairs are folded: a ``Conv2D`` or ``DepthwiseConv2D`` with a linear activation, channels

@@ -38,11 +38,13 @@ class BackboneJob:
 
 
 def make_extractor(backbone: Backbone, model: Any, batch_size: int,
-                   fold: bool = True) -> Callable[[np.ndarray], np.ndarray]:
+                   fold: bool = False) -> Callable[[np.ndarray], np.ndarray]:
     """A graph-mode function with one fixed input shape (no retracing): uint8 batch -> embeddings.
 
-    ``fold`` merges each batch norm into the convolution before it (``toolkit.folding``): the same
-    embeddings, computed 1.02-1.23x faster; ``model`` itself is not changed.
+    ``fold`` first merges each batch norm into the convolution before it (``toolkit.folding``; the
+    same embeddings, 1.05-1.26x faster, ``model`` itself unchanged). ``tk run`` folds its models
+    once, when it builds them; folding costs up to 2.6 s, so one-off calls (a query image, 16
+    parity images) leave it off.
     """
     tf = tensorflow()
     if fold:

@@ -274,7 +274,7 @@ def _embed_fresh(backbone: Backbone, seed: int) -> np.ndarray:
         model, _ = build_model(backbone, "random", seed)
     except TkError as exc:
         raise AssertionError(str(exc)) from None
-    return make_extractor(backbone, model, len(pixels))(pixels)
+    return make_extractor(backbone, model, len(pixels), fold=True)(pixels)  # as tk run extracts
 
 
 @lru_cache(maxsize=4)
