@@ -26,9 +26,11 @@ class LiteModel:
     def __call__(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         """Outputs for a batch (n, h, w, 3) of raw RGB pixels (0..255); uint8 models get uint8."""
         batch = np.asarray(pixels)
-        if np.issubdtype(self.input_dtype, np.integer):
-            batch = np.clip(np.rint(batch), 0, 255)
-        return {name: np.array(value) for name, value in self.runner(images=batch.astype(self.input_dtype)).items()}
+        if batch.dtype != self.input_dtype:  # tk's uint8 batches go to an int8 model as they are
+            if np.issubdtype(self.input_dtype, np.integer):
+                batch = np.clip(np.rint(batch), 0, 255)
+            batch = batch.astype(self.input_dtype)
+        return {name: np.array(value) for name, value in self.runner(images=batch).items()}
 
 
 def median_ms(call: Callable[[], Any], repeats: int) -> float:
