@@ -16,6 +16,8 @@ Arms:
   rerun  the same tk run again on the unchanged dataset
   tk-P   with --precisions P...: `tk run --precision P` at the larger size, into its own store
          (int8 twice: converting its models, then with the converted models found in the tk cache)
+  int8 on BreakHis's count, with --breakhis-int8: the same two int8 runs on 7,909 distinct images
+         (the larger size's PNGs and copies of them with one pixel changed)
 """
 
 from __future__ import annotations
@@ -30,9 +32,33 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 BACKBONES = ("resnet50", "efficientnetb0", "densenet201")
 BATCH = 32
+
+
+BREAKHIS_IMAGES = 7909
+
+
+def breakhis_path(folder: Path, i: int) -> tuple[Path, bool, str]:
+    """Where generated image ``i`` goes in BreakHis's layout, whether it is malignant, and its subtype."""
+    malignant = i % 2 == 0
+    code, label, subtype = ("DC", "malignant", "ductal_carcinoma") if malignant else ("F", "benign", "fibroadenoma")
+    patient = f"14-{1000 + i // 100}"
+    return folder / label / subtype / f"SOB_{'M' if malignant else 'B'}_{code}-{patient}-200-{i % 100:03d}.png", malignant, subtype
+
+
+def _write_all(folder: Path, n: int, write: Callable[[int], None]) -> Path:
+    """Run ``write(i)`` for i < n in threads into a fresh ``folder``, once: a finished folder is reused."""
+    done = folder / ".complete"
+    if done.exists():
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)
+    with ThreadPoolExecutor(os.cpu_count() or 2) as pool:
+        list(pool.map(write, range(n)))
+    done.write_text("ok")
+    return folder
 
 
 def make_dataset(root: Path, n: int) -> Path:
@@ -42,23 +68,36 @@ def make_dataset(root: Path, n: int) -> Path:
     from toolkit.demo import synthetic_tile
 
     folder = root / f"n{n}"
-    done = folder / ".complete"
-    if done.exists():
-        return folder
-    shutil.rmtree(folder, ignore_errors=True)
 
     def write(i: int) -> None:
-        malignant = i % 2 == 0
-        code, label, subtype = ("DC", "malignant", "ductal_carcinoma") if malignant else ("F", "benign", "fibroadenoma")
-        patient = f"14-{1000 + i // 100}"
-        path = folder / label / subtype / f"SOB_{'M' if malignant else 'B'}_{code}-{patient}-200-{i % 100:03d}.png"
+        path, malignant, subtype = breakhis_path(folder, i)
         path.parent.mkdir(parents=True, exist_ok=True)
         synthetic_tile(np.random.default_rng(i), malignant, subtype, 200).save(path, compress_level=1)
 
-    with ThreadPoolExecutor(os.cpu_count() or 2) as pool:
-        list(pool.map(write, range(n)))
-    done.write_text("ok")
-    return folder
+    return _write_all(folder, n, write)
+
+
+def make_breakhis_sized(root: Path, source: Path) -> Path:
+    """BreakHis's 7,909 images, all distinct: the PNGs of ``source``, then copies of them with one pixel
+    changed (re-encoding takes ~2 min on 2 cores; generating 7,909 synthetic tiles would take ~40)."""
+    import numpy as np
+    from PIL import Image
+
+    folder = root / f"breakhis{BREAKHIS_IMAGES}"
+    tiles = sorted(source.rglob("*.png"))
+
+    def write(i: int) -> None:
+        path = breakhis_path(folder, i)[0]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tile = tiles[i % len(tiles)]
+        if i < len(tiles):
+            shutil.copyfile(tile, path)
+            return
+        pixels = np.array(Image.open(tile).convert("RGB"))
+        pixels[i % pixels.shape[0], (i // pixels.shape[0]) % pixels.shape[1]] ^= np.uint8((i // len(tiles) - 1) % 255 + 1)
+        Image.fromarray(pixels).save(path, compress_level=1)
+
+    return _write_all(folder, BREAKHIS_IMAGES, write)
 
 
 def run_arm(arm: str, *args: str) -> dict:
@@ -140,6 +179,9 @@ def main() -> None:
     parser.add_argument("--bound-batches", type=int, default=6)
     parser.add_argument("--precisions", nargs="*", default=[], choices=("bf16", "int8"),
                         help="also time `tk run --precision P` at the larger size")
+    parser.add_argument("--breakhis-int8", action="store_true",
+                        help=f"also time `tk run --precision int8` on {BREAKHIS_IMAGES} images (BreakHis's count), "
+                             "converting its models and then with them cached")
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "tk-bench")
     parser.add_argument("--arm", help=argparse.SUPPRESS)
     parser.add_argument("rest", nargs="*", help=argparse.SUPPRESS)
@@ -173,6 +215,16 @@ def main() -> None:
             store.unlink(missing_ok=True)
             rows[large][arm] = run_arm("tk", str(make_dataset(args.work, large)), str(store), precision)
 
+    breakhis = {}
+    if args.breakhis_int8:
+        data = make_breakhis_sized(args.work, make_dataset(args.work, large))
+        os.environ["TK_CACHE_DIR"] = str(args.work / "tk-cache-breakhis")
+        shutil.rmtree(os.environ["TK_CACHE_DIR"], ignore_errors=True)
+        for arm in ("converting", "cached"):
+            store = args.work / f"store-breakhis-int8-{arm}.duckdb"
+            store.unlink(missing_ok=True)
+            breakhis[arm] = run_arm("tk", str(data), str(store), "int8")
+
     print(f"\nper-backbone bound (images/s, batch {BATCH}): "
           + ", ".join(f"{k} {v:.1f}" for k, v in bound["rates"].items()))
     print(f"three-backbone bound: {bound['bound']:.2f} images/s")
@@ -198,6 +250,10 @@ def main() -> None:
     print(f"  re-run / first   {big['rerun']['wall_s'] / big['tk']['wall_s']:.3f}  (<= 0.05)")
     print(f"  RSS slope tk     {slope('tk'):.3f} MB/image  (<= 0.05)")
     print(f"  RSS slope seed   {slope('seed'):.3f} MB/image")
+    for arm, result in breakhis.items():
+        rate = BREAKHIS_IMAGES / result["wall_s"]
+        print(f"  int8, {BREAKHIS_IMAGES} images, {arm:10s} {result['wall_s'] / 60:.1f} min  (cached: < 6 min), "
+              f"{rate:.1f} images/s = {rate / bound['bound']:.2f} x bound, peak {result['peak_rss_mb']:.0f} MB")
 
 
 if __name__ == "__main__":
