@@ -9,7 +9,7 @@ RSS slope (MB per extra image) between two dataset sizes for tk and the seed rec
 Arms:
   bound  each backbone alone on pre-decoded tensors, graph mode, batch 32; three-backbone bound is
          1 / sum(1 / rate_b). Measured as built (the goals' bound) and with its batch norms folded
-         into the convolutions, as tk runs it (toolkit.folding), interleaved batch by batch
+         into the convolutions, as tk runs it (toolkit.extract.folding), interleaved batch by batch
   tk     `tk run DATA --backbone all --weights random --analysis none --export none` into a fresh store
   seed   the seed's recipe: every image loaded with PIL into one float32 array, model.predict per
          backbone, features written with numpy
@@ -65,7 +65,7 @@ def make_dataset(root: Path, n: int) -> Path:
     """n synthetic BreakHis-named PNGs under root (reused when already there)."""
     import numpy as np
 
-    from toolkit.demo import synthetic_tile
+    from toolkit.ingest.demo import synthetic_tile
 
     folder = root / f"n{n}"
 
@@ -117,12 +117,12 @@ def run_arm(arm: str, *args: str) -> dict:
 
 def arm_bound(batches: int) -> dict:
     """Per-backbone images/s of the model alone (the goals' bound) and with its batch norms folded
-    into the convolutions, as tk extracts (toolkit.folding)."""
+    into the convolutions, as tk extracts (toolkit.extract.folding)."""
     import numpy as np
 
-    from toolkit.pipeline import make_extractor
-    from toolkit.registry import load_registry
-    from toolkit.weights import build_model
+    from toolkit.extract.pipeline import make_extractor
+    from toolkit.plugin.registry import load_registry
+    from toolkit.extract.weights import build_model
 
     rates: dict[str, dict[str, float]] = {"plain": {}, "folded": {}}
     for name in BACKBONES:
@@ -160,8 +160,8 @@ def arm_seed(data: str, out: str) -> dict:
     import numpy as np
     from PIL import Image
 
-    from toolkit.registry import load_registry
-    from toolkit.weights import build_model
+    from toolkit.plugin.registry import load_registry
+    from toolkit.extract.weights import build_model
 
     paths = sorted(Path(data).rglob("*.png"))
     images = np.stack([np.asarray(Image.open(p).convert("RGB").resize((224, 224)), dtype=np.float32) for p in paths])

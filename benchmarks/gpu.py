@@ -6,12 +6,12 @@ install it from (its CUDA wheels are gigabytes), so ``benchmarks/extract.py`` ca
 This script measures what can be measured there, with tk's own code wherever it is backend-neutral:
 
   bound   each backbone as ``tk run`` prepares it (built by tk's plugin, batch norms folded by
-          ``toolkit.folding``, lowered by ``toolkit.precision.mixed_model``), run by Keras' JAX
+          ``toolkit.extract.folding``, lowered by ``toolkit.extract.precision.mixed_model``), run by Keras' JAX
           backend as one jitted function from a uint8 batch to float32 embeddings, the host-to-device
           copy of the batch and the copy of the embeddings back included; images/s per batch size,
           and the three-backbone bound 1 / sum(1 / rate_b). Random weights (no download).
   parity  centred cosine of the bf16 and fp16 embeddings against fp32, on the same tiles.
-  decode  images/s of ``toolkit.imageio.load_rgb`` (the decoder ``tk run`` maps over its tf.data
+  decode  images/s of ``toolkit.ingest.images.load_rgb`` (the decoder ``tk run`` maps over its tf.data
           threads) on BreakHis-sized PNGs with 1..N threads: the most images per second that tk's
           pipeline can feed to any backend, hence the ceiling of tk / bound on that machine; and,
           for comparison, with 1..N processes.
@@ -55,8 +55,8 @@ def prepared_models(backbone: Any, seed: int) -> dict[str, Any]:
     """The fp32 model as ``tk run`` prepares it (folded) and its bf16 and fp16 lowerings, same weights."""
     import keras
 
-    from toolkit.folding import fold_batch_norm
-    from toolkit.precision import mixed_model
+    from toolkit.extract.folding import fold_batch_norm
+    from toolkit.extract.precision import mixed_model
 
     keras.utils.set_random_seed(seed)
     fp32 = fold_batch_norm(backbone.build(None))
@@ -83,7 +83,7 @@ def jitted_extractor(backbone: Any, model: Any) -> Callable[[np.ndarray], np.nda
 def measure_backbone(name: str, backbone: Any, batch_sizes: list[int], rounds: int, calls: int,
                      tiles: np.ndarray) -> dict:
     """images/s per precision and batch size, compile seconds, and parity against fp32 on ``tiles``."""
-    from toolkit.parity import embedding_parity
+    from toolkit.extract.parity import embedding_parity
 
     started = time.perf_counter()
     models = prepared_models(backbone, seed=0)
@@ -123,7 +123,7 @@ def decode_rates(paths: list[str], size: tuple[int, int], counts: list[int], pro
     from concurrent.futures import ProcessPoolExecutor
     from itertools import repeat
 
-    from toolkit.imageio import load_rgb
+    from toolkit.ingest.images import load_rgb
 
     for path in paths:
         Path(path).read_bytes()
@@ -166,7 +166,7 @@ def main() -> None:
         print(f"decode (tk's load_rgb, 700x460 PNG -> 224x224), {kind}: "
               + ", ".join(f"{n}: {r:.0f}" for n, r in rates.items()) + " img/s", flush=True)
 
-    from toolkit.imageio import load_rgb
+    from toolkit.ingest.images import load_rgb
 
     tiles = np.stack([load_rgb(p, (224, 224)) for p in paths[:2 * args.batches[0]]])
     for name, backbone in tk_backbones().items():

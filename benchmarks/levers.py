@@ -55,8 +55,9 @@ def _timed(function: Callable, totals: dict[str, float], key: str) -> Callable:
 
 def _undo_lever(arm: str) -> list[str]:
     """Patch tk in this interpreter so that ``arm``'s lever is undone; returns extra `tk run` args."""
-    from toolkit import pipeline, runner
-    from toolkit.tfimport import tensorflow
+    from toolkit.extract import pipeline
+    from toolkit.run import job as runner
+    from toolkit.extract.tfimport import tensorflow
 
     if arm == "decode-per-bb":
         original = runner.extract
@@ -82,8 +83,8 @@ def _undo_lever(arm: str) -> list[str]:
         pipeline.make_extractor = plain_extractor
         if arm == "predict":
             pipeline._pad = lambda batch, size: batch
-    elif arm == "no-fold":  # tk run folds where it builds a model (toolkit.runner imports this at call time)
-        from toolkit import folding
+    elif arm == "no-fold":  # tk run folds where it builds a model (toolkit.run.job imports this at call time)
+        from toolkit.extract import folding
 
         folding.fold_batch_norm = lambda model: model
     elif arm.startswith("batch-"):
@@ -93,7 +94,9 @@ def _undo_lever(arm: str) -> list[str]:
 
 def arm_main(arm: str, data: str, store: str, backbones: str) -> dict:
     """One arm in this interpreter: returns seconds of the run, extraction, scan, writes, model calls."""
-    from toolkit import pipeline, runner, store as store_module
+    from toolkit.extract import pipeline
+    from toolkit.run import job as runner
+    from toolkit.store import store as store_module
     from toolkit.cli import main
 
     extra = _undo_lever(arm)

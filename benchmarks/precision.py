@@ -24,8 +24,8 @@ import numpy as np
 
 def make_tiles(folder: Path, n: int) -> list[str]:
     """``n`` BreakHis-sized synthetic tiles (PNG), generated once per folder."""
-    from toolkit.demo import synthetic_tile
-    from toolkit.sources import BREAKHIS_SUBTYPES
+    from toolkit.ingest.demo import synthetic_tile
+    from toolkit.ingest.sources import BREAKHIS_SUBTYPES
 
     folder.mkdir(parents=True, exist_ok=True)
     subtypes = sorted(BREAKHIS_SUBTYPES.values())
@@ -41,7 +41,7 @@ def make_tiles(folder: Path, n: int) -> list[str]:
 
 def cosines(reference: np.ndarray, other: np.ndarray) -> tuple[float, float, float]:
     """Plain cosine (min), centred cosine (mean, min) against ``reference``."""
-    from toolkit.parity import centred_cosine
+    from toolkit.extract.parity import centred_cosine
 
     a, b = reference.astype(np.float64), other.astype(np.float64)
     plain = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
@@ -58,12 +58,12 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("TK_CACHE_DIR", str(args.work / "cache"))  # converted int8 models are kept here
 
-    from toolkit.conversion import calibration_sample
-    from toolkit.folding import fold_batch_norm
-    from toolkit.pipeline import make_extractor
-    from toolkit.precision import N_CALIBRATION, int8_model, lite_extractor, mixed_model
-    from toolkit.registry import load_registry
-    from toolkit.weights import build_model
+    from toolkit.extract.conversion import calibration_sample
+    from toolkit.extract.folding import fold_batch_norm
+    from toolkit.extract.pipeline import make_extractor
+    from toolkit.extract.precision import N_CALIBRATION, int8_model, lite_extractor, mixed_model
+    from toolkit.plugin.registry import load_registry
+    from toolkit.extract.weights import build_model
 
     paths = make_tiles(args.work / "tiles", N_CALIBRATION + args.batch)
     registry = load_registry()

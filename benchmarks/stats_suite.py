@@ -17,9 +17,9 @@ import duckdb
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.test_stats_common import synthetic_embeddings, synthetic_metadata  # noqa: E402
-from toolkit.kinds import AnalysisContext  # noqa: E402
-from toolkit.registry import load_registry  # noqa: E402
-from toolkit.results import SkipAnalysis, validate_results  # noqa: E402
+from toolkit.plugin.types import AnalysisContext  # noqa: E402
+from toolkit.plugin.registry import load_registry  # noqa: E402
+from toolkit.plugin.results import SkipAnalysis, validate_results  # noqa: E402
 
 BACKBONES = {"resnet50": 2048, "efficientnetb0": 1280, "densenet201": 1920}
 

@@ -8,9 +8,9 @@ import pytest
 
 from tests.conftest import run_tk
 from tests.datasets import make_breakhis
-from toolkit.imageio import load_rgb
-from toolkit.registry import load_registry
-from toolkit.weights import build_model
+from toolkit.ingest.images import load_rgb
+from toolkit.plugin.registry import load_registry
+from toolkit.extract.weights import build_model
 
 pytestmark = pytest.mark.slow
 EXPECTED_DIMS = {"resnet50": 2048, "efficientnetb0": 1280, "densenet201": 1920}

@@ -55,7 +55,7 @@ def test_tflite_variants_keep_parity(exported):
 def test_lite_models_take_uint8_pixels_as_they_are(exported):
     """tk's uint8 batches reach an int8 model unconverted (a float16 round trip cost ~17% of int8 runs);
     float pixels are still rounded and clipped to the same uint8 input."""
-    from toolkit.litert import LiteModel
+    from toolkit.extract.litert import LiteModel
 
     _, _, out = exported
     lite = LiteModel(out / "tflite" / "tiny" / "tiny-int8.tflite")
@@ -74,8 +74,8 @@ def test_lite_models_take_uint8_pixels_as_they_are(exported):
 def test_savedmodel_reloads_with_the_same_probabilities(exported):
     import tensorflow as tf
 
-    from toolkit.classifier import load_classifier
-    from toolkit.registry import load_registry
+    from toolkit.models.classifier import load_classifier
+    from toolkit.plugin.registry import load_registry
     from toolkit.store import Store
 
     data, store, out = exported
@@ -123,9 +123,9 @@ def test_the_serving_graph_runs_plugin_preprocessing_as_is(caplog):
     import importlib
     import logging
 
-    from toolkit.conversion import serving_function
-    from toolkit.registry import load_registry
-    from toolkit.weights import build_model
+    from toolkit.extract.conversion import serving_function
+    from toolkit.plugin.registry import load_registry
+    from toolkit.extract.weights import build_model
 
     tiny = load_registry([str(TINY)]).backbone("tiny")
     model, _ = build_model(tiny, "random", 0)

@@ -13,7 +13,7 @@ import pytest
 
 from tests.conftest import TINY, run_tk
 from toolkit.plugins.commands.new_plugin import render_plugin
-from toolkit.registry import load_registry
+from toolkit.plugin.registry import load_registry
 from toolkit.testing import check_analysis
 
 DOCS = Path(__file__).parent.parent / "docs"

@@ -1,4 +1,4 @@
-"""Batch norm folded into the convolution before it (toolkit.folding): which pairs fold, and that the
+"""Batch norm folded into the convolution before it (toolkit.extract.folding): which pairs fold, and that the
 folded network computes what the original computes, with batch-norm statistics far from identity."""
 
 from __future__ import annotations
@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from toolkit.tfimport import tensorflow
+from toolkit.extract.tfimport import tensorflow
 
 tensorflow()
 import keras  # noqa: E402
 
-from toolkit.folding import PassThrough, fold_batch_norm, foldable_pairs  # noqa: E402
+from toolkit.extract.folding import PassThrough, fold_batch_norm, foldable_pairs  # noqa: E402
 
 
 def _randomise_norms(model, seed=0):
@@ -81,7 +81,7 @@ def test_nothing_to_fold_returns_the_model_itself():
 def test_folding_and_mixed_precision_combine_in_either_order(order):
     """tk run folds when it builds a model and lowers it afterwards; a lowered model given to
     make_extractor is folded there. Both must compute in bf16 and agree with the unfolded model."""
-    from toolkit.precision import mixed_model
+    from toolkit.extract.precision import mixed_model
 
     original = _mixed_model()
     if order == "fold then lower":
@@ -101,9 +101,9 @@ def test_folding_and_mixed_precision_combine_in_either_order(order):
 def test_a_real_backbone_folds_and_embeds_the_same(name, n_folded):
     """EfficientNetB0 (depthwise convolutions, squeeze-excitation): every batch norm follows a
     convolution; the fast path with and without folding agrees to cosine >= 0.99999."""
-    from toolkit.pipeline import make_extractor
-    from toolkit.registry import load_registry
-    from toolkit.weights import build_model
+    from toolkit.extract.pipeline import make_extractor
+    from toolkit.plugin.registry import load_registry
+    from toolkit.extract.weights import build_model
 
     backbone = load_registry().backbone(name)
     model, _ = build_model(backbone, "random", 0)

@@ -21,7 +21,7 @@ def _images(rng, n, size=48, patch=8):
 def test_pointing_game():
     import keras
 
-    from toolkit.gradcam import gradcam, upsample
+    from toolkit.models.gradcam import gradcam, upsample
 
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_tk
-from toolkit import hookspecs
-from toolkit.kinds import ExportContext
-from toolkit.registry import load_registry
+from toolkit.plugin import hookspecs
+from toolkit.plugin.types import ExportContext
+from toolkit.plugin.registry import load_registry
 from toolkit.store import Store
 from toolkit.testing import check_analysis, check_backbone, check_exporter, synthetic_run
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.memory import release_free_memory
+from toolkit.extract.memory import release_free_memory
 
 
 def _rss_mb() -> float:

@@ -10,7 +10,7 @@ import pytest
 
 from tests.conftest import PLUGINS, TINY, run_tk, run_tk_reporting_tensorflow
 from toolkit.errors import PluginError
-from toolkit.registry import load_registry
+from toolkit.plugin.registry import load_registry
 
 BUILTINS = {("resnet50", "backbone"), ("efficientnetb0", "backbone"), ("densenet201", "backbone"),
             ("pca", "analysis"), ("ttest", "analysis"), ("anova", "analysis"), ("correlation", "analysis"),
@@ -58,7 +58,7 @@ def test_duplicate_name_is_refused_naming_both_plugins(tmp_path):
     clash = tmp_path / "clash.py"
     clash.write_text(textwrap.dedent("""
         from toolkit import hookimpl
-        from toolkit.kinds import Analysis
+        from toolkit.plugin.types import Analysis
 
         @hookimpl
         def register_analyses(register):

@@ -109,9 +109,9 @@ def test_fp32_fast_path_equals_a_plain_model_call():
     """The fixed-batch graph function (padding included) gives what ``model(x)`` gives."""
     import tensorflow as tf
 
-    from toolkit.pipeline import embed_padded, make_extractor
-    from toolkit.registry import load_registry
-    from toolkit.weights import build_model
+    from toolkit.extract.pipeline import embed_padded, make_extractor
+    from toolkit.plugin.registry import load_registry
+    from toolkit.extract.weights import build_model
 
     backbone = load_registry([str(TINY)]).backbone("tiny")
     model, _ = build_model(backbone, "random", 0)
@@ -146,7 +146,7 @@ def test_stores_from_before_precision_keep_their_sets(tmp_path):
 
 
 def test_parity_far_from_fp32_gives_a_run_warning_and_close_parity_none():
-    from toolkit.precision import parity_warning
+    from toolkit.extract.precision import parity_warning
 
     far = parity_warning("resnet50", "int8", {"centred_cosine_mean": 0.80, "n_images": 16})
     assert far is not None and "resnet50 int8" in far and "0.800" in far and "--precision fp32" in far

@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import TINY, run_tk
 from toolkit.errors import TkError
 from toolkit.plugins.commands.new_plugin import render_plugin
-from toolkit.registry import load_registry
+from toolkit.plugin.registry import load_registry
 from toolkit.testing import checks_for
 
 

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from tests.datasets import make_breakhis, tile
 from toolkit.errors import TkError
-from toolkit.sources import BREAKHIS_SUBTYPES, detect_source, find_images, parse_breakhis_name
+from toolkit.ingest.sources import BREAKHIS_SUBTYPES, detect_source, find_images, parse_breakhis_name
 
 
 @pytest.mark.parametrize("name, expected", [

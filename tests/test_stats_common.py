@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from statsmodels.stats.multitest import multipletests
 
-from toolkit.kinds import AnalysisContext
-from toolkit.plugins.analyses.stats_common import bh_qvalues, group_sums, patient_means, top_rows
+from toolkit.plugin.types import AnalysisContext
+from toolkit.analysis.stats import bh_qvalues, group_sums, patient_means, top_rows
 
 SUBTYPES = {"benign": ["adenosis", "fibroadenoma"], "malignant": ["ductal_carcinoma", "lobular_carcinoma"]}
 MAGNIFICATIONS = (40, 100, 200, 400)

@@ -9,7 +9,7 @@ from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_s
 from tests.test_stats_common import synthetic_context
 from toolkit.plugins.analyses.probe import (OutOfFold, confusion_counts, confusion_metrics, metric_rows, probe,
                                             weighted_auc)
-from toolkit.results import SkipAnalysis, Table
+from toolkit.plugin.results import SkipAnalysis, Table
 
 
 def _metrics(results):
@@ -151,7 +151,7 @@ def test_parallel_probe_matches_a_plain_scikit_learn_cross_validation():
     from sklearn.preprocessing import StandardScaler
 
     from toolkit.plugins.analyses.probe import cross_validate, fold_indices
-    from toolkit.plugins.analyses.stats_common import group_codes
+    from toolkit.analysis.stats import group_codes
 
     context = synthetic_context(n_patients=30, per_patient=20, dim=48, signal=0.6)
     x = context.embeddings

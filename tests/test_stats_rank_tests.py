@@ -10,7 +10,7 @@ from scipy import stats
 from statsmodels.stats.multicomp import pairwise_tukeyhsd
 
 from toolkit.plugins.analyses.anova import f_test, kruskal_wallis, one_way, tukey
-from toolkit.plugins.analyses.stats_common import LevelView, RankCache, column_ranks
+from toolkit.analysis.stats import LevelView, RankCache, column_ranks
 from toolkit.plugins.analyses.ttest import GroupStats, compare_two, mann_whitney, welch
 
 SIZES = (30, 12, 45, 9)  # unequal groups

@@ -12,7 +12,7 @@ from toolkit.plugins.analyses.clustering import (clustering, cluster_distance_su
                                                  silhouette, silhouettes, upper_gram, ward_linkage)
 from toolkit.plugins.analyses.correlation import cka, cka_matrix, correlation, redundancy, top_pairs
 from toolkit.plugins.analyses.integrity import conflicting_files, integrity, near_duplicates
-from toolkit.results import Figure, Table
+from toolkit.plugin.results import Figure, Table
 
 
 def _tables(results) -> dict:

@@ -9,9 +9,9 @@ from statsmodels.stats.multicomp import pairwise_tukeyhsd
 
 from tests.test_stats_common import SIGNAL_FEATURES, synthetic_context
 from toolkit.plugins.analyses.anova import anova, f_test, one_way, tukey
-from toolkit.plugins.analyses.stats_common import bh_qvalues, level_views
+from toolkit.analysis.stats import bh_qvalues, level_views
 from toolkit.plugins.analyses.ttest import compare_two, ttest
-from toolkit.results import Finding, SkipAnalysis, Table
+from toolkit.plugin.results import Finding, SkipAnalysis, Table
 
 
 def _tables(results) -> dict:

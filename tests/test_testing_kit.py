@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import TINY
-from toolkit.kinds import Analysis, Backbone, Exporter, Needs
-from toolkit.registry import DEFAULT_PLUGINS, load_registry
-from toolkit.results import Finding, Table
+from toolkit.plugin.types import Analysis, Backbone, Exporter, Needs
+from toolkit.plugin.registry import DEFAULT_PLUGINS, load_registry
+from toolkit.plugin.results import Finding, Table
 from toolkit.testing import (ANALYSIS_CHECKS, check_analysis_is_deterministic, check_analysis_leaves_inputs_alone,
                              check_analysis_results_are_stored, check_analysis_skips_with_reason,
                              check_backbone, check_backbone_output, check_backbone_preprocess_is_pure,
@@ -110,7 +110,7 @@ def test_an_analysis_that_crashes_on_unlabelled_data_is_caught():
 
 
 def test_a_skip_without_a_reason_is_caught():
-    from toolkit.results import SkipAnalysis
+    from toolkit.plugin.results import SkipAnalysis
 
     def mute(context):
         if context.metadata["label"].isna().any():

@@ -11,9 +11,9 @@ import pytest
 from tests.conftest import TINY, run_tk
 from tests.datasets import image_path, tile
 from toolkit.errors import TkError
-from toolkit.registry import load_registry
-from toolkit.scan import sha256_file
-from toolkit.training import (TrainSettings, class_weights, classifier_model, oversampled, patient_split, train)
+from toolkit.plugin.registry import load_registry
+from toolkit.ingest.scan import sha256_file
+from toolkit.models.training import (TrainSettings, class_weights, classifier_model, oversampled, patient_split, train)
 
 QUICK = {"backbone": "tiny", "weights": "random", "plugins": [str(TINY)], "epochs": 8, "learning_rate": 0.01,
          "batch_size": 8, "unfreeze": 0, "n_bootstrap": 200, "patience": 100}

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 from tests.conftest import TINY, run_tk
-from toolkit.kinds import Backbone
-from toolkit.registry import load_registry
-from toolkit.scan import sha256_file
-from toolkit.weights import WeightsUnavailable, build_model
+from toolkit.plugin.types import Backbone
+from toolkit.plugin.registry import load_registry
+from toolkit.ingest.scan import sha256_file
+from toolkit.extract.weights import WeightsUnavailable, build_model
 
 OFFLINE_PLUGIN = textwrap.dedent('''
     from toolkit import hookimpl
-    from toolkit.kinds import Backbone
+    from toolkit.plugin.types import Backbone
 
     def build(weights):
         if weights == "imagenet":

@@ -36,11 +36,11 @@ import numpy as np
 import pandas as pd
 
 from toolkit import __version__
-from toolkit.analyses import run_analyses
-from toolkit.kinds import Analysis, AnalysisContext, Backbone, ExportContext, Exporter
-from toolkit.results import Figure, Finding, MalformedResult, Result, Table, table_name, validate_results
-from toolkit.scan import ScannedImage
-from toolkit.sources import ImageRecord
+from toolkit.analysis.runner import run_analyses
+from toolkit.plugin.types import Analysis, AnalysisContext, Backbone, ExportContext, Exporter
+from toolkit.plugin.results import Figure, Finding, MalformedResult, Result, Table, table_name, validate_results
+from toolkit.ingest.scan import ScannedImage
+from toolkit.ingest.sources import ImageRecord
 from toolkit.store import EmbeddingSet, Store, identifier
 
 Item = Backbone | Analysis | Exporter
@@ -266,8 +266,8 @@ def _kit_pixels(backbone: Backbone, n_images: int = 2) -> np.ndarray:
 def _embed_fresh(backbone: Backbone, seed: int) -> np.ndarray:
     """Embeddings of the kit's images from a model built anew with seeded random weights."""
     from toolkit.errors import TkError
-    from toolkit.pipeline import make_extractor
-    from toolkit.weights import build_model
+    from toolkit.extract.pipeline import make_extractor
+    from toolkit.extract.weights import build_model
 
     pixels = _kit_pixels(backbone)
     try:
@@ -400,7 +400,7 @@ def check_exporter(exporter: Exporter) -> None:
 
 def registered(module: ModuleType) -> list[Item]:
     """Everything a plugin module registers through its ``register_*`` hooks (only that module)."""
-    from toolkit.registry import Register
+    from toolkit.plugin.registry import Register
 
     items: list[Item] = []
     for hook, kind in (("register_backbones", Backbone), ("register_analyses", Analysis),

@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 from toolkit import hookimpl
-from toolkit.kinds import Analysis, AnalysisContext, Backbone, ExportContext, Exporter, Needs, ReportSection
-from toolkit.results import Finding, Result, Table
+from toolkit.plugin.types import Analysis, AnalysisContext, Backbone, ExportContext, Exporter, Needs, ReportSection
+from toolkit.plugin.results import Finding, Result, Table
 
 __version__ = "1.0.0"
 

@@ -10,11 +10,11 @@ import pandas as pd
 from scipy import special, stats
 
 from toolkit import hookimpl
-from toolkit.kinds import Analysis, AnalysisContext, Needs
-from toolkit.plugins.analyses.stats_common import (FDR_ALPHA, ColumnRanks, LevelView, RankCache, bh_qvalues,
+from toolkit.plugin.types import Analysis, AnalysisContext, Needs
+from toolkit.analysis.stats import (FDR_ALPHA, ColumnRanks, LevelView, RankCache, bh_qvalues,
                                                    embeddings_f64, group_codes, group_sums, level_views,
                                                    patient_note, valid_groups)
-from toolkit.results import Finding, SkipAnalysis, Table
+from toolkit.plugin.results import Finding, SkipAnalysis, Table
 
 FACTORS = ("subtype", "magnification")
 TUKEY_TOP = 3

@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 
 from toolkit import hookimpl
-from toolkit.figures import colour_for, new_figure, to_svg
-from toolkit.kinds import Analysis, AnalysisContext, Needs
-from toolkit.plugins.analyses.stats_common import group_codes
-from toolkit.results import Figure, Finding, SkipAnalysis, Table
+from toolkit.analysis.figures import colour_for, new_figure, to_svg
+from toolkit.plugin.types import Analysis, AnalysisContext, Needs
+from toolkit.analysis.stats import group_codes
+from toolkit.plugin.results import Figure, Finding, SkipAnalysis, Table
 
 MAX_IMAGES = 10_000
 DENDROGRAM_LEAVES = 30

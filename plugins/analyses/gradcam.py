@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 
 from toolkit import hookimpl
-from toolkit.kinds import Analysis, AnalysisContext, Needs
-from toolkit.results import Figure, SkipAnalysis, Table
+from toolkit.plugin.types import Analysis, AnalysisContext, Needs
+from toolkit.plugin.results import Figure, SkipAnalysis, Table
 
 PER_KIND = 2
 
@@ -31,10 +31,10 @@ def choose(predictions: pd.DataFrame) -> pd.DataFrame:
 def gradcam_gallery(context: AnalysisContext) -> list:
     """Table ``main`` (image_id, y_true, y_pred, probability, correct, peak_row, peak_col: where the
     heatmap peaks, as a fraction of the image) and a gallery figure of the overlays."""
-    from toolkit.classifier import load_classifier
-    from toolkit.imageio import read_image
-    from toolkit.gradcam import gradcam, overlay_png
-    from toolkit.registry import load_registry
+    from toolkit.models.classifier import load_classifier
+    from toolkit.ingest.images import read_image
+    from toolkit.models.gradcam import gradcam, overlay_png
+    from toolkit.plugin.registry import load_registry
     from toolkit.store import Store
 
     store = Store(context.con, None, read_only=True)
@@ -67,7 +67,7 @@ def gradcam_gallery(context: AnalysisContext) -> list:
 def _gallery(backbone: str, chosen: pd.DataFrame, overlays: list[bytes]) -> Figure:
     from PIL import Image
 
-    from toolkit.figures import new_figure
+    from toolkit.analysis.figures import new_figure
 
     columns = max(int(chosen.groupby("y_true").size().max()), 1)
     rows = chosen["y_true"].nunique()

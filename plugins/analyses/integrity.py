@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 
 from toolkit import hookimpl
-from toolkit.kinds import Analysis, AnalysisContext, Needs
-from toolkit.results import Finding, Table
+from toolkit.plugin.types import Analysis, AnalysisContext, Needs
+from toolkit.plugin.results import Finding, Table
 
 NEAR_DUPLICATE_COSINE = 0.999
 BLOCK_ROWS = 2048

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 
 from toolkit import hookimpl
-from toolkit.figures import MARKERS, colour_for, new_figure, to_svg
-from toolkit.kinds import Analysis, AnalysisContext, Needs
-from toolkit.results import Figure, Finding, SkipAnalysis, Table
+from toolkit.analysis.figures import MARKERS, colour_for, new_figure, to_svg
+from toolkit.plugin.types import Analysis, AnalysisContext, Needs
+from toolkit.plugin.results import Figure, Finding, SkipAnalysis, Table
 
 MAX_COMPONENTS = 50
 

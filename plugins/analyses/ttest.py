@@ -12,13 +12,13 @@ import numpy as np
 import pandas as pd
 from scipy import special, stats
 
-from toolkit.plugins.analyses.stats_common import (FDR_ALPHA, ColumnRanks, LevelView, bh_qvalues, column_ranks,
+from toolkit.analysis.stats import (FDR_ALPHA, ColumnRanks, LevelView, bh_qvalues, column_ranks,
                                                    embeddings_f64, level_views, patient_note, top_rows,
                                                    valid_groups)
 from toolkit import hookimpl
-from toolkit.figures import PALETTE, colour_for, new_figure, to_svg
-from toolkit.kinds import Analysis, AnalysisContext, Needs
-from toolkit.results import Figure, Finding, SkipAnalysis, Table
+from toolkit.analysis.figures import PALETTE, colour_for, new_figure, to_svg
+from toolkit.plugin.types import Analysis, AnalysisContext, Needs
+from toolkit.plugin.results import Figure, Finding, SkipAnalysis, Table
 
 TOP_K = 20
 Z_95 = stats.norm.ppf(0.975)

@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from toolkit.kinds import Backbone
+from toolkit.plugin.types import Backbone
 
 
 def _application(module: str) -> Any:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from toolkit import hookimpl
 from toolkit.errors import TkError
-from toolkit.registry import PLUGIN_NAME
+from toolkit.plugin.registry import PLUGIN_NAME
 
 KINDS = ("analysis", "backbone", "exporter")
 if TYPE_CHECKING:
@@ -59,7 +59,7 @@ def render_plugin(name: str, kind: str, parent: Path) -> Path:
 
 def _refuse_taken(name: str) -> None:
     """Refuse a name that a loaded plugin already registered: both could not load together."""
-    from toolkit.registry import load_registry
+    from toolkit.plugin.registry import load_registry
 
     for row in load_registry().listing():
         if row["name"] == name:

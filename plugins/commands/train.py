@@ -1,4 +1,4 @@
-"""``tk train [DATA] --backbone NAME``: fine-tune a backbone on held-out patients (toolkit.training).
+"""``tk train [DATA] --backbone NAME``: fine-tune a backbone on held-out patients (toolkit.models.training).
 
 Prints the trained variant's name (``<backbone>@<train_id>``) on stdout, one per line (four with
 ``--ablation``, then the table of paired differences); progress and metrics go to stderr.
@@ -30,7 +30,7 @@ def register_commands(app: typer.Typer) -> None:
     """Add ``tk train``."""
     import typer
 
-    from toolkit.cli import PluginOption, split_plugin_args
+    from toolkit.cli.app import PluginOption, split_plugin_args
 
     @app.command(name="train")
     def train_command(
@@ -57,7 +57,7 @@ def register_commands(app: typer.Typer) -> None:
     ) -> None:
         """Fine-tune a backbone with a softmax head; the result becomes the backbone <NAME>@<train id>."""
         from toolkit import console
-        from toolkit.training import TrainSettings, train
+        from toolkit.models.training import TrainSettings, train
 
         # main() takes --plugin out before Typer parses, and register_commands(app) does not receive it
         plugins, _ = split_plugin_args(sys.argv[1:])

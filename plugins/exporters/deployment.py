@@ -1,6 +1,6 @@
 """What the TFLite and SavedModel exporters share: the run's classifiers, sample images from the
 store, and parity measured against the Keras model and stored (the SavedModel writer and the TFLite
-converter live in ``toolkit.conversion``)."""
+converter live in ``toolkit.extract.conversion``)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from toolkit.classifier import Classifier, load_classifier
-from toolkit.conversion import calibration_sample
-from toolkit.kinds import ExportContext
-from toolkit.litert import median_ms
-from toolkit.parity import parity
-from toolkit.registry import load_registry
+from toolkit.models.classifier import Classifier, load_classifier
+from toolkit.extract.conversion import calibration_sample
+from toolkit.plugin.types import ExportContext
+from toolkit.extract.litert import median_ms
+from toolkit.extract.parity import parity
+from toolkit.plugin.registry import load_registry
 
 N_CALIBRATION = 64
 N_PARITY = 32

@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any
 
 from toolkit import __version__, hookimpl
-from toolkit.kinds import ExportContext, Exporter, ReportSection
+from toolkit.plugin.types import ExportContext, Exporter, ReportSection
 from toolkit.plugins.exporters.report_data import MAX_TABLE_ROWS, gather, redact
-from toolkit.registry import Registry, load_registry
-from toolkit.results import validate_results
-from toolkit.render import make_environment, write_atomically
+from toolkit.plugin.registry import Registry, load_registry
+from toolkit.plugin.results import validate_results
+from toolkit.report.environment import make_environment, write_atomically
 
 CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; font-src data:; "
        "script-src 'none'; base-uri 'none'; form-action 'none'")

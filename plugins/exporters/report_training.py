@@ -53,7 +53,7 @@ def curve_figure(history: pd.DataFrame, variant: str) -> dict[str, Any]:
     """Training and held-out loss per epoch, with the start of fine-tuning marked; a figure record."""
     from matplotlib.ticker import MaxNLocator
 
-    from toolkit.figures import PALETTE, new_figure, to_svg
+    from toolkit.analysis.figures import PALETTE, new_figure, to_svg
 
     figure, axes = new_figure(5.6, 3.4)
     axes.plot(history["epoch"], history["loss"], color=PALETTE[0], marker="o", label="training loss")

@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from toolkit import hookimpl
-from toolkit.conversion import write_savedmodel
-from toolkit.kinds import ExportContext, Exporter
+from toolkit.extract.conversion import write_savedmodel
+from toolkit.plugin.types import ExportContext, Exporter
 from toolkit.plugins.exporters.deployment import classifiers, measure, sample_pixels, write_json
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from toolkit import hookimpl
-from toolkit.conversion import convert, write_savedmodel
-from toolkit.kinds import ExportContext, Exporter
-from toolkit.litert import LiteModel
+from toolkit.extract.conversion import convert, write_savedmodel
+from toolkit.plugin.types import ExportContext, Exporter
+from toolkit.extract.litert import LiteModel
 from toolkit.plugins.exporters.deployment import classifiers, measure, sample_pixels, write_json
 
 VARIANTS = {

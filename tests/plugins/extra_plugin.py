@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 
 from toolkit import hookimpl
-from toolkit.kinds import Analysis, Backbone, Needs
-from toolkit.results import Finding, Table
+from toolkit.plugin.types import Analysis, Backbone, Needs
+from toolkit.plugin.results import Finding, Table
 
 __version__ = "1.2.3"
 

@@ -3,7 +3,7 @@
 import time
 
 from toolkit import hookimpl
-from toolkit.kinds import Analysis, Backbone
+from toolkit.plugin.types import Analysis, Backbone
 from toolkit.plugins.analyses.pca import pca
 
 
@@ -50,6 +50,6 @@ def escape_out(context, out_dir):
 
 @hookimpl
 def register_exporters(register):
-    from toolkit.kinds import Exporter
+    from toolkit.plugin.types import Exporter
 
     register(Exporter(name="escape", export=escape_out))

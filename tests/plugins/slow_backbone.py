@@ -5,7 +5,7 @@ import time
 import numpy as np
 
 from toolkit import hookimpl
-from toolkit.kinds import Backbone
+from toolkit.plugin.types import Backbone
 
 SECONDS_PER_BATCH = 0.25
 

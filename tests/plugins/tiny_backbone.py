@@ -1,7 +1,7 @@
 """A tiny test backbone, registered through the same hook third-party plugins use."""
 
 from toolkit import hookimpl
-from toolkit.kinds import Backbone
+from toolkit.plugin.types import Backbone
 
 DIM = 16
 

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.errors import TkError
-from toolkit.kinds import Backbone
-from toolkit.scan import sha256_file
-from toolkit.tfimport import tensorflow
+from toolkit.plugin.types import Backbone
+from toolkit.ingest.scan import sha256_file
+from toolkit.extract.tfimport import tensorflow
 
 WEIGHT_CHOICES = ("auto", "imagenet", "random")
 

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from toolkit.kinds import AnalysisContext
-from toolkit.results import Finding, SkipAnalysis
+from toolkit.plugin.types import AnalysisContext
+from toolkit.plugin.results import Finding, SkipAnalysis
 
 FDR_ALPHA = 0.05
 PATIENT_NOTE = ("Images of one patient are not independent: image-level p-values treat every image as a "

@@ -41,6 +41,6 @@ def _not_a_retrace_warning(record: logging.LogRecord) -> bool:
 
     tk builds one graph function per backbone and precision, each traced exactly once for its fixed
     batch shape; TensorFlow counts the traces of all functions made from the same Python code
-    (toolkit.pipeline.make_extractor) and calls that excessive retracing once there are five.
+    (toolkit.extract.pipeline.make_extractor) and calls that excessive retracing once there are five.
     """
     return "triggered tf.function retracing" not in record.getMessage()

@@ -14,8 +14,8 @@ if TYPE_CHECKING:
     import jinja2
     import typer
 
-    from toolkit.kinds import ReportSection
-    from toolkit.registry import Register
+    from toolkit.plugin.types import ReportSection
+    from toolkit.plugin.registry import Register
     from toolkit.store import Store
 
 hookspec = pluggy.HookspecMarker("tk")
@@ -101,7 +101,7 @@ def report_sections(store: Store, run_id: str) -> list[ReportSection]:
 
     :param store: the run's store (read what the section shows; do not write).
     :param run_id: the run being reported.
-    :returns: a list of ``toolkit.kinds.ReportSection`` (may be empty).
+    :returns: a list of ``toolkit.plugin.types.ReportSection`` (may be empty).
 
     Example::
 

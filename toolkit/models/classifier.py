@@ -14,10 +14,10 @@ from typing import Any
 import numpy as np
 
 from toolkit.errors import TkError
-from toolkit.kinds import Backbone
-from toolkit.registry import Registry
+from toolkit.plugin.types import Backbone
+from toolkit.plugin.registry import Registry
 from toolkit.store import EmbeddingSet, Store
-from toolkit.weights import build_model, request_for
+from toolkit.extract.weights import build_model, request_for
 
 
 @dataclass(frozen=True)

@@ -14,12 +14,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from toolkit.imageio import UnreadableImage, load_rgb
-from toolkit.kinds import Backbone
-from toolkit.memory import release_free_memory
-from toolkit.scan import ScannedImage
+from toolkit.ingest.images import UnreadableImage, load_rgb
+from toolkit.plugin.types import Backbone
+from toolkit.extract.memory import release_free_memory
+from toolkit.ingest.scan import ScannedImage
 from toolkit.store import EmbeddingSet, EmbeddingWriter
-from toolkit.tfimport import tensorflow
+from toolkit.extract.tfimport import tensorflow
 
 BATCH_SIZE = 32
 
@@ -41,14 +41,14 @@ def make_extractor(backbone: Backbone, model: Any, batch_size: int,
                    fold: bool = False) -> Callable[[np.ndarray], np.ndarray]:
     """A graph-mode function with one fixed input shape (no retracing): uint8 batch -> embeddings.
 
-    ``fold`` first merges each batch norm into the convolution before it (``toolkit.folding``; the
+    ``fold`` first merges each batch norm into the convolution before it (``toolkit.extract.folding``; the
     same embeddings, 1.05-1.26x faster, ``model`` itself unchanged). ``tk run`` folds its models
     once, when it builds them; folding costs up to 2.6 s, so one-off calls (a query image, 16
     parity images) leave it off.
     """
     tf = tensorflow()
     if fold:
-        from toolkit.folding import fold_batch_norm
+        from toolkit.extract.folding import fold_batch_norm
 
         model = fold_batch_norm(model)
 
@@ -123,7 +123,7 @@ def extract(images: list[ScannedImage], jobs: list[BackboneJob], writer: Embeddi
     threads = threads or max(2, os.cpu_count() or 2)
     sizes = sorted({job.backbone.input_size for job in jobs})
     for job in jobs:
-        if job.extract is None:  # a lowered-precision job brings its own (toolkit.precision)
+        if job.extract is None:  # a lowered-precision job brings its own (toolkit.extract.precision)
             job.extract = make_extractor(job.backbone, job.model, batch_size)
     dataset, errors = decoded_batches(images, sizes, batch_size, threads)
     done: list[ScannedImage] = []
@@ -146,7 +146,7 @@ def extract(images: list[ScannedImage], jobs: list[BackboneJob], writer: Embeddi
             job.embedded += len(rows)
             vectors[job.embedding_set] = ([batch_images[k].sha256 for k in rows], out)
         writer.write_batch(run_id, good_images, vectors)
-        release_free_memory()  # keeps the process flat over hours of batches (toolkit.memory)
+        release_free_memory()  # keeps the process flat over hours of batches (toolkit.extract.memory)
         done.extend(good_images)
         on_progress(len(batch_images))
     return done

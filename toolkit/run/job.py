@@ -14,16 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from toolkit import __version__, console
-from toolkit.analyses import run_analyses
+from toolkit.analysis.runner import run_analyses
 from toolkit.errors import TkError
-from toolkit.kinds import Backbone, ExportContext, Exporter
-from toolkit.pipeline import BATCH_SIZE, BackboneJob, extract
-from toolkit.precision import Lowered, check_precision, device_note, lower, parity_warning
-from toolkit.registry import Registry, load_registry
-from toolkit.scan import ScannedImage, scan
-from toolkit.sources import find_images
+from toolkit.plugin.types import Backbone, ExportContext, Exporter
+from toolkit.extract.pipeline import BATCH_SIZE, BackboneJob, extract
+from toolkit.extract.precision import Lowered, check_precision, device_note, lower, parity_warning
+from toolkit.plugin.registry import Registry, load_registry
+from toolkit.ingest.scan import ScannedImage, scan
+from toolkit.ingest.sources import find_images
 from toolkit.store import EmbeddingSet, Store
-from toolkit.weights import ResolvedWeights, WeightsUnavailable, build_model, planned_weights, random_weights
+from toolkit.extract.weights import ResolvedWeights, WeightsUnavailable, build_model, planned_weights, random_weights
 
 EXIT_OK = 0
 EXIT_PARTIAL = 3  # the run finished, but a backbone, analysis or exporter failed
@@ -72,7 +72,7 @@ def select(items: dict[str, Any], spec: str, kind: str) -> list[Any]:
         return list(items.values())
     names = [n.strip() for n in spec.split(",") if n.strip()]
     if kind == "backbone":  # fine-tuned variants, <base>@<train_id>
-        from toolkit.variants import with_variants
+        from toolkit.models.variants import with_variants
 
         items = with_variants(items, names)
     unknown = [n for n in names if n not in items]
@@ -112,7 +112,7 @@ def dataset_fingerprint(images: list[ScannedImage]) -> str:
 def _plan_backbone(store: Store, backbone: Backbone, settings: RunSettings,
                    shas: set[str]) -> tuple[EmbeddingSet, ResolvedWeights, Any, set[str]]:
     """The embedding set a backbone writes to, its weights, its model for inference (batch norms
-    folded, ``toolkit.folding``; None if nothing to do), and the hashes it still needs."""
+    folded, ``toolkit.extract.folding``; None if nothing to do), and the hashes it still needs."""
     request = backbone.fixed_weights or settings.weights
     planned = planned_weights(request, settings.seed)
     if planned is None:
@@ -123,7 +123,7 @@ def _plan_backbone(store: Store, backbone: Backbone, settings: RunSettings,
         if not needed:
             return embedding_set, planned, None, needed
     model, resolved = build_model(backbone, request, settings.seed)
-    from toolkit.folding import fold_batch_norm  # after build_model: imports Keras
+    from toolkit.extract.folding import fold_batch_norm  # after build_model: imports Keras
 
     model = fold_batch_norm(model)  # folded here, so the unfolded copy is freed before the next backbone is built
     embedding_set = EmbeddingSet(backbone.name, resolved.weights_id, backbone.dim, settings.precision)
@@ -160,7 +160,7 @@ def execute_run(settings: RunSettings, command: str | None = None) -> RunSummary
 
     data = settings.data
     if data is None:
-        from toolkit.demo import demo_dataset
+        from toolkit.ingest.demo import demo_dataset
 
         data = demo_dataset()
         console.info(f"no DATA given: using the bundled demo dataset ({data})")

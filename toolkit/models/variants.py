@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.errors import TkError
-from toolkit.kinds import Backbone
+from toolkit.plugin.types import Backbone
 
 VARIANT_NAME = re.compile(r"^(?P<base>[a-z][a-z0-9_]{0,40})@(?P<train_id>t[0-9a-z-]{1,40})$")
 MODEL_DIR = "tk_models"
@@ -53,7 +53,7 @@ def model_path(store_path: Path, name: str) -> Path:
 
 
 def _index_path() -> Path:
-    from toolkit.demo import cache_dir
+    from toolkit.ingest.demo import cache_dir
 
     return cache_dir() / INDEX_NAME
 
@@ -90,7 +90,7 @@ def find_variant(name: str) -> VariantInfo:
 
 
 def _checked_file(info: VariantInfo) -> Path:
-    from toolkit.scan import sha256_file
+    from toolkit.ingest.scan import sha256_file
 
     path = Path(info.model_path)
     if not path.is_file():

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from toolkit.imageio import UnreadableImage, read_size
-from toolkit.sources import ImageRecord, SkippedFile
+from toolkit.ingest.images import UnreadableImage, read_size
+from toolkit.ingest.sources import ImageRecord, SkippedFile
 
 
 @dataclass(frozen=True)

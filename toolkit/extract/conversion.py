@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from toolkit.errors import TkError
-from toolkit.kinds import Backbone
+from toolkit.plugin.types import Backbone
 
 
 def serving_function(backbone: Backbone, model: Any) -> Any:
@@ -69,7 +69,7 @@ def calibration_sample(paths: list[str], size: tuple[int, int], seed: int, n_cal
     Held-out images are never used for calibration unless there are too few images (then both are
     every image).
     """
-    from toolkit.imageio import UnreadableImage, load_rgb
+    from toolkit.ingest.images import UnreadableImage, load_rgb
 
     paths = list(paths)
     np.random.default_rng(seed).shuffle(paths)

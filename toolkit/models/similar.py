@@ -9,13 +9,13 @@ import pandas as pd
 
 from toolkit import console
 from toolkit.errors import TkError
-from toolkit.imageio import read_image
-from toolkit.kinds import Backbone
-from toolkit.pipeline import embed_padded
-from toolkit.precision import query_extractor
-from toolkit.scan import sha256_file
+from toolkit.ingest.images import read_image
+from toolkit.plugin.types import Backbone
+from toolkit.extract.pipeline import embed_padded
+from toolkit.extract.precision import query_extractor
+from toolkit.ingest.scan import sha256_file
 from toolkit.store import EmbeddingSet, Store, identifier
-from toolkit.weights import build_model, request_for
+from toolkit.extract.weights import build_model, request_for
 
 
 def embed_one(backbone: Backbone, image: Path, kind: str, weights_id: str, path: str | None,

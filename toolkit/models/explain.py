@@ -10,10 +10,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from toolkit.classifier import Classifier
+from toolkit.models.classifier import Classifier
 from toolkit.errors import TkError
-from toolkit.gradcam import gradcam, overlay_png
-from toolkit.imageio import read_image
+from toolkit.models.gradcam import gradcam, overlay_png
+from toolkit.ingest.images import read_image
 
 
 @dataclass(frozen=True)
@@ -46,7 +46,7 @@ def explain(classifier: Classifier, image: Path, out_dir: Path) -> Prediction:
 def load_exported(model: Path) -> tuple[Callable[[np.ndarray], dict[str, np.ndarray]], dict[str, Any]]:
     """An exported classifier (``.tflite`` file or SavedModel folder) and its metadata JSON."""
     if model.suffix == ".tflite" and model.is_file():
-        from toolkit.litert import LiteModel
+        from toolkit.extract.litert import LiteModel
 
         return LiteModel(model), _metadata(model.with_suffix(".json"))
     if (model / "saved_model.pb").is_file():

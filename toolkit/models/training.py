@@ -7,7 +7,7 @@ trainable (BatchNormalization layers stay frozen and in inference mode) at a ten
 rate. Validation holds out whole patients; each phase stops early when the validation loss has not
 improved for ``patience`` epochs, and the weights of the best epoch are kept. The fine-tuned
 backbone (the flat graph up to the pooled output) is saved as ``.keras`` and becomes the backbone
-variant ``<backbone>@<train_id>`` (toolkit.variants).
+variant ``<backbone>@<train_id>`` (toolkit.models.variants).
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ import pandas as pd
 
 from toolkit import console
 from toolkit.errors import TkError
-from toolkit.kinds import Backbone
+from toolkit.plugin.types import Backbone
 from toolkit.plugins.analyses.probe import (OutOfFold, metric_rows, patient_resamples, percentile_ci,
                                             probe_metrics)
-from toolkit.plugins.analyses.stats_common import group_codes
-from toolkit.scan import sha256_file
+from toolkit.analysis.stats import group_codes
+from toolkit.ingest.scan import sha256_file
 from toolkit.store import Store
-from toolkit.variants import VariantInfo, model_path, register_variant, variant_name
+from toolkit.models.variants import VariantInfo, model_path, register_variant, variant_name
 
 BALANCE_MODES = ("weights", "oversample", "none")
 FINETUNE_LR_FACTOR = 0.1
@@ -131,13 +131,13 @@ def load_training_data(settings: TrainSettings, size: tuple[int, int]) -> Traini
     """Find, check and decode the images of ``settings.data`` (the demo when None) at ``size``."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from toolkit.imageio import load_rgb
-    from toolkit.scan import scan
-    from toolkit.sources import find_images
+    from toolkit.ingest.images import load_rgb
+    from toolkit.ingest.scan import scan
+    from toolkit.ingest.sources import find_images
 
     data = settings.data
     if data is None:
-        from toolkit.demo import demo_dataset
+        from toolkit.ingest.demo import demo_dataset
 
         data = demo_dataset()
         console.info(f"no DATA given: using the bundled demo dataset ({data})")
@@ -351,7 +351,7 @@ def _seed_everything(seed: int) -> None:
 def train_one(store_path: Path, backbone: Backbone, data: TrainingData, settings: TrainSettings,
               ablation_id: str | None = None) -> TrainOutcome:
     """Train, evaluate on held-out patients, save and register one variant; every step is stored."""
-    from toolkit.weights import build_model
+    from toolkit.extract.weights import build_model
 
     train_id = new_train_id()
     name = variant_name(backbone.name, train_id)
@@ -472,7 +472,7 @@ def ablation_table(outcomes: list[TrainOutcome], minority: int, n_bootstrap: int
 def train(settings: TrainSettings, ablation: bool = False) -> tuple[list[TrainOutcome], pd.DataFrame | None]:
     """Run one training (or the four ablation runs on the same split and seed); returns the outcomes
     and, for the ablation, the paired differences (also stored in ``training_differences``)."""
-    from toolkit.registry import load_registry
+    from toolkit.plugin.registry import load_registry
 
     if settings.balance not in BALANCE_MODES:
         raise TkError(f"--balance {settings.balance!r} is not one of {', '.join(BALANCE_MODES)}")

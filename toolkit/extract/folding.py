@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import keras  # imported by toolkit.pipeline.make_extractor, after toolkit.tfimport has set TensorFlow up
+import keras  # imported by toolkit.extract.pipeline.make_extractor, after toolkit.extract.tfimport has set TensorFlow up
 import numpy as np
 
 CONVOLUTIONS = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)

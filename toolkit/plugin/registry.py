@@ -22,9 +22,10 @@ from typing import Generic, Iterable, TypeVar
 
 import pluggy
 
-from toolkit import __version__, hookspecs
+from toolkit import __version__
+from toolkit.plugin import hookspecs
 from toolkit.errors import PluginError
-from toolkit.kinds import Analysis, Backbone, Exporter
+from toolkit.plugin.types import Analysis, Backbone, Exporter
 
 DEFAULT_PLUGINS = (
     "toolkit.plugins.backbones.resnet50",
@@ -106,9 +107,9 @@ class Registry:
     pm: pluggy.PluginManager
 
     def backbone(self, name: str) -> Backbone:
-        """A registered backbone, or a fine-tuned variant ``<base>@<train_id>`` (toolkit.variants)."""
+        """A registered backbone, or a fine-tuned variant ``<base>@<train_id>`` (toolkit.models.variants)."""
         if "@" in name:
-            from toolkit.variants import resolve
+            from toolkit.models.variants import resolve
 
             return resolve(self.backbones, name)
         return _lookup(self.backbones, name, "backbone")

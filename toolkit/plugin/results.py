@@ -70,7 +70,7 @@ def validate_results(analysis: str, results: Any) -> list[Result]:
     if not isinstance(results, Iterable) or isinstance(results, (str, bytes, dict)):
         raise MalformedResult(
             f"analysis {analysis!r} returned {type(results).__name__}; "
-            "return a list of toolkit.results.Table, Figure or Finding"
+            "return a list of toolkit.plugin.results.Table, Figure or Finding"
         )
     checked: list[Result] = []
     names: set[tuple[str, str]] = set()

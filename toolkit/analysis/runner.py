@@ -15,8 +15,8 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from toolkit.kinds import Analysis, AnalysisContext, Needs
-from toolkit.results import SkipAnalysis, validate_results
+from toolkit.plugin.types import Analysis, AnalysisContext, Needs
+from toolkit.plugin.results import SkipAnalysis, validate_results
 from toolkit.store import EmbeddingSet, Store
 
 ALL_BACKBONES = ""  # the backbone column of analyses that see every backbone at once

@@ -27,9 +27,9 @@ from typing import Any, Callable
 import numpy as np
 
 from toolkit.errors import TkError
-from toolkit.kinds import Backbone
-from toolkit.scan import sha256_file
-from toolkit.weights import ResolvedWeights
+from toolkit.plugin.types import Backbone
+from toolkit.ingest.scan import sha256_file
+from toolkit.extract.weights import ResolvedWeights
 
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 MIXED_POLICIES = {"bf16": "mixed_bfloat16", "fp16": "mixed_float16"}  # Keras dtype policies
@@ -49,7 +49,7 @@ def check_precision(precision: str) -> str:
 
 def device_note(precision: str) -> str | None:
     """A warning when ``precision`` is slow on this machine (fp16 with no GPU), else None."""
-    from toolkit.tfimport import tensorflow
+    from toolkit.extract.tfimport import tensorflow
 
     if precision != "fp16" or tensorflow().config.list_physical_devices("GPU"):
         return None
@@ -80,7 +80,7 @@ def int8_cache_path(backbone: Backbone, resolved: ResolvedWeights, calibration: 
     import keras
     import tensorflow as tf
 
-    from toolkit.demo import cache_dir
+    from toolkit.ingest.demo import cache_dir
     from toolkit.store import identifier
 
     identity = json.dumps([INT8_FORMAT, backbone.name, backbone.dim, list(backbone.input_size), resolved.weights_id,
@@ -93,7 +93,7 @@ def int8_cache_path(backbone: Backbone, resolved: ResolvedWeights, calibration: 
 
 def int8_model(backbone: Backbone, model: Any, resolved: ResolvedWeights, calibration: np.ndarray) -> tuple[Path, bool]:
     """The cached full-integer model of ``model``, converted first if needed; (path, converted now)."""
-    from toolkit.conversion import convert, write_savedmodel
+    from toolkit.extract.conversion import convert, write_savedmodel
 
     path = int8_cache_path(backbone, resolved, calibration)
     if path.is_file():
@@ -113,7 +113,7 @@ def int8_model(backbone: Backbone, model: Any, resolved: ResolvedWeights, calibr
 
 def lite_extractor(path: Path | str) -> Extract:
     """Embeddings from a ``.tflite`` embedding model, LiteRT with one thread per core."""
-    from toolkit.litert import LiteModel
+    from toolkit.extract.litert import LiteModel
 
     lite = LiteModel(path, threads=os.cpu_count() or 2)
     return lambda batch: lite(batch)["embedding"]
@@ -141,8 +141,8 @@ def lower(backbone: Backbone, model: Any, resolved: ResolvedWeights, precision: 
     more than ``N_PARITY`` images. ``recorded`` is the int8 model (path, sha256) that made the set
     so far: it is reused, so that one set never holds vectors of two quantised models.
     """
-    from toolkit.conversion import calibration_sample
-    from toolkit.pipeline import make_extractor
+    from toolkit.extract.conversion import calibration_sample
+    from toolkit.extract.pipeline import make_extractor
 
     n_calibration = N_CALIBRATION if precision == "int8" else 0
     calibration, held_out = calibration_sample(paths, backbone.input_size, seed, n_calibration, N_PARITY)
@@ -190,8 +190,8 @@ def parity_against(backbone: Backbone, model: Any, extract: Extract, pixels: np.
     plain ``model(x)`` call, tests/test_precision.py): an eager call of DenseNet201 or ResNet50 on 16
     images left ~2.5 GB in TensorFlow's allocator for the rest of the run (measured).
     """
-    from toolkit.parity import embedding_parity
-    from toolkit.pipeline import embed_padded, make_extractor
+    from toolkit.extract.parity import embedding_parity
+    from toolkit.extract.pipeline import embed_padded, make_extractor
 
     reference = embed_padded(make_extractor(backbone, model, batch_size), pixels, batch_size)
     return embedding_parity(reference, embed_padded(extract, pixels, batch_size))
@@ -200,7 +200,7 @@ def parity_against(backbone: Backbone, model: Any, extract: Extract, pixels: np.
 def query_extractor(backbone: Backbone, model: Any, precision: str, recorded: tuple[str, str] | None) -> tuple[Extract, str]:
     """An extractor for one image at a set's precision, and a warning ('' when none), for
     ``tk similar``: a new query must be embedded the way the stored images were."""
-    from toolkit.pipeline import make_extractor
+    from toolkit.extract.pipeline import make_extractor
 
     if precision in MIXED_POLICIES:
         return make_extractor(backbone, mixed_model(model, precision), 1), ""

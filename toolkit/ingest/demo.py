@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from toolkit.sources import BREAKHIS_SUBTYPES
+from toolkit.ingest.sources import BREAKHIS_SUBTYPES
 
 DEMO_VERSION = "v1"
 WIDTH, HEIGHT = 700, 460

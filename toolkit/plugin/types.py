@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-    from toolkit.results import Figure, Result, Table
+    from toolkit.plugin.results import Figure, Result, Table
     from toolkit.store import Store
 
 

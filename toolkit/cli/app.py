@@ -93,7 +93,7 @@ def build_app(plugins: list[str]) -> typer.Typer:
     ) -> None:
         """Embed images with the selected backbones, store, analyse and report."""
         from toolkit import console
-        from toolkit.runner import RunSettings, execute_run
+        from toolkit.run.job import RunSettings, execute_run
 
         if weights not in ("auto", "imagenet", "random") and not Path(weights).expanduser().exists():
             raise TkError(f"--weights {weights}: no such file; use auto, imagenet, random or the path of a weights file")
@@ -114,7 +114,7 @@ def build_app(plugins: list[str]) -> typer.Typer:
         plugin: Optional[List[str]] = PluginOption,
     ) -> None:
         """List every backbone, analysis and exporter with the plugin it came from."""
-        from toolkit.registry import load_registry
+        from toolkit.plugin.registry import load_registry
 
         rows = load_registry(plugins).listing()
         if as_json:
@@ -153,8 +153,8 @@ def build_app(plugins: list[str]) -> typer.Typer:
         plugin: Optional[List[str]] = PluginOption,
     ) -> None:
         """Nearest stored images by cosine similarity (the query is embedded if it is new)."""
-        from toolkit.registry import load_registry
-        from toolkit.similar import find_similar
+        from toolkit.plugin.registry import load_registry
+        from toolkit.models.similar import find_similar
         from toolkit.store import Store
 
         registry = load_registry(plugins)
@@ -172,7 +172,7 @@ def build_app(plugins: list[str]) -> typer.Typer:
         plugin: Optional[List[str]] = PluginOption,
     ) -> None:
         """Render a stored run's report again, without recomputing."""
-        from toolkit.runner import rerender
+        from toolkit.run.job import rerender
 
         for path in rerender(store, run_id, out, plugins, template_dir, reveal_ids):
             print(path)
@@ -188,9 +188,9 @@ def build_app(plugins: list[str]) -> typer.Typer:
         plugin: Optional[List[str]] = PluginOption,
     ) -> None:
         """Export a backbone + probe-head classifier, with size, latency and parity numbers."""
-        from toolkit.kinds import ExportContext
-        from toolkit.registry import load_registry
-        from toolkit.runner import select
+        from toolkit.plugin.types import ExportContext
+        from toolkit.plugin.registry import load_registry
+        from toolkit.run.job import select
         from toolkit.store import Store
 
         registry = load_registry(plugins)
@@ -216,9 +216,9 @@ def build_app(plugins: list[str]) -> typer.Typer:
         plugin: Optional[List[str]] = PluginOption,
     ) -> None:
         """Grad-CAM overlay of the backbone + probe-head classifier for one image."""
-        from toolkit.classifier import load_classifier
-        from toolkit.explain import explain as explain_image
-        from toolkit.registry import load_registry
+        from toolkit.models.classifier import load_classifier
+        from toolkit.models.explain import explain as explain_image
+        from toolkit.plugin.registry import load_registry
         from toolkit.store import Store
 
         with Store.open(store, read_only=True) as opened:
@@ -236,16 +236,16 @@ def build_app(plugins: list[str]) -> typer.Typer:
         plugin: Optional[List[str]] = PluginOption,
     ) -> None:
         """Classify images with an exported model: class, probability and latency."""
-        from toolkit.explain import predict as predict_images
+        from toolkit.models.explain import predict as predict_images
 
         print("image\tclass\tprobability\tlatency_ms")
         predictions = predict_images(model, images)
         for p in predictions:
             print(f"{p.image}\t{p.label}\t{p.probability:.4f}\t{p.latency_ms:.1f}")
         if explain_with:
-            from toolkit.classifier import load_classifier
-            from toolkit.explain import explain as explain_image, load_exported
-            from toolkit.registry import load_registry
+            from toolkit.models.classifier import load_classifier
+            from toolkit.models.explain import explain as explain_image, load_exported
+            from toolkit.plugin.registry import load_registry
             from toolkit.store import Store
 
             meta = load_exported(model)[1]
@@ -254,7 +254,7 @@ def build_app(plugins: list[str]) -> typer.Typer:
             for image in images:
                 print(explain_image(classifier, image, out).overlay)
 
-    from toolkit.registry import load_registry
+    from toolkit.plugin.registry import load_registry
 
     load_registry(plugins).pm.hook.register_commands(app=app)
     return app

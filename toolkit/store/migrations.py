@@ -1,0 +1,196 @@
+"""Schema migrations: small named functions, applied once each in order and recorded in ``_migrations``.
+
+A migration is never edited after release; a change to the schema is a new migration at the end.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import duckdb
+
+from toolkit.store.sql import utcnow
+
+def m001_create_tables(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("CREATE SEQUENCE image_id_seq START 1")
+    con.execute("""
+        CREATE TABLE images (
+            image_id BIGINT PRIMARY KEY DEFAULT nextval('image_id_seq'),
+            path VARCHAR NOT NULL UNIQUE,
+            relpath VARCHAR NOT NULL,
+            sha256 VARCHAR NOT NULL,
+            source VARCHAR,
+            label VARCHAR,
+            subtype VARCHAR,
+            magnification INTEGER,
+            patient_id VARCHAR,
+            width INTEGER,
+            height INTEGER,
+            size_bytes BIGINT,
+            mtime_ns BIGINT,
+            added_at TIMESTAMP DEFAULT current_timestamp
+        )""")
+    con.execute("""
+        CREATE TABLE runs (
+            run_id VARCHAR PRIMARY KEY,
+            started_at TIMESTAMP,
+            finished_at TIMESTAMP,
+            status VARCHAR,
+            pid INTEGER,
+            command VARCHAR,
+            data_root VARCHAR,
+            source VARCHAR,
+            dataset_fingerprint VARCHAR,
+            n_images INTEGER,
+            n_skipped INTEGER,
+            settings JSON,
+            versions JSON,
+            warnings JSON
+        )""")
+    con.execute("CREATE TABLE run_images (run_id VARCHAR, image_id BIGINT, PRIMARY KEY (run_id, image_id))")
+    con.execute("CREATE TABLE skipped_files (run_id VARCHAR, relpath VARCHAR, reason VARCHAR)")
+    con.execute("""
+        CREATE TABLE embedding_sets (
+            table_name VARCHAR PRIMARY KEY,
+            backbone VARCHAR NOT NULL,
+            weights_id VARCHAR NOT NULL,
+            weights_kind VARCHAR,
+            weights_sha256 VARCHAR,
+            weights_path VARCHAR,
+            dim INTEGER NOT NULL,
+            created_at TIMESTAMP DEFAULT current_timestamp,
+            UNIQUE (backbone, weights_id)
+        )""")
+    con.execute("""
+        CREATE TABLE run_backbones (
+            run_id VARCHAR,
+            backbone VARCHAR,
+            table_name VARCHAR,
+            weights_id VARCHAR,
+            weights_kind VARCHAR,
+            weights_sha256 VARCHAR,
+            weights_note VARCHAR,
+            dim INTEGER,
+            n_embedded INTEGER,
+            n_reused INTEGER,
+            seconds DOUBLE,
+            images_per_second DOUBLE,
+            status VARCHAR,
+            error VARCHAR,
+            PRIMARY KEY (run_id, backbone)
+        )""")
+    con.execute("""
+        CREATE TABLE analysis_runs (
+            run_id VARCHAR,
+            analysis VARCHAR,
+            backbone VARCHAR,
+            status VARCHAR,
+            message VARCHAR,
+            seconds DOUBLE,
+            PRIMARY KEY (run_id, analysis, backbone)
+        )""")
+    con.execute("""
+        CREATE TABLE results_findings (
+            run_id VARCHAR, backbone VARCHAR, analysis VARCHAR,
+            severity VARCHAR, message VARCHAR, detail JSON
+        )""")
+    con.execute("""
+        CREATE TABLE results_figures (
+            run_id VARCHAR, backbone VARCHAR, analysis VARCHAR,
+            name VARCHAR, mime VARCHAR, content BLOB, alt VARCHAR, caption VARCHAR
+        )""")
+    con.execute("CREATE TABLE result_tables (run_id VARCHAR, backbone VARCHAR, analysis VARCHAR, table_name VARCHAR, description VARCHAR)")
+    con.execute("CREATE TABLE exports (run_id VARCHAR, exporter VARCHAR, path VARCHAR, created_at TIMESTAMP)")
+
+
+def m002_export_parity(con: duckdb.DuckDBPyConnection) -> None:
+    con.execute("""
+        CREATE TABLE export_parity (
+            run_id VARCHAR, backbone VARCHAR, format VARCHAR, path VARCHAR, input_type VARCHAR,
+            size_bytes BIGINT, latency_single_ms DOUBLE, latency_batch32_ms DOUBLE,
+            keras_latency_single_ms DOUBLE, keras_latency_batch32_ms DOUBLE,
+            centred_cosine_mean DOUBLE, centred_cosine_min DOUBLE, similarity_rank_corr DOUBLE,
+            prediction_agreement DOUBLE, max_probability_diff DOUBLE, n_images INTEGER,
+            created_at TIMESTAMP DEFAULT current_timestamp
+        )""")
+
+
+def m003_training(con: duckdb.DuckDBPyConnection) -> None:
+    """``tk train``: one row per training run, its per-epoch history, held-out metrics and ablation
+    differences."""
+    con.execute("""
+        CREATE TABLE training_runs (
+            train_id VARCHAR PRIMARY KEY, backbone VARCHAR, variant VARCHAR, base_weights_id VARCHAR,
+            base_weights_kind VARCHAR, ablation_id VARCHAR, settings JSON, classes JSON, model_path VARCHAR,
+            model_sha256 VARCHAR, n_train_images INTEGER, n_val_images INTEGER, n_train_patients INTEGER,
+            n_val_patients INTEGER, started_at TIMESTAMP, finished_at TIMESTAMP, status VARCHAR, error VARCHAR
+        )""")
+    con.execute("""
+        CREATE TABLE training_history (
+            train_id VARCHAR, epoch INTEGER, phase VARCHAR, loss DOUBLE, accuracy DOUBLE, val_loss DOUBLE,
+            val_accuracy DOUBLE, val_balanced_accuracy DOUBLE, val_roc_auc DOUBLE, learning_rate DOUBLE,
+            seconds DOUBLE, PRIMARY KEY (train_id, epoch)
+        )""")
+    con.execute("""
+        CREATE TABLE training_metrics (
+            train_id VARCHAR, split VARCHAR, metric VARCHAR, class VARCHAR, value DOUBLE,
+            ci_low DOUBLE, ci_high DOUBLE
+        )""")
+    con.execute("""
+        CREATE TABLE training_differences (
+            ablation_id VARCHAR, factor VARCHAR, train_a VARCHAR, train_b VARCHAR, metric VARCHAR,
+            class VARCHAR, value_a DOUBLE, value_b DOUBLE, difference DOUBLE, ci_low DOUBLE, ci_high DOUBLE
+        )""")
+
+
+def m004_analysis_cache_key(con: duckdb.DuckDBPyConnection) -> None:
+    """Analyses whose code, data and settings are unchanged reuse stored results (``cache_key``)."""
+    con.execute("ALTER TABLE analysis_runs ADD COLUMN cache_key VARCHAR")
+
+
+def m005_precision(con: duckdb.DuckDBPyConnection) -> None:
+    """``tk run --precision``: the numeric precision is part of an embedding set's key (so bf16 or
+    int8 vectors never join fp32 ones), the quantised model that made an int8 set is kept with it,
+    and each run records its precision and its parity against fp32 per backbone."""
+    con.execute("""
+        CREATE TABLE embedding_sets_m005 (
+            table_name VARCHAR PRIMARY KEY,
+            backbone VARCHAR NOT NULL,
+            weights_id VARCHAR NOT NULL,
+            weights_kind VARCHAR,
+            weights_sha256 VARCHAR,
+            weights_path VARCHAR,
+            dim INTEGER NOT NULL,
+            created_at TIMESTAMP DEFAULT current_timestamp,
+            precision VARCHAR NOT NULL DEFAULT 'fp32',
+            model_path VARCHAR,
+            model_sha256 VARCHAR,
+            UNIQUE (backbone, weights_id, precision)
+        )""")
+    con.execute("INSERT INTO embedding_sets_m005 (table_name, backbone, weights_id, weights_kind, weights_sha256, "
+                "weights_path, dim, created_at) SELECT table_name, backbone, weights_id, weights_kind, weights_sha256, "
+                "weights_path, dim, created_at FROM embedding_sets")
+    con.execute("DROP TABLE embedding_sets")
+    con.execute("ALTER TABLE embedding_sets_m005 RENAME TO embedding_sets")
+    con.execute("ALTER TABLE run_backbones ADD COLUMN precision VARCHAR DEFAULT 'fp32'")
+    for column in ("parity_centred_cosine_mean", "parity_centred_cosine_min", "parity_rank_corr"):
+        con.execute(f"ALTER TABLE run_backbones ADD COLUMN {column} DOUBLE")
+    con.execute("ALTER TABLE run_backbones ADD COLUMN parity_n_images INTEGER")
+
+
+MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_create_tables, m002_export_parity,
+                                                                  m003_training, m004_analysis_cache_key,
+                                                                  m005_precision]
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> None:
+    """Apply every migration not yet recorded in ``_migrations``."""
+    con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP)")
+    done = {row[0] for row in con.execute("SELECT name FROM _migrations").fetchall()}
+    for migration in MIGRATIONS:
+        if migration.__name__ in done:
+            continue
+        con.execute("BEGIN TRANSACTION")
+        migration(con)
+        con.execute("INSERT INTO _migrations VALUES (?, ?)", [migration.__name__, utcnow()])
+        con.execute("COMMIT")
