@@ -7,8 +7,8 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_score
 
 from tests.test_stats_common import synthetic_context
-from toolkit.plugins.analyses.probe import (OutOfFold, confusion_counts, confusion_metrics, metric_rows, probe,
-                                            weighted_auc)
+from toolkit.analysis.evaluation import OutOfFold, confusion_counts, confusion_metrics, metric_rows, weighted_auc
+from toolkit.plugins.analyses.probe import probe
 from toolkit.plugin.results import SkipAnalysis, Table
 
 
@@ -110,7 +110,7 @@ def test_row_space_projection_gives_the_same_probe():
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    from toolkit.plugins.analyses.probe import RowSpace
+    from toolkit.analysis.evaluation import RowSpace
 
     rng = np.random.default_rng(0)
     x = rng.normal(size=(60, 300))
@@ -128,7 +128,7 @@ def test_row_space_projection_gives_the_same_probe():
 def test_standardise_matches_standard_scaler(dtype):
     from sklearn.preprocessing import StandardScaler
 
-    from toolkit.plugins.analyses.probe import standardise
+    from toolkit.analysis.evaluation import standardise
 
     rng = np.random.default_rng(4)
     x = np.abs(rng.normal(3, 2, size=(2500, 40))).astype(dtype)
@@ -150,7 +150,7 @@ def test_parallel_probe_matches_a_plain_scikit_learn_cross_validation():
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from toolkit.plugins.analyses.probe import cross_validate, fold_indices
+    from toolkit.analysis.evaluation import cross_validate, fold_indices
     from toolkit.analysis.stats import group_codes
 
     context = synthetic_context(n_patients=30, per_patient=20, dim=48, signal=0.6)

@@ -12,7 +12,8 @@ import pytest
 
 from tests.conftest import TINY
 from toolkit.plugin.types import Analysis, Backbone, Exporter, Needs
-from toolkit.plugin.registry import DEFAULT_PLUGINS, load_registry
+from toolkit.plugin.registry import load_registry
+from toolkit.plugins import BUILTIN_PLUGINS
 from toolkit.plugin.results import Finding, Table
 from toolkit.testing import (ANALYSIS_CHECKS, check_analysis_is_deterministic, check_analysis_leaves_inputs_alone,
                              check_analysis_results_are_stored, check_analysis_skips_with_reason,
@@ -23,7 +24,7 @@ from toolkit.testing import (ANALYSIS_CHECKS, check_analysis_is_deterministic, c
 # and read the run's image files, which the kit's synthetic store (made-up backbones, no files)
 # cannot give; tests/test_deploy.py and tests/test_report.py run them end to end instead.
 NEEDS_A_REAL_RUN = {"tflite", "tflite-fp16", "tflite-dynamic", "tflite-int8", "savedmodel", "gradcam"}
-BUILTIN_ITEMS = [item for module in DEFAULT_PLUGINS for item in registered(importlib.import_module(module))
+BUILTIN_ITEMS = [item for module in BUILTIN_PLUGINS for item in registered(importlib.import_module(module))
                  if item.name not in NEEDS_A_REAL_RUN]
 
 

@@ -14,6 +14,7 @@ from toolkit.errors import TkError
 from toolkit.plugin.registry import load_registry
 from toolkit.ingest.scan import sha256_file
 from toolkit.models.training import (TrainSettings, class_weights, classifier_model, oversampled, patient_split, train)
+from toolkit.models.variants import find_backbone
 
 QUICK = {"backbone": "tiny", "weights": "random", "plugins": [str(TINY)], "epochs": 8, "learning_rate": 0.01,
          "batch_size": 8, "unfreeze": 0, "n_bootstrap": 200, "patience": 100}
@@ -92,9 +93,9 @@ def test_balancing_modes():
 def test_unknown_variant_is_one_clear_error():
     registry = load_registry([str(TINY)])
     with pytest.raises(TkError, match="tk train --backbone tiny"):
-        registry.backbone("tiny@t20000101t000000-0000")
+        find_backbone(registry.backbones, "tiny@t20000101t000000-0000")
     with pytest.raises(TkError, match="unknown backbone 'nope'"):
-        registry.backbone("nope@t20000101t000000-0000")
+        find_backbone(registry.backbones, "nope@t20000101t000000-0000")
 
 
 def test_train_then_run_explain_and_export_the_variant(imbalanced, tmp_path):

@@ -155,11 +155,12 @@ def build_app(plugins: list[str]) -> typer.Typer:
         """Nearest stored images by cosine similarity (the query is embedded if it is new)."""
         from toolkit.plugin.registry import load_registry
         from toolkit.models.similar import find_similar
+        from toolkit.models.variants import find_backbone
         from toolkit.store import Store
 
         registry = load_registry(plugins)
         with Store.open(store) as opened:
-            frame = find_similar(opened, registry.backbone(backbone), image, k)
+            frame = find_similar(opened, find_backbone(registry.backbones, backbone), image, k)
         _print_table(frame, fmt)
 
     @app.command()

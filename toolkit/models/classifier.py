@@ -17,7 +17,9 @@ from toolkit.errors import TkError
 from toolkit.plugin.types import Backbone
 from toolkit.plugin.registry import Registry
 from toolkit.store import EmbeddingSet, Store
+from toolkit.analysis.evaluation import C_DEFAULT
 from toolkit.extract.weights import build_model, request_for
+from toolkit.models.variants import find_backbone
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,6 @@ def fit_head(embeddings: np.ndarray, labels: np.ndarray, seed: int = 0) -> Head:
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
-    from toolkit.plugins.analyses.probe import C_DEFAULT
 
     classes = sorted({str(label) for label in labels})
     if len(classes) < 2:
@@ -103,7 +104,7 @@ def load_classifier(store: Store, registry: Registry, backbone_name: str, run_id
     kind, weights_id, precision, dim = row
     path_row = store.one("SELECT weights_path FROM embedding_sets WHERE backbone = ? AND weights_id = ?",
                          [backbone_name, weights_id])
-    backbone = registry.backbone(backbone_name)
+    backbone = find_backbone(registry.backbones, backbone_name)
     metadata, embeddings = store.run_embeddings(run["run_id"], EmbeddingSet(backbone_name, weights_id, dim, precision))
     if metadata["label"].isna().any():
         raise TkError("the classifier needs a label for every image of the run")

@@ -27,12 +27,12 @@ import pandas as pd
 from toolkit import console
 from toolkit.errors import TkError
 from toolkit.plugin.types import Backbone
-from toolkit.plugins.analyses.probe import (OutOfFold, metric_rows, patient_resamples, percentile_ci,
+from toolkit.analysis.evaluation import (OutOfFold, metric_rows, patient_resamples, percentile_ci,
                                             probe_metrics)
 from toolkit.analysis.stats import group_codes
 from toolkit.ingest.scan import sha256_file
 from toolkit.store import Store
-from toolkit.models.variants import VariantInfo, model_path, register_variant, variant_name
+from toolkit.models.variants import VariantInfo, find_backbone, model_path, register_variant, variant_name
 
 BALANCE_MODES = ("weights", "oversample", "none")
 FINETUNE_LR_FACTOR = 0.1
@@ -478,7 +478,7 @@ def train(settings: TrainSettings, ablation: bool = False) -> tuple[list[TrainOu
         raise TkError(f"--balance {settings.balance!r} is not one of {', '.join(BALANCE_MODES)}")
     if settings.epochs < 1 or settings.unfreeze < 0:
         raise TkError("--epochs must be at least 1 and --unfreeze at least 0")
-    backbone = load_registry(settings.plugins).backbone(settings.backbone)
+    backbone = find_backbone(load_registry(settings.plugins).backbones, settings.backbone)
     data = load_training_data(settings, backbone.input_size)
     if not ablation:
         return [train_one(settings.store, backbone, data, settings)], None

@@ -128,6 +128,16 @@ def resolve(backbones: dict[str, Backbone], name: str) -> Backbone:
     return variant_backbone(backbones[match["base"]], info)
 
 
+def find_backbone(backbones: dict[str, Backbone], name: str) -> Backbone:
+    """A registered backbone, or the fine-tuned variant ``<base>@<train_id>``."""
+    if "@" in name:
+        return resolve(backbones, name)
+    if name not in backbones:
+        known = ", ".join(sorted(backbones)) or "none"
+        raise TkError(f"unknown backbone {name!r}; available: {known} (see `tk plugins`)")
+    return backbones[name]
+
+
 def with_variants(backbones: dict[str, Backbone], names: list[str]) -> dict[str, Backbone]:
     """``backbones`` plus the variants among ``names`` (those containing ``@``), resolved."""
     return {**backbones, **{name: resolve(backbones, name) for name in names if "@" in name}}

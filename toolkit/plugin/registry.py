@@ -1,6 +1,7 @@
 """The plugin manager: loads built-in and third-party plugins and collects what they register.
 
-Plugins come from, in this order: the built-ins (``DEFAULT_PLUGINS``), installed packages that
+Plugins come from, in this order: the built-ins (the modules listed by the ``tk.builtins`` entry
+point, declared in pyproject.toml), installed packages that
 declare an entry point in the group ``tk``, ``*.py`` files in a ``tk_plugins/`` folder of the
 working directory, and files or folders given with ``--plugin``. ``TK_LOAD_PLUGINS`` (comma list of
 entry-point names, empty for none) restricts which installed packages load; ``TK_BLOCK_PLUGINS``
@@ -27,24 +28,8 @@ from toolkit.plugin import hookspecs
 from toolkit.errors import PluginError
 from toolkit.plugin.types import Analysis, Backbone, Exporter
 
-DEFAULT_PLUGINS = (
-    "toolkit.plugins.backbones.resnet50",
-    "toolkit.plugins.backbones.efficientnetb0",
-    "toolkit.plugins.backbones.densenet201",
-    "toolkit.plugins.analyses.pca",
-    "toolkit.plugins.analyses.ttest",
-    "toolkit.plugins.analyses.anova",
-    "toolkit.plugins.analyses.correlation",
-    "toolkit.plugins.analyses.clustering",
-    "toolkit.plugins.analyses.probe",
-    "toolkit.plugins.analyses.integrity",
-    "toolkit.plugins.analyses.gradcam",
-    "toolkit.plugins.exporters.html_report",
-    "toolkit.plugins.exporters.savedmodel",
-    "toolkit.plugins.exporters.tflite",
-    "toolkit.plugins.commands.new_plugin",
-    "toolkit.plugins.commands.train",
-)
+BUILTIN_GROUP = "tk.builtins"
+"""Entry-point group whose entries load a list of built-in plugin module names."""
 LOCAL_PLUGIN_DIR = "tk_plugins"
 PLUGIN_NAME = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
 EXPORTER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,40}$")  # exporter names are never SQL identifiers
@@ -107,11 +92,7 @@ class Registry:
     pm: pluggy.PluginManager
 
     def backbone(self, name: str) -> Backbone:
-        """A registered backbone, or a fine-tuned variant ``<base>@<train_id>`` (toolkit.models.variants)."""
-        if "@" in name:
-            from toolkit.models.variants import resolve
-
-            return resolve(self.backbones, name)
+        """A registered backbone (fine-tuned variants: ``toolkit.models.variants.find_backbone``)."""
         return _lookup(self.backbones, name, "backbone")
 
     def analysis(self, name: str) -> Analysis:
@@ -174,6 +155,18 @@ def _plugin_files(paths: Iterable[Path]) -> list[Path]:
     return files
 
 
+def builtin_plugins() -> list[str]:
+    """Module names of the built-in plugins, from the ``tk.builtins`` entry point of the installed tk.
+
+    Core names no built-in: they are found the way installed plugins are, so built-ins use exactly
+    the public API.
+    """
+    names: list[str] = []
+    for ep in importlib.metadata.entry_points(group=BUILTIN_GROUP):
+        names.extend(ep.load())
+    return names
+
+
 def make_plugin_manager(plugin_paths: Iterable[Path] = ()) -> tuple[pluggy.PluginManager, dict[str, Origin]]:
     """Load every plugin and return the manager with each plugin's origin."""
     pm = pluggy.PluginManager("tk")
@@ -183,7 +176,7 @@ def make_plugin_manager(plugin_paths: Iterable[Path] = ()) -> tuple[pluggy.Plugi
         pm.set_blocked(name)
     origins: dict[str, Origin] = {}
 
-    for module_name in DEFAULT_PLUGINS:
+    for module_name in builtin_plugins():
         short = module_name.rsplit(".", 1)[-1]
         if short in blocked:
             continue
