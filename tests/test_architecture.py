@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 import toolkit
 
@@ -41,3 +46,32 @@ def test_the_boundary_check_catches_every_form_of_import():
                    "importlib.import_module('toolkit.plugins.analyses.probe')"):
         assert plugin_imports(source) == [1], source
     assert plugin_imports("from toolkit.plugin.types import Analysis\nimport toolkit.pluginsx") == []
+
+
+HEAVY = ("pandas", "scipy.stats", "matplotlib", "tensorflow", "sklearn", "duckdb")
+STARTUP_PROBE = """
+import json, sys, time
+from toolkit.cli import main
+from toolkit.lazy import is_loaded
+started = time.process_time()
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print(json.dumps({"cpu": time.process_time() - started, "loaded": [m for m in %r if is_loaded(m)]}), file=sys.stderr)
+""" % (HEAVY,)
+
+
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["plugins", "--json"], ["run", "--help"]])
+def test_fast_start_imports_no_heavy_library(args):
+    """Listing commands and plugins loads every plugin module, but none of the libraries they compute with."""
+    done = subprocess.run([sys.executable, "-c", STARTUP_PROBE, *args], capture_output=True, text=True, timeout=120)
+    report = json.loads(done.stderr.strip().splitlines()[-1])
+    assert report["loaded"] == [], f"tk {' '.join(args)} imported {report['loaded']}"
+    assert done.stdout.strip(), "the command printed nothing"
+
+
+def test_version_works():
+    done = subprocess.run([sys.executable, "-m", "toolkit", "--version"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"tk {toolkit.__version__}"

@@ -89,7 +89,7 @@ def test_hook_prepare_jinja2_environment(tmp_path):
     registry = load_registry([EVERY_HOOK])
     with Store.open(tmp_path / "tk.duckdb") as store:
         run = synthetic_run(store)
-        context = ExportContext(run.run_id, store, {"plugins": [str(EVERY_HOOK)]}, tmp_path / "templates")
+        context = ExportContext(run.run_id, store, {}, tmp_path / "templates", registry)
         [path] = registry.exporter("html").export(context, tmp_path / "out")
     html = path.read_text()
     assert '<p class="shout">OUR LAB!</p>' in html
@@ -102,7 +102,7 @@ def test_hook_report_sections(tmp_path):
     with Store.open(tmp_path / "tk.duckdb") as store:
         run = synthetic_run(store)
         n_images = store.one("SELECT count(*) FROM run_images WHERE run_id = ?", [run.run_id])[0]
-        context = ExportContext(run.run_id, store, {"plugins": [str(EVERY_HOOK)]})
+        context = ExportContext(run.run_id, store, registry=registry)
         [path] = registry.exporter("html").export(context, tmp_path / "out")
     html = path.read_text()
     assert f"<h2>Lab notes</h2>\n<p>{n_images} images were scanned in our lab.</p>" in html

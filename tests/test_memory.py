@@ -25,4 +25,4 @@ def test_release_free_memory_returns_a_fragmented_heap_to_the_system():
     before = _rss_mb()
     assert release_free_memory() is True
     assert before - _rss_mb() > 100, "malloc_trim should return most of the ~196 MB just freed"
-    assert len(keep) == 1000
+    del keep  # held until here, so the freed pages above were not at the heap's top

@@ -35,7 +35,9 @@ def test_analysis_scaffold_installs_lists_runs_and_passes_its_own_test(tmp_path,
     rows = json.loads(run_tk("plugins", "--json", env=env).stdout)
     mine = [r for r in rows if r["name"] == "my_thing"]
     assert mine == [{"name": "my_thing", "kind": "analysis", "plugin": "my_thing (tk-my-thing)",
-                     "source": "entrypoint", "version": "0.1.0"}]
+                     "source": "entrypoint", "version": "0.1.0", "needs": [],
+                     "settings": [{"key": "my_thing.scale", "type": "str", "default": "raw",
+                                   "choices": ["raw", "standardised"], "help": "raw or standardised features"}]}]
 
     store, out = tmp_path / "tk.duckdb", tmp_path / "out"
     result = run_tk("run", breakhis, "--backbone", "tiny", "--weights", "random", "--plugin", TINY,

@@ -52,7 +52,7 @@ def synthetic_context(n_patients: int = 24, per_patient: int = 12, dim: int = 32
     embeddings = {name: synthetic_embeddings(metadata, dim + 8 * i, signal, seed + i) for i, name in enumerate(backbones)}
     first = backbones[0] if len(backbones) == 1 else None
     return AnalysisContext(run_id="test", backbone=first, embeddings=embeddings[first] if first else None,
-                           metadata=metadata, all_embeddings=embeddings, con=duckdb.connect(),
+                           metadata=metadata, all_embeddings=embeddings,
                            settings=settings or {}, seed=seed)
 
 

@@ -74,7 +74,7 @@ def test_point_estimates_and_patient_score():
 
 
 def test_probe_finds_the_signal_and_stores_predictions():
-    results = probe(synthetic_context(dim=24, signal=2.0, settings={"probe_bootstrap": 200}))
+    results = probe(synthetic_context(dim=24, signal=2.0, settings={"bootstrap": 200}))
     metrics = _metrics(results)
     assert set(metrics["split"]) == {"patient", "image"} and set(metrics["target"]) == {"label", "subtype"}
     honest = _value(metrics, "label", "patient", "balanced_accuracy")
@@ -92,7 +92,7 @@ def test_probe_finds_the_signal_and_stores_predictions():
 
 
 def test_probe_on_shuffled_labels_is_at_chance():
-    context = synthetic_context(dim=24, signal=0.0, settings={"probe_bootstrap": 200})
+    context = synthetic_context(dim=24, signal=0.0, settings={"bootstrap": 200})
     context.metadata["label"] = context.metadata["label"].sample(frac=1.0, random_state=5).to_numpy()
     value = _value(_metrics(probe(context)), "label", "patient", "balanced_accuracy")
     assert 0.38 < value["value"] < 0.62 and value["ci_low"] < 0.5  # CV under the null sits at or below chance

@@ -62,7 +62,7 @@ def test_ttest_on_shuffled_labels_finds_nothing():
 
 
 def test_ttest_other_grouping_and_skips():
-    context = synthetic_context(dim=8, settings={"ttest_grouping": "magnification"})
+    context = synthetic_context(dim=8, settings={"grouping": "magnification"})
     with pytest.raises(SkipAnalysis, match="two groups"):
         ttest(context)
     context.metadata["magnification"] = np.where(context.metadata["magnification"] < 200, 40, 400)

@@ -1,15 +1,21 @@
 """tk: histopathology image embeddings, stored in DuckDB, analysed, explained, exported, reported.
 
-Plugin authors need only this::
+The public API for plugin authors is importable from here::
 
-    from toolkit import hookimpl
+    from toolkit import Analysis, Needs, Setting, Table, hookimpl
 
     @hookimpl
     def register_analyses(register):
-        register(Analysis(name="my_analysis", run=my_function))
+        register(Analysis(name="my_analysis", run=my_function, needs=Needs(labels=True)))
+
+Names other than ``hookimpl`` are loaded on first use, so that ``import toolkit`` stays fast.
 """
 
+from __future__ import annotations
+
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 import pluggy
 
@@ -21,4 +27,28 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["hookimpl", "__version__"]
+_PUBLIC = {
+    "Backbone": "toolkit.plugin.types", "Analysis": "toolkit.plugin.types", "Exporter": "toolkit.plugin.types",
+    "Needs": "toolkit.plugin.types", "AnalysisContext": "toolkit.plugin.types",
+    "ExportContext": "toolkit.plugin.types", "CliContext": "toolkit.plugin.types",
+    "ReportSection": "toolkit.plugin.types",
+    "Setting": "toolkit.plugin.settings",
+    "Table": "toolkit.plugin.results", "Figure": "toolkit.plugin.results", "Finding": "toolkit.plugin.results",
+    "Result": "toolkit.plugin.results", "SkipAnalysis": "toolkit.plugin.results",
+    "TkError": "toolkit.errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _PUBLIC:
+        value = getattr(import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'toolkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_PUBLIC])
+
+
+__all__ = ["hookimpl", "__version__", *_PUBLIC]

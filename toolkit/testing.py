@@ -36,7 +36,9 @@ import numpy as np
 import pandas as pd
 
 from toolkit import __version__
-from toolkit.analysis.runner import run_analyses
+from toolkit.analysis.runner import RunData, run_analyses
+from toolkit.plugin.registry import load_registry
+from toolkit.plugin.settings import resolved
 from toolkit.plugin.types import Analysis, AnalysisContext, Backbone, ExportContext, Exporter
 from toolkit.plugin.results import Figure, Finding, MalformedResult, Result, Table, table_name, validate_results
 from toolkit.ingest.scan import ScannedImage
@@ -116,22 +118,11 @@ def synthetic_run(store: Store, n_images: int = KIT_IMAGES, backbones: Mapping[s
 
 # --- analyses ------------------------------------------------------------------------------------
 
-def _read_only(array: np.ndarray) -> np.ndarray:
-    array = array.view()
-    array.flags.writeable = False
-    return array
-
-
 def _kit_context(run: SyntheticRun, analysis: Analysis, seed: int) -> AnalysisContext:
-    """The context the runner would build for ``analysis`` (first backbone, or all of them)."""
-    loaded = {name: run.store.run_embeddings(run.run_id, s) for name, s in run.sets.items()}
-    first = next(iter(loaded))
-    metadata = loaded[first][0]
-    every = {name: _read_only(matrix) for name, (_, matrix) in loaded.items()}
-    return AnalysisContext(run_id=run.run_id, backbone=None if analysis.needs.all_backbones else first,
-                           embeddings=None if analysis.needs.all_backbones else every[first],
-                           metadata=metadata, all_embeddings=every, con=run.store.con,
-                           settings={"plugins": []}, seed=seed)
+    """The context the runner builds for ``analysis`` (first backbone, or all of them), with its
+    default settings."""
+    data = RunData.load(run.store, run.run_id, run.sets)
+    return data.context(analysis, data.targets(analysis)[0], resolved(analysis, {}), seed, load_registry())
 
 
 def _results(analysis: Analysis, context: AnalysisContext) -> list[Result]:
@@ -240,7 +231,7 @@ def check_analysis_skips_with_reason(analysis: Analysis, seed: int = 0) -> None:
     for scenario, arguments in _unmet_scenarios(analysis).items():
         store = Store.open(":memory:")
         run = synthetic_run(store, **arguments)
-        outcomes = run_analyses(store, run.run_id, run.sets, [analysis], {"plugins": []}, seed)
+        outcomes = run_analyses(store, run.run_id, run.sets, [analysis], seed=seed, registry=load_registry())
         must_skip = scenario != "unlabelled images" or analysis.needs.labels or analysis.needs.patients
         for outcome in outcomes:
             where = f"analysis {analysis.name!r} on {scenario} ({outcome.backbone})"
@@ -332,7 +323,7 @@ def _kit_store(path: Path) -> str:
 def _export(exporter: Exporter, store_path: Path, run_id: str, out_dir: Path) -> list[Path]:
     """Export from the store opened read-only, as ``tk report`` does; exporters must not write to it."""
     with Store.open(store_path, read_only=True) as store:
-        context = ExportContext(run_id, store, {"plugins": [], "reveal_ids": False})
+        context = ExportContext(run_id, store, {"reveal_ids": False}, registry=load_registry())
         try:
             written = exporter.export(context, out_dir)
         except Exception as exc:

@@ -6,15 +6,19 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-import pandas as pd
-from scipy import special, stats
 
 from toolkit import hookimpl
+from toolkit.plugin.settings import Setting
 from toolkit.plugin.types import Analysis, AnalysisContext, Needs
 from toolkit.analysis.stats import (FDR_ALPHA, ColumnRanks, LevelView, RankCache, bh_qvalues,
                                                    embeddings_f64, group_codes, group_sums, level_views,
                                                    patient_note, valid_groups)
 from toolkit.plugin.results import Finding, SkipAnalysis, Table
+from toolkit.lazy import lazy_import
+
+pd = lazy_import("pandas")
+special = lazy_import("scipy.special")
+stats = lazy_import("scipy.stats")
 
 FACTORS = ("subtype", "magnification")
 TUKEY_TOP = 3
@@ -140,13 +144,13 @@ def _factor_results(metadata: pd.DataFrame, x: np.ndarray, factor: str, top_k: i
 
 def anova(context: AnalysisContext) -> list:
     """Table ``main`` (see :func:`one_way`; every factor and level), table ``tukey`` (see
-    :func:`tukey`; the ``settings["anova_tukey_top"]`` features of largest F per factor and level)
+    :func:`tukey`; the ``tukey_top`` setting's features of largest F per factor and level)
     and one finding per factor and level."""
     x = embeddings_f64(context)
     factors = [f for f in FACTORS if f in context.metadata.columns and len(valid_groups(context.metadata[f])) >= 2]
     if not factors:
         raise SkipAnalysis(f"anova needs at least 2 groups of at least 2 images in one of {', '.join(FACTORS)}")
-    top_k = int(context.settings.get("anova_tukey_top", TUKEY_TOP))
+    top_k = int(context.settings.get("tukey_top", TUKEY_TOP))
     tables, posthoc, findings, cache = [], [], [patient_note(context.metadata)], RankCache()
     for factor in factors:
         factor_tables, factor_posthoc, factor_findings = _factor_results(context.metadata, x, factor, top_k, cache)
@@ -162,5 +166,7 @@ def anova(context: AnalysisContext) -> list:
 def register_analyses(register):
     """Register ``anova``."""
     register(Analysis(name="anova", run=anova, needs=Needs(min_samples=4), title="Many-group tests per feature",
+                      order=40, settings=(Setting("tukey_top", int, TUKEY_TOP,
+                                                  "features of largest F per factor and level that get Tukey HSD"),),
                       description="One-way ANOVA and Kruskal–Wallis per feature across subtype and magnification, "
                                   "BH-corrected, with Tukey HSD for the strongest features."))

@@ -9,13 +9,16 @@ for Ward's condensed input and for the per-cluster distance sums that every silh
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 from toolkit import hookimpl
 from toolkit.analysis.figures import colour_for, new_figure, to_svg
+from toolkit.plugin.settings import Setting
 from toolkit.plugin.types import Analysis, AnalysisContext, Needs
 from toolkit.analysis.stats import group_codes
 from toolkit.plugin.results import Figure, Finding, SkipAnalysis, Table
+from toolkit.lazy import lazy_import
+
+pd = lazy_import("pandas")
 
 MAX_IMAGES = 10_000
 DENDROGRAM_LEAVES = 30
@@ -131,7 +134,7 @@ def partition_scores(partition: np.ndarray, references: dict[str, np.ndarray]) -
 
 def _sample(context: AnalysisContext) -> tuple[np.ndarray, pd.DataFrame, list[Finding]]:
     meta = context.metadata.reset_index(drop=True)
-    limit = int(context.settings.get("clustering_max_images", MAX_IMAGES))
+    limit = int(context.settings.get("max_images", MAX_IMAGES))
     if len(meta) <= limit:
         return np.asarray(context.embeddings, dtype=np.float32), meta, []
     keep = np.sort(np.random.default_rng(context.seed).choice(len(meta), limit, replace=False))
@@ -214,7 +217,9 @@ def _dendrogram(backbone: str | None, links: np.ndarray, labels: np.ndarray) -> 
 @hookimpl
 def register_analyses(register):
     """Register ``clustering``."""
-    register(Analysis(name="clustering", run=clustering, needs=Needs(labels=True, min_samples=4),
+    register(Analysis(name="clustering", run=clustering, needs=Needs(labels=True, min_samples=4), order=20,
+                      settings=(Setting("max_images", int, MAX_IMAGES,
+                                        "most images clustered (a seeded sample beyond it)"),),
                       title="Hierarchical clustering",
                       description="Ward clustering of the images; silhouettes, adjusted Rand index, NMI and purity "
                                   "against label and subtype."))

@@ -4,12 +4,14 @@ backbones (linear CKA on the same images). Registers two analyses: ``correlation
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 from toolkit import hookimpl
 from toolkit.analysis.figures import new_figure, to_svg
 from toolkit.plugin.types import Analysis, AnalysisContext, Needs
 from toolkit.plugin.results import Figure, Finding, SkipAnalysis, Table
+from toolkit.lazy import lazy_import
+
+pd = lazy_import("pandas")
 
 REDUNDANT_R = 0.9
 TOP_PAIRS = 20
@@ -134,7 +136,7 @@ def _cka_figure(table: pd.DataFrame, names: list[str]) -> Figure:
 @hookimpl
 def register_analyses(register):
     """Register ``correlation`` (per backbone) and ``cka`` (across backbones)."""
-    register(Analysis(name="correlation", run=correlation, needs=Needs(min_samples=3), title="Feature redundancy",
+    register(Analysis(name="correlation", run=correlation, needs=Needs(min_samples=3), title="Feature redundancy", order=50,
                       description="How correlated the features of one backbone are, and how many directions they span."))
     register(Analysis(name="cka", run=cka, needs=Needs(min_samples=3, all_backbones=True),
                       title="Backbone similarity",

@@ -10,11 +10,13 @@ from __future__ import annotations
 import io
 
 import numpy as np
-import pandas as pd
 
 from toolkit import hookimpl
 from toolkit.plugin.types import Analysis, AnalysisContext, Needs
 from toolkit.plugin.results import Figure, SkipAnalysis, Table
+from toolkit.lazy import lazy_import
+
+pd = lazy_import("pandas")
 
 PER_KIND = 2
 
@@ -31,28 +33,22 @@ def choose(predictions: pd.DataFrame) -> pd.DataFrame:
 def gradcam_gallery(context: AnalysisContext) -> list:
     """Table ``main`` (image_id, y_true, y_pred, probability, correct, peak_row, peak_col: where the
     heatmap peaks, as a fraction of the image) and a gallery figure of the overlays."""
-    from toolkit.models.classifier import load_classifier
     from toolkit.ingest.images import read_image
+    from toolkit.models.classifier import load_classifier
     from toolkit.models.gradcam import gradcam, overlay_png
-    from toolkit.plugin.registry import load_registry
-    from toolkit.store import Store
 
-    store = Store(context.con, None, read_only=True)
-    if not store.table_exists("results_probe_predictions"):
-        raise SkipAnalysis("needs the probe's held-out predictions; run the probe analysis too")
-    predictions = store.query_df("""SELECT image_id, y_true, y_pred, class, probability FROM results_probe_predictions
-                                    WHERE run_id = ? AND backbone = ? AND target = 'label' AND split = 'patient'""",
-                                 [context.run_id, context.backbone])
+    predictions = context.results("probe", "predictions")
+    if not predictions.empty:
+        predictions = predictions[(predictions["target"] == "label") & (predictions["split"] == "patient")]
     if predictions.empty:
         raise SkipAnalysis("the probe made no patient-held-out predictions for label in this run")
-    registry = load_registry(context.settings.get("plugins", []))
-    classifier = load_classifier(store, registry, context.backbone, context.run_id, context.seed)
+    predictions = predictions[["image_id", "y_true", "y_pred", "class", "probability"]].reset_index(drop=True)
+    classifier = load_classifier(context.store, context.registry, context.backbone, context.run_id, context.seed)
     layer = classifier.backbone.gradcam_layer
     if not layer:
         raise SkipAnalysis(f"backbone {context.backbone} declares no gradcam_layer")
     chosen = choose(predictions)
-    paths = dict(store.con.execute("SELECT image_id, path FROM images WHERE image_id IN (SELECT unnest(?))",
-                                   [chosen["image_id"].tolist()]).fetchall())
+    paths = context.store.image_paths(chosen["image_id"])
     pixels = np.stack([read_image(paths[i], classifier.backbone.input_size) for i in chosen["image_id"]])
     class_index = [classifier.head.classes.index(label) for label in chosen["y_pred"]]
     heatmaps, _ = gradcam(classifier.model, layer, pixels, classifier.backbone.preprocess, class_index)
@@ -99,6 +95,7 @@ def _gallery(backbone: str, chosen: pd.DataFrame, overlays: list[bytes]) -> Figu
 @hookimpl
 def register_analyses(register):
     """Register ``gradcam``."""
-    register(Analysis(name="gradcam", run=gradcam_gallery, needs=Needs(labels=True, patients=True, min_samples=10),
+    register(Analysis(name="gradcam", run=gradcam_gallery,
+                      needs=Needs(labels=True, patients=True, min_samples=10, analyses=("probe",)), order=70,
                       title="Where the classifier looks (Grad-CAM)",
                       description="Grad-CAM overlays for the most confident right and wrong held-out predictions."))

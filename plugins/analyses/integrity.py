@@ -4,11 +4,13 @@ patients, and class / patient balance per magnification. Everything here is a fi
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 from toolkit import hookimpl
 from toolkit.plugin.types import Analysis, AnalysisContext, Needs
 from toolkit.plugin.results import Finding, Table
+from toolkit.lazy import lazy_import
+
+pd = lazy_import("pandas")
 
 NEAR_DUPLICATE_COSINE = 0.999
 BLOCK_ROWS = 2048

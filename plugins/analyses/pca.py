@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 from toolkit import hookimpl
 from toolkit.analysis.figures import MARKERS, colour_for, new_figure, to_svg
 from toolkit.plugin.types import Analysis, AnalysisContext, Needs
 from toolkit.plugin.results import Figure, Finding, SkipAnalysis, Table
+from toolkit.lazy import lazy_import
+
+pd = lazy_import("pandas")
 
 MAX_COMPONENTS = 50
 
@@ -73,5 +75,5 @@ def _scatter(context: AnalysisContext, coords: np.ndarray, ratio: np.ndarray) ->
 @hookimpl
 def register_analyses(register):
     """Register ``pca``."""
-    register(Analysis(name="pca", run=pca, needs=Needs(min_samples=3), title="Principal components",
+    register(Analysis(name="pca", run=pca, needs=Needs(min_samples=3), title="Principal components", order=10,
                       description="How many directions carry the embeddings' variance, and a 2-D map of the images."))

@@ -9,7 +9,6 @@ in both training and test folds) is stored beside it for comparison.
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 from toolkit import hookimpl
 from toolkit.analysis.evaluation import (C_DEFAULT, N_BOOTSTRAP, OutOfFold, confusion_counts, cross_validate,
@@ -17,7 +16,11 @@ from toolkit.analysis.evaluation import (C_DEFAULT, N_BOOTSTRAP, OutOfFold, conf
 from toolkit.analysis.figures import PALETTE, new_figure, to_svg
 from toolkit.analysis.stats import group_codes
 from toolkit.plugin.results import Figure, Finding, SkipAnalysis, Table
+from toolkit.plugin.settings import Setting
 from toolkit.plugin.types import Analysis, AnalysisContext, Needs
+from toolkit.lazy import lazy_import
+
+pd = lazy_import("pandas")
 
 TARGETS = ("label", "subtype")
 SPLITS = ("patient", "image")
@@ -34,7 +37,7 @@ def _target_problem(meta: pd.DataFrame, target: str) -> str | None:
 def _fit_all(context: AnalysisContext) -> tuple[list[OutOfFold], list[str]]:
     meta = context.metadata
     patients, _ = group_codes(meta["patient_id"])
-    c = float(context.settings.get("probe_c", C_DEFAULT))
+    c = float(context.settings.get("c", C_DEFAULT))
     planned, skipped = [], []
     for target in TARGETS:
         problem = _target_problem(meta, target)
@@ -62,7 +65,7 @@ def probe(context: AnalysisContext) -> list:
     if not fitted:
         raise SkipAnalysis("; ".join(skipped))
     patients, _ = group_codes(context.metadata["patient_id"])
-    n_bootstrap = int(context.settings.get("probe_bootstrap", N_BOOTSTRAP))
+    n_bootstrap = int(context.settings.get("bootstrap", N_BOOTSTRAP))
     metrics = pd.concat([metric_rows(oof, patients, n_bootstrap, context.seed) for oof in fitted], ignore_index=True)
     image_ids = context.metadata["image_id"].to_numpy()
     predictions = pd.concat([prediction_rows(oof, image_ids) for oof in fitted], ignore_index=True)
@@ -131,7 +134,9 @@ def _confusion_figure(backbone: str | None, oof: OutOfFold) -> Figure:
 @hookimpl
 def register_analyses(register):
     """Register ``probe``."""
-    register(Analysis(name="probe", run=probe, needs=Needs(labels=True, patients=True, min_samples=10),
+    register(Analysis(name="probe", run=probe, needs=Needs(labels=True, patients=True, min_samples=10), order=60,
+                      settings=(Setting("c", float, C_DEFAULT, "inverse L2 regularisation of the logistic regression"),
+                                Setting("bootstrap", int, N_BOOTSTRAP, "patient-bootstrap resamples for the CIs")),
                       title="Linear probe",
                       description="Logistic regression on standardised embeddings, cross-validated by patient "
                                   "(and, for comparison, leakily by image), with patient-bootstrap CIs."))

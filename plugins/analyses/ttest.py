@@ -1,6 +1,6 @@
 """Two-group comparison of every embedding feature: Welch's t, Mann–Whitney U, BH q, Hedges' g.
 
-The grouping is the ``label`` column unless ``settings["ttest_grouping"]`` names another metadata
+The grouping is the ``label`` column unless the ``grouping`` setting names another metadata
 column. Tests run on images and on per-patient mean embeddings (``level`` column).
 """
 
@@ -9,19 +9,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
-from scipy import special, stats
 
 from toolkit.analysis.stats import (FDR_ALPHA, ColumnRanks, LevelView, bh_qvalues, column_ranks,
                                                    embeddings_f64, level_views, patient_note, top_rows,
                                                    valid_groups)
 from toolkit import hookimpl
 from toolkit.analysis.figures import PALETTE, colour_for, new_figure, to_svg
+from toolkit.plugin.settings import Setting
 from toolkit.plugin.types import Analysis, AnalysisContext, Needs
 from toolkit.plugin.results import Figure, Finding, SkipAnalysis, Table
+from toolkit.lazy import lazy_import
+
+pd = lazy_import("pandas")
+special = lazy_import("scipy.special")
+stats = lazy_import("scipy.stats")
 
 TOP_K = 20
-Z_95 = stats.norm.ppf(0.975)
+Z_95 = 1.959963984540054  # scipy.stats.norm.ppf(0.975)
 MWU_EXACT_MAX = 8  # scipy's mannwhitneyu takes its exact distribution when a group is this small (and no ties)
 
 
@@ -131,9 +135,9 @@ def _summary(table: pd.DataFrame, level: str, grouping: str) -> Finding:
 
 def ttest(context: AnalysisContext) -> list:
     """Table ``main`` (every feature, see :func:`compare_two`), table ``top`` (the same columns,
-    the ``settings["ttest_top_k"]`` features of largest |hedges_g| per level), one finding per level
+    the ``top_k`` setting's features of largest |hedges_g| per level), one finding per level
     and a bar plot of the top 10 image-level features."""
-    grouping = context.settings.get("ttest_grouping", "label")
+    grouping = context.settings.get("grouping", "label")
     if grouping not in context.metadata.columns:
         raise SkipAnalysis(f"ttest_grouping {grouping!r} is not a metadata column")
     x = embeddings_f64(context)
@@ -147,7 +151,7 @@ def ttest(context: AnalysisContext) -> list:
         tables.append(compare_two(view, grouping, group_a, group_b))
     table = pd.concat(tables, ignore_index=True)
     findings += [_summary(table, level, grouping) for level in table["level"].unique()]
-    top = top_rows(table, "hedges_g", int(context.settings.get("ttest_top_k", TOP_K)), ["level"])
+    top = top_rows(table, "hedges_g", int(context.settings.get("top_k", TOP_K)), ["level"])
     return [Table("main", table, f"Welch t and Mann–Whitney U per feature, {group_b} vs {group_a}"),
             Table("top", top, "Features with the largest |Hedges' g| per level"),
             *findings, _bar_figure(context.backbone, top[top["level"] == "image"].head(10)),
@@ -210,7 +214,9 @@ def _boxplots(context: AnalysisContext, x: np.ndarray, features: list[int], grou
 @hookimpl
 def register_analyses(register):
     """Register ``ttest``."""
-    register(Analysis(name="ttest", run=ttest, needs=Needs(labels=True, min_samples=4),
+    register(Analysis(name="ttest", run=ttest, needs=Needs(labels=True, min_samples=4), order=30,
+                      settings=(Setting("grouping", str, "label", "metadata column whose two groups are compared"),
+                                Setting("top_k", int, TOP_K, "features of largest |hedges_g| per level in table top")),
                       title="Two-group tests per feature",
                       description="Welch's t and Mann–Whitney U per embedding feature, BH-corrected, with "
                                   "Hedges' g, on images and on per-patient means."))

@@ -17,6 +17,9 @@ KINDS = ("analysis", "backbone", "exporter")
 if TYPE_CHECKING:
     import typer
 
+    from toolkit.plugin.registry import Registry
+    from toolkit.plugin.types import CliContext
+
 SCAFFOLD = Path(__file__).parent / "scaffold"
 
 
@@ -57,17 +60,15 @@ def render_plugin(name: str, kind: str, parent: Path) -> Path:
     return target
 
 
-def _refuse_taken(name: str) -> None:
+def _refuse_taken(name: str, registry: Registry) -> None:
     """Refuse a name that a loaded plugin already registered: both could not load together."""
-    from toolkit.plugin.registry import load_registry
-
-    for row in load_registry().listing():
+    for row in registry.listing():
         if row["name"] == name:
             raise TkError(f"{name!r} is already taken by the {row['kind']} of plugin {row['plugin']}; choose another name")
 
 
 @hookimpl
-def register_commands(app: typer.Typer) -> None:
+def register_commands(app: typer.Typer, cli: CliContext) -> None:
     """Add ``tk new-plugin``."""
     import typer
 
@@ -80,7 +81,7 @@ def register_commands(app: typer.Typer) -> None:
         """Create a pip-installable plugin package with an example and a conformance test."""
         from toolkit import console
 
-        _refuse_taken(name)
+        _refuse_taken(name, cli.registry)
         target = render_plugin(name, kind, directory)
         print(target)
         console.info(f"next: pip install -e {target} && tk plugins && python -m pytest {target / 'tests'}")

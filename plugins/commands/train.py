@@ -6,7 +6,6 @@ Prints the trained variant's name (``<backbone>@<train_id>``) on stdout, one per
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional
 
@@ -14,6 +13,8 @@ from toolkit import hookimpl
 
 if TYPE_CHECKING:
     import typer
+
+    from toolkit.plugin.types import CliContext
 
 
 def _summary(metrics) -> str:  # noqa: ANN001 (a pandas DataFrame; pandas is imported lazily)
@@ -26,11 +27,11 @@ def _summary(metrics) -> str:  # noqa: ANN001 (a pandas DataFrame; pandas is imp
 
 
 @hookimpl
-def register_commands(app: typer.Typer) -> None:
+def register_commands(app: typer.Typer, cli: CliContext) -> None:
     """Add ``tk train``."""
     import typer
 
-    from toolkit.cli.app import PluginOption, split_plugin_args
+    from toolkit.cli.app import PluginOption
 
     @app.command(name="train")
     def train_command(
@@ -59,9 +60,7 @@ def register_commands(app: typer.Typer) -> None:
         from toolkit import console
         from toolkit.models.training import TrainSettings, train
 
-        # main() takes --plugin out before Typer parses, and register_commands(app) does not receive it
-        plugins, _ = split_plugin_args(sys.argv[1:])
-        settings = TrainSettings(data=data, backbone=backbone, weights=weights, store=store, plugins=plugins,
+        settings = TrainSettings(data=data, backbone=backbone, weights=weights, store=store, plugins=cli.plugins,
                                  source=source, augment=augment, balance=balance, epochs=epochs, unfreeze=unfreeze,
                                  learning_rate=learning_rate, batch_size=batch_size, val_fraction=val_fraction,
                                  patience=patience, seed=seed)

@@ -15,7 +15,6 @@ from toolkit.extract.conversion import calibration_sample
 from toolkit.plugin.types import ExportContext
 from toolkit.extract.litert import median_ms
 from toolkit.extract.parity import parity
-from toolkit.plugin.registry import load_registry
 
 N_CALIBRATION = 64
 N_PARITY = 32
@@ -24,13 +23,12 @@ BATCH = 32
 
 def classifiers(context: ExportContext) -> Iterator[Classifier]:
     """One classifier per backbone named in ``settings["backbones"]`` (default: all of the run's)."""
-    registry = load_registry(context.settings.get("plugins", []))
     names = context.settings.get("backbones") or [
         r[0] for r in context.store.con.execute(
             "SELECT backbone FROM run_backbones WHERE run_id = ? AND status = 'ok' ORDER BY backbone",
             [context.run_id]).fetchall()]
     for name in names:
-        yield load_classifier(context.store, registry, name, context.run_id, int(context.settings.get("seed", 0)))
+        yield load_classifier(context.store, context.registry, name, context.run_id, int(context.settings.get("seed", 0)))
 
 
 def sample_pixels(context: ExportContext, size: tuple[int, int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

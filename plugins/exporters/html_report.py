@@ -16,7 +16,7 @@ from typing import Any
 from toolkit import __version__, hookimpl
 from toolkit.plugin.types import ExportContext, Exporter, ReportSection
 from toolkit.plugins.exporters.report_data import MAX_TABLE_ROWS, gather, redact
-from toolkit.plugin.registry import Registry, load_registry
+from toolkit.plugin.registry import Registry
 from toolkit.plugin.results import validate_results
 from toolkit.report.environment import make_environment, write_atomically
 
@@ -64,7 +64,7 @@ def plugin_sections(registry: Registry, context: ExportContext) -> list[dict[str
 
 def export_report(context: ExportContext, out_dir: Path) -> list[Path]:
     """Render ``report.html`` for the run into ``out_dir`` (written atomically)."""
-    registry = load_registry(context.settings.get("plugins", []))
+    registry = context.registry
     env = make_environment(context.template_dir, registry.pm)
     titles = {name: a.title or name for name, a in registry.analyses.items()}
     data = gather(context.store, context.run_id, titles, reveal_ids=bool(context.settings.get("reveal_ids")))
@@ -80,5 +80,5 @@ def export_report(context: ExportContext, out_dir: Path) -> list[Path]:
 @hookimpl
 def register_exporters(register):
     """Register ``html`` (the run's report; on by default)."""
-    register(Exporter(name="html", export=export_report, default=True,
+    register(Exporter(name="html", export=export_report, default=True, rerender=True,
                       description="Self-contained HTML report of the run"))

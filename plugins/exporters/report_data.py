@@ -7,10 +7,12 @@ import hashlib
 import re
 from typing import Any
 
-import pandas as pd
 
 from toolkit.plugins.exporters.report_training import training_sections
 from toolkit.store import Store
+from toolkit.lazy import lazy_import
+
+pd = lazy_import("pandas")
 
 MAX_TABLE_ROWS = 20
 SECTION_ORDER = ["pca", "clustering", "ttest", "anova", "correlation", "probe", "gradcam"]

@@ -8,9 +8,11 @@ import json
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from toolkit.store import Store
+from toolkit.lazy import lazy_import
+
+pd = lazy_import("pandas")
 
 MAX_VARIANTS = 8
 METRICS = [("balanced_accuracy", "Balanced accuracy"), ("roc_auc", "AUC"), ("accuracy", "Accuracy"),

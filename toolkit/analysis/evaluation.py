@@ -15,9 +15,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from toolkit.plugin.results import SkipAnalysis
+from toolkit.lazy import lazy_import
+
+pd = lazy_import("pandas")
 
 N_SPLITS = 5
 N_BOOTSTRAP = 1000

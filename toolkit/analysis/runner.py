@@ -1,22 +1,23 @@
-"""The analysis runner: checks each analysis' needs, runs it, stores results or the failure."""
+"""The analysis runner: orders analyses by the results they read, checks each one's needs, runs it
+(or reuses stored results with the same cache key) and stores its results or its failure."""
 
 from __future__ import annotations
 
-import hashlib
-import inspect
-import json
 import threading
 import time
 import traceback
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
+from toolkit.analysis.cache import cache_key, data_key
+from toolkit.errors import TkError
+from toolkit.plugin.registry import Registry
+from toolkit.plugin.results import Finding, SkipAnalysis, validate_results
+from toolkit.plugin.settings import resolved
 from toolkit.plugin.types import Analysis, AnalysisContext, Needs
-from toolkit.plugin.results import SkipAnalysis, validate_results
 from toolkit.store import EmbeddingSet, Store
 
 ALL_BACKBONES = ""  # the backbone column of analyses that see every backbone at once
@@ -59,75 +60,134 @@ def _read_only(array: np.ndarray) -> np.ndarray:
     return array
 
 
+def with_dependencies(selected: list[Analysis], available: dict[str, Analysis]) -> list[Analysis]:
+    """``selected`` plus the analyses they read (``Needs.analyses``), transitively, each before its
+    dependants; the order does not depend on the order plugins were loaded in."""
+    chosen: dict[str, Analysis] = {}
+    pending = list(selected)
+    while pending:
+        analysis = pending.pop()
+        if analysis.name in chosen:
+            continue
+        chosen[analysis.name] = analysis
+        for name in analysis.needs.analyses:
+            if name not in available:
+                raise TkError(f"analysis {analysis.name!r} reads the results of {name!r}, which no loaded plugin "
+                              f"registers; load its plugin or leave {analysis.name!r} out with --analysis")
+            pending.append(available[name])
+    ordered: list[Analysis] = []
+    placed: set[str] = set()
+    while len(ordered) < len(chosen):
+        ready = sorted(name for name, a in chosen.items() if name not in placed and set(a.needs.analyses) <= placed)
+        if not ready:
+            cycle = sorted(set(chosen) - placed)
+            raise TkError(f"analyses {', '.join(cycle)} read each other's results in a cycle; none can run first")
+        ordered += [chosen[name] for name in ready]
+        placed.update(ready)
+    return ordered
+
+
+@dataclass
+class RunData:
+    """The embeddings and metadata of one run, loaded once for every analysis."""
+
+    store: Store
+    run_id: str
+    loaded: dict[str, tuple[pd.DataFrame, np.ndarray]]
+    data_keys: dict[str, str]
+
+    @classmethod
+    def load(cls, store: Store, run_id: str, sets: dict[str, EmbeddingSet]) -> RunData:
+        loaded = {name: store.run_embeddings(run_id, embedding_set) for name, embedding_set in sets.items()}
+        keys = {name: data_key([sets[name].table], meta) for name, (meta, _) in loaded.items()}
+        if loaded:
+            metadata = next(iter(loaded.values()))[0]
+            same_rows = [name for name, (meta, _) in loaded.items() if meta["image_id"].equals(metadata["image_id"])]
+            keys[ALL_BACKBONES] = data_key(sorted(sets[name].table for name in same_rows), metadata)
+        return cls(store, run_id, loaded, keys)
+
+    def targets(self, analysis: Analysis) -> list[str]:
+        """The backbones an analysis runs on: each of them, or all at once (``ALL_BACKBONES``)."""
+        return [ALL_BACKBONES] if analysis.needs.all_backbones else list(self.loaded)
+
+    def context(self, analysis: Analysis, backbone: str, settings: dict[str, Any], seed: int,
+                registry: Registry | None = None) -> AnalysisContext:
+        """The context ``analysis`` gets for ``backbone`` (``ALL_BACKBONES``: every backbone at once)."""
+        metadata = next(iter(self.loaded.values()))[0]
+        all_embeddings = {name: _read_only(matrix) for name, (meta, matrix) in self.loaded.items()
+                          if meta["image_id"].equals(metadata["image_id"])}
+        meta = metadata if backbone == ALL_BACKBONES else self.loaded[backbone][0]
+        return AnalysisContext(
+            run_id=self.run_id, backbone=backbone or None,
+            embeddings=None if backbone == ALL_BACKBONES else _read_only(self.loaded[backbone][1]),
+            metadata=meta.copy(), all_embeddings=all_embeddings, store=self.store.reader(), registry=registry,
+            settings=dict(settings), seed=seed)
+
+
 def run_analyses(store: Store, run_id: str, sets: dict[str, EmbeddingSet], analyses: list[Analysis],
-                 settings: dict[str, Any], seed: int = 0,
+                 chosen: dict[str, dict[str, Any]] | None = None, seed: int = 0, registry: Registry | None = None,
+                 timeout: float | None = None,
                  on_outcome: Callable[[Outcome], None] = lambda outcome: None) -> list[Outcome]:
-    """Run every analysis on every backbone of the run (or once on all); one failure stops nothing."""
-    loaded = {name: store.run_embeddings(run_id, embedding_set) for name, embedding_set in sets.items()}
-    if not loaded:
+    """Run every analysis on every backbone of the run (or once on all), dependencies first; one
+    failure stops nothing, and an analysis whose dependency did not finish is skipped with the reason.
+
+    :param analyses: in the order :func:`with_dependencies` gives.
+    :param chosen: the user's settings by analysis (``tk run --set``); declared defaults fill the rest.
+    """
+    data = RunData.load(store, run_id, sets)
+    if not data.loaded:
         return []
-    metadata = next(iter(loaded.values()))[0]
-    all_embeddings = {name: _read_only(matrix) for name, (meta, matrix) in loaded.items()
-                      if meta["image_id"].equals(metadata["image_id"])}
-    data_keys = {name: _data_key([sets[name].table], meta) for name, (meta, _) in loaded.items()}
-    data_keys[ALL_BACKBONES] = _data_key(sorted(sets[name].table for name in all_embeddings), metadata)
+    if registry is None:
+        from toolkit.plugin.registry import load_registry
+
+        registry = load_registry()
     outcomes: list[Outcome] = []
+    keys: dict[tuple[str, str], str] = {}
+    done: dict[tuple[str, str], Outcome] = {}
     for analysis in analyses:
-        targets = [ALL_BACKBONES] if analysis.needs.all_backbones else list(loaded)
-        for backbone in targets:
-            meta = metadata if backbone == ALL_BACKBONES else loaded[backbone][0]
-            context = AnalysisContext(
-                run_id=run_id, backbone=backbone or None,
-                embeddings=None if backbone == ALL_BACKBONES else _read_only(loaded[backbone][1]),
-                metadata=meta.copy(), all_embeddings=all_embeddings, con=store.con.cursor(),
-                settings=dict(settings), seed=seed)
-            key = cache_key(analysis, data_keys[backbone], settings, seed)
-            source = store.reusable_results(key)
-            if source is not None:
+        settings = resolved(analysis, chosen or {})
+        for backbone in data.targets(analysis):
+            needed = [(name, backbone) if (name, backbone) in done else (name, ALL_BACKBONES)
+                      for name in analysis.needs.analyses]
+            key = cache_key(analysis, data.data_keys[backbone], settings, seed, [keys.get(n, "") for n in needed])
+            keys[(analysis.name, backbone)] = key
+            unfinished = [(name, done.get(n)) for name, n in zip(analysis.needs.analyses, needed)
+                          if done.get(n) is None or done[n].status != "ok"]
+            source = None if unfinished else store.reusable_results(key)
+            if unfinished:
+                outcome = _skip_dependant(store, run_id, analysis, backbone, unfinished, key)
+            elif source is not None:
                 status, message, seconds = store.copy_results(source, run_id, analysis.name, backbone)
                 outcome = Outcome(analysis.name, backbone or "all", status, message, seconds, reused_from=source)
             else:
-                outcome = _run_one(store, analysis, context, backbone, key)
+                context = data.context(analysis, backbone, settings, seed, registry)
+                outcome = _run_one(store, analysis, context, backbone, key, timeout)
+            done[(analysis.name, backbone)] = outcome
             outcomes.append(outcome)
             on_outcome(outcome)
     return outcomes
 
 
-UNCACHED_SETTINGS = ("plugins", "analysis_timeout")
-
-
-def _data_key(tables: list[str], metadata: pd.DataFrame) -> str:
-    """Identity of what an analysis reads: the embedding tables and every metadata value, in order."""
-    digest = hashlib.sha256("|".join(tables).encode())
-    digest.update(pd.util.hash_pandas_object(metadata.astype(str), index=False).to_numpy().tobytes())
-    return digest.hexdigest()
-
-
-def cache_key(analysis: Analysis, data_key: str, settings: dict[str, Any], seed: int) -> str:
-    """Results can be reused when the analysis' code, its data, the settings and the seed are the same.
-
-    The code is identified by the source file of ``analysis.run`` (any edit invalidates the cache).
-    """
-    try:
-        code = hashlib.sha256(Path(inspect.getsourcefile(analysis.run) or "").read_bytes()).hexdigest()
-    except (OSError, TypeError):
-        code = f"uncacheable-{time.time_ns()}"  # no source file (built in a notebook, a lambda...)
-    relevant = {k: v for k, v in settings.items() if k not in UNCACHED_SETTINGS}
-    text = json.dumps([analysis.name, code, data_key, relevant, seed], sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+def _skip_dependant(store: Store, run_id: str, analysis: Analysis, backbone: str,
+                    unfinished: list[tuple[str, Outcome | None]], key: str) -> Outcome:
+    reasons = "; ".join(f"{name} {'did not run' if o is None else o.status}" + (f" ({o.message})" if o and o.message else "")
+                        for name, o in unfinished)
+    message = f"needs the results of {', '.join(name for name, _ in unfinished)}: {reasons}"
+    store.save_results(run_id, analysis.name, backbone, "skipped", message, 0.0,
+                       [Finding(f"{analysis.name} was skipped: it {message}.", "warning")], key)
+    return Outcome(analysis.name, backbone or "all", "skipped", message, 0.0)
 
 
 class AnalysisTimeout(Exception):
     """An analysis ran longer than ``--analysis-timeout``."""
 
 
-def _call(analysis: Analysis, context: AnalysisContext) -> Any:
-    """``analysis.run(context)``, given up after ``settings["analysis_timeout"]`` seconds if set.
+def _call(analysis: Analysis, context: AnalysisContext, timeout: float | None) -> Any:
+    """``analysis.run(context)``, given up after ``timeout`` seconds if set.
 
     Python cannot stop a running thread: a timed-out analysis is abandoned (daemon thread, its own
     database cursor) and whatever it returns later is ignored.
     """
-    timeout = context.settings.get("analysis_timeout")
     if not timeout:
         return analysis.run(context)
     outcome: dict[str, Any] = {}
@@ -149,7 +209,7 @@ def _call(analysis: Analysis, context: AnalysisContext) -> Any:
 
 
 def _run_one(store: Store, analysis: Analysis, context: AnalysisContext, backbone: str,
-             key: str | None = None) -> Outcome:
+             key: str | None = None, timeout: float | None = None) -> Outcome:
     started = time.perf_counter()
     results: list = []
     reason = unmet_need(analysis.needs, context.metadata)
@@ -159,7 +219,7 @@ def _run_one(store: Store, analysis: Analysis, context: AnalysisContext, backbon
         status, message = "skipped", reason
     else:
         try:
-            results = validate_results(analysis.name, _call(analysis, context))
+            results = validate_results(analysis.name, _call(analysis, context, timeout))
             status, message = "ok", ""
         except SkipAnalysis as exc:
             status, message = "skipped", str(exc)

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import numpy as np
-import pandas as pd
 
 from toolkit.plugin.types import AnalysisContext
 from toolkit.plugin.results import Finding, SkipAnalysis
+from toolkit.lazy import lazy_import
+
+pd = lazy_import("pandas")
 
 FDR_ALPHA = 0.05
 PATIENT_NOTE = ("Images of one patient are not independent: image-level p-values treat every image as a "

@@ -66,11 +66,14 @@ def build_app(plugins: list[str]) -> typer.Typer:
     app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                       help="tk: histopathology image embeddings with pretrained CNN backbones, in DuckDB.")
 
-    @app.callback()
-    def root(debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    @app.callback(invoke_without_command=True)
+    def root(context: typer.Context, debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
              version: bool = typer.Option(False, "--version", help="Print the version and exit.")) -> None:
         if version:
             print(f"tk {__version__}")
+            raise typer.Exit()
+        if context.invoked_subcommand is None:
+            print(context.get_help())
             raise typer.Exit()
 
     @app.command()
@@ -89,6 +92,7 @@ def build_app(plugins: list[str]) -> typer.Typer:
         reveal_ids: bool = typer.Option(False, "--reveal-ids", help="Show real patient ids in the report."),
         template_dir: Optional[Path] = typer.Option(None, "--template-dir", help="Folder of report templates overriding the built-ins."),
         analysis_timeout: Optional[float] = typer.Option(None, "--analysis-timeout", min=0.01, help="Give up on an analysis after this many seconds (recorded as failed)."),
+        set_values: Optional[List[str]] = typer.Option(None, "--set", metavar="NAME.KEY=VALUE", help="An analysis setting, e.g. --set probe.c=0.5 (repeatable; `tk plugins` lists them)."),
         plugin: Optional[List[str]] = PluginOption,
     ) -> None:
         """Embed images with the selected backbones, store, analyse and report."""
@@ -100,7 +104,7 @@ def build_app(plugins: list[str]) -> typer.Typer:
         settings = RunSettings(data=data, backbones=backbone, weights=weights, store=store, out=out,
                                plugins=plugins, source=source, analyses=analysis, exports=export, seed=seed,
                                batch_size=batch_size, precision=precision, reveal_ids=reveal_ids, template_dir=template_dir,
-                               analysis_timeout=analysis_timeout)
+                               analysis_timeout=analysis_timeout, analysis_settings=list(set_values or []))
         summary = execute_run(settings)
         for path in summary.outputs:
             print(path)
@@ -118,11 +122,16 @@ def build_app(plugins: list[str]) -> typer.Typer:
 
         rows = load_registry(plugins).listing()
         if as_json:
-            print(json.dumps(rows, indent=2))
+            print(json.dumps(rows, indent=2, default=str))
             return
         import pandas as pd
 
-        _print_table(pd.DataFrame(rows), "table")
+        columns = ["name", "kind", "plugin", "source", "version"]
+        _print_table(pd.DataFrame(rows, columns=columns), "table")
+        settings = [{"setting (tk run --set KEY=VALUE)": s["key"], "type": s["type"], "default": s["default"],
+                     "help": s["help"]} for row in rows for s in row.get("settings", [])]
+        if settings:
+            _print_table(pd.DataFrame(settings), "table")
 
     @app.command()
     def sql(
@@ -197,8 +206,8 @@ def build_app(plugins: list[str]) -> typer.Typer:
         registry = load_registry(plugins)
         exporters = select(registry.exporters, fmt, "exporter")
         with Store.open(store) as opened:
-            context = ExportContext(opened.run(run_id)["run_id"], opened,
-                                    {"plugins": plugins, "backbones": [backbone], "seed": seed})
+            context = ExportContext(opened.run(run_id)["run_id"], opened, {"backbones": [backbone], "seed": seed},
+                                    registry=registry)
             for exporter in exporters:
                 for path in exporter.export(context, out.resolve()):
                     print(path)
@@ -256,8 +265,10 @@ def build_app(plugins: list[str]) -> typer.Typer:
                 print(explain_image(classifier, image, out).overlay)
 
     from toolkit.plugin.registry import load_registry
+    from toolkit.plugin.types import CliContext
 
-    load_registry(plugins).pm.hook.register_commands(app=app)
+    registry = load_registry(plugins)
+    registry.pm.hook.register_commands(app=app, cli=CliContext(plugins, registry))
     return app
 
 
@@ -268,6 +279,9 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in argv
     from toolkit import console
 
+    if argv == ["--version"]:  # no plugin needs loading for this
+        print(f"tk {__version__}")
+        sys.exit(0)
     try:
         plugins, rest = split_plugin_args(argv)
         app = build_app(plugins)

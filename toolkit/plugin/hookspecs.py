@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     import jinja2
     import typer
 
-    from toolkit.plugin.types import ReportSection
+    from toolkit.plugin.types import CliContext, ReportSection
     from toolkit.plugin.registry import Register
     from toolkit.store import Store
 
@@ -66,10 +66,12 @@ def register_exporters(register: Register) -> None:
 
 
 @hookspec
-def register_commands(app: typer.Typer) -> None:
+def register_commands(app: typer.Typer, cli: CliContext) -> None:
     """Add sub-commands to the ``tk`` command line.
 
     :param app: the root Typer application; decorate functions with ``@app.command()``.
+    :param cli: ``cli.plugins``, the ``--plugin`` paths of this invocation, and ``cli.registry``,
+        every loaded plugin (take only the arguments you use).
 
     Example::
 

@@ -18,8 +18,8 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
-from typing import Generic, Iterable, TypeVar
+from types import FunctionType, ModuleType, SimpleNamespace
+from typing import Any, Generic, Iterable, TypeVar
 
 import pluggy
 
@@ -101,15 +101,22 @@ class Registry:
     def exporter(self, name: str) -> Exporter:
         return _lookup(self.exporters, name, "exporter")
 
-    def listing(self) -> list[dict[str, str]]:
-        """One row per registered item: name, kind, plugin, source, version."""
+    def listing(self) -> list[dict[str, Any]]:
+        """One row per registered item: name, kind, plugin, source, version, and for analyses the
+        analyses they read (``needs``) and their settings (name, type, default, help)."""
         rows = []
         for kind, items in (("backbone", self.backbones), ("analysis", self.analyses),
                             ("exporter", self.exporters)):
-            for name in items:
+            for name, item in items.items():
                 origin = self.origins[(kind, name)]
-                rows.append({"name": name, "kind": kind, "plugin": origin.plugin,
-                             "source": origin.source, "version": origin.version})
+                row: dict[str, Any] = {"name": name, "kind": kind, "plugin": origin.plugin,
+                                       "source": origin.source, "version": origin.version}
+                if kind == "analysis":
+                    row["needs"] = list(item.needs.analyses)
+                    row["settings"] = [{"key": f"{name}.{s.name}", "type": s.type.__name__, "default": s.default,
+                                        "choices": list(s.choices) if s.choices else None, "help": s.help}
+                                       for s in item.settings]
+                rows.append(row)
         return rows
 
 
@@ -155,6 +162,19 @@ def _plugin_files(paths: Iterable[Path]) -> list[Path]:
     return files
 
 
+def hook_functions(plugin: object) -> object:
+    """What pluggy registers for a plugin module: a namespace of its functions only.
+
+    pluggy inspects every attribute of a registered object; a module's other attributes include
+    modules bound by ``toolkit.lazy.lazy_import``, which that inspection would load. Objects that
+    are not modules (a class or instance given as an entry point) are registered as they are.
+    """
+    if type(plugin) is not ModuleType:
+        return plugin
+    functions = {name: value for name, value in vars(plugin).items() if type(value) is FunctionType}
+    return SimpleNamespace(__name__=plugin.__name__, **functions)
+
+
 def builtin_plugins() -> list[str]:
     """Module names of the built-in plugins, from the ``tk.builtins`` entry point of the installed tk.
 
@@ -180,7 +200,7 @@ def make_plugin_manager(plugin_paths: Iterable[Path] = ()) -> tuple[pluggy.Plugi
         short = module_name.rsplit(".", 1)[-1]
         if short in blocked:
             continue
-        pm.register(importlib.import_module(module_name), name=short)
+        pm.register(hook_functions(importlib.import_module(module_name)), name=short)
         origins[short] = Origin(short, "builtin", __version__)
 
     allowed = _csv_env("TK_LOAD_PLUGINS")
@@ -191,7 +211,7 @@ def make_plugin_manager(plugin_paths: Iterable[Path] = ()) -> tuple[pluggy.Plugi
             plugin = ep.load()
         except Exception as exc:
             raise PluginError(f"installed plugin {ep.name!r} failed to load: {type(exc).__name__}: {exc}") from exc
-        pm.register(plugin, name=ep.name)
+        pm.register(hook_functions(plugin), name=ep.name)
         dist = ep.dist.name if ep.dist else ep.name
         version = ep.dist.version if ep.dist else ""
         origins[ep.name] = Origin(f"{ep.name} ({dist})", "entrypoint", version)
@@ -203,7 +223,7 @@ def make_plugin_manager(plugin_paths: Iterable[Path] = ()) -> tuple[pluggy.Plugi
         if pm.has_plugin(name) or pm.is_blocked(path.stem):
             continue
         module = _import_file(path)
-        pm.register(module, name=name)
+        pm.register(hook_functions(module), name=name)
         origins[name] = Origin(str(path), "file", str(getattr(module, "__version__", "")))
 
     try:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal
+from typing import TYPE_CHECKING, Any, Iterable, Literal
 
-import pandas as pd
+if TYPE_CHECKING:  # pandas is imported where a table is made or checked, so plugins load fast
+    import pandas as pd
 
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 
@@ -32,6 +33,8 @@ class Table:
 
     def __post_init__(self) -> None:
         if isinstance(self.data, dict):
+            import pandas as pd
+
             self.data = pd.DataFrame(self.data)
 
 
@@ -63,6 +66,8 @@ Result = Table | Figure | Finding
 
 def validate_results(analysis: str, results: Any) -> list[Result]:
     """Return ``results`` as a list, or raise MalformedResult saying what is wrong with it."""
+    import pandas as pd
+
     if results is None:
         return []
     if isinstance(results, (Table, Figure, Finding)):

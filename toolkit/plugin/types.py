@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
-    import duckdb
     import numpy as np
     import pandas as pd
 
+    from toolkit.plugin.registry import Registry
     from toolkit.plugin.results import Figure, Result, Table
+    from toolkit.plugin.settings import Setting
     from toolkit.store import Store
 
 
@@ -55,6 +56,9 @@ class Needs:
     :param patients: a ``patient_id`` for every image and at least two patients.
     :param min_samples: the least number of images.
     :param all_backbones: run once with every backbone's embeddings instead of once per backbone.
+    :param analyses: names of analyses whose stored results this one reads (``context.results``).
+        The runner runs them first (adding them to the run when they were not selected) and skips
+        this analysis, with the reason, when one of them failed or was skipped.
     """
 
     labels: bool = False
@@ -62,6 +66,7 @@ class Needs:
     min_groups: int = 2
     min_samples: int = 3
     all_backbones: bool = False
+    analyses: tuple[str, ...] = ()
 
 
 @dataclass
@@ -72,6 +77,10 @@ class AnalysisContext:
     :ivar metadata: one row per image: image_id, sha256, relpath, label, subtype, magnification,
         patient_id, width, height.
     :ivar all_embeddings: every backbone of the run by name, rows aligned with ``metadata``.
+    :ivar settings: this analysis' settings (its declared ``Setting`` defaults, overridden by
+        ``tk run --set NAME.KEY=VALUE``).
+    :ivar store: the run's store, for reading (``context.results`` covers the usual case).
+    :ivar registry: every loaded plugin (to build a backbone's model, say).
     """
 
     run_id: str
@@ -79,9 +88,17 @@ class AnalysisContext:
     embeddings: np.ndarray | None
     metadata: pd.DataFrame
     all_embeddings: dict[str, np.ndarray]
-    con: duckdb.DuckDBPyConnection
+    store: Store | None = None
+    registry: Registry | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+
+    def results(self, analysis: str, table: str = "main") -> pd.DataFrame:
+        """A table stored by ``analysis`` (declared in ``Needs.analyses``) for this run and backbone,
+        without the run_id and backbone columns; empty when it stored none."""
+        if self.store is None:
+            raise RuntimeError("this context has no store to read results from")
+        return self.store.result_table(self.run_id, analysis, table, self.backbone or "")
 
 
 @dataclass(frozen=True)
@@ -91,8 +108,13 @@ class Analysis:
     :param name: lower-case identifier; tables are stored as ``results_<name>[_<table>]``.
     :param run: ``run(context) -> list[Table | Figure | Finding]``; raise ``SkipAnalysis(reason)``
         when the data cannot support it.
-    :param needs: requirements checked before ``run`` is called.
+    :param needs: requirements checked before ``run`` is called, including the analyses it reads.
     :param title: heading in the report.
+    :param settings: the settings it reads from ``context.settings``, each with a type, default and
+        help; users set them with ``tk run --set NAME.KEY=VALUE``.
+    :param order: where its results appear in a backbone's report section (smaller first).
+    :param libraries: distributions whose versions are part of its cache key (e.g. ``"scipy"``);
+        tk's own and numpy's always are.
     """
 
     name: str
@@ -100,16 +122,30 @@ class Analysis:
     needs: Needs = Needs()
     title: str = ""
     description: str = ""
+    settings: tuple[Setting, ...] = ()
+    order: int = 100
+    libraries: tuple[str, ...] = ()
 
 
 @dataclass
 class ExportContext:
-    """What an exporter reads: the finished run in the store and the run's settings."""
+    """What an exporter reads: the finished run in the store, the loaded plugins and the settings.
+
+    :ivar settings: ``reveal_ids`` (report), ``backbones`` and ``seed`` (model exporters).
+    :ivar registry: every loaded plugin (the default plugins when not given).
+    """
 
     run_id: str
     store: Store
     settings: dict[str, Any] = field(default_factory=dict)
     template_dir: Path | None = None
+    registry: Registry | None = None
+
+    def __post_init__(self) -> None:
+        if self.registry is None:  # the plugins that load without --plugin paths
+            from toolkit.plugin.registry import load_registry
+
+            self.registry = load_registry()
 
 
 @dataclass(frozen=True)
@@ -120,12 +156,14 @@ class Exporter:
     :param export: ``export(context, out_dir) -> list of written paths``; every path must lie
         inside ``out_dir``.
     :param default: run by ``tk run`` when ``--export`` is not given.
+    :param rerender: run again by ``tk report`` (it reads only the store and recomputes nothing).
     """
 
     name: str
     export: Callable[[ExportContext, Path], list[Path]]
     default: bool = False
     description: str = ""
+    rerender: bool = False
 
 
 @dataclass
@@ -140,3 +178,12 @@ class ReportSection:
     paragraphs: list[str] = field(default_factory=list)
     tables: list[Table] = field(default_factory=list)
     figures: list[Figure] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class CliContext:
+    """What a command added through ``register_commands`` may use: the ``--plugin`` paths of this
+    invocation (to pass on to the run it starts) and every loaded plugin."""
+
+    plugins: list[str]
+    registry: Registry

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from toolkit import __version__, console
-from toolkit.analysis.runner import run_analyses
+from toolkit.analysis.runner import run_analyses, with_dependencies
 from toolkit.errors import TkError
-from toolkit.plugin.types import Backbone, ExportContext, Exporter
+from toolkit.plugin.settings import parse_assignments, resolved
+from toolkit.plugin.types import Analysis, Backbone, ExportContext, Exporter
 from toolkit.extract.pipeline import BATCH_SIZE, BackboneJob, extract
 from toolkit.extract.precision import Lowered, check_precision, device_note, lower, parity_warning
 from toolkit.plugin.registry import Registry, load_registry
@@ -48,6 +49,7 @@ class RunSettings:
     reveal_ids: bool = False
     template_dir: Path | None = None
     analysis_timeout: float | None = None
+    analysis_settings: list[str] = field(default_factory=list)  # NAME.KEY=VALUE, as given to --set
 
 
 @dataclass
@@ -151,7 +153,9 @@ def execute_run(settings: RunSettings, command: str | None = None) -> RunSummary
     check_precision(settings.precision)
     registry = load_registry(settings.plugins)
     backbones: list[Backbone] = select(registry.backbones, settings.backbones, "backbone")
-    analyses = select(registry.analyses, settings.analyses, "analysis") if settings.analyses != "none" else []
+    analyses = (with_dependencies(select(registry.analyses, settings.analyses, "analysis"), registry.analyses)
+                if settings.analyses != "none" else [])
+    chosen = parse_assignments(settings.analysis_settings, registry.analyses)
     exporters: list[Exporter] = (
         [e for e in registry.exporters.values() if e.default] if settings.exports is None
         else select(registry.exporters, settings.exports, "exporter") if settings.exports != "none" else [])
@@ -169,8 +173,9 @@ def execute_run(settings: RunSettings, command: str | None = None) -> RunSummary
     with Store.open(settings.store) as store:
         run_id = new_run_id()
         command = command or "tk " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-        store.start_run(run_id, command, {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()},
-                        versions())
+        recorded = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()}
+        recorded["analysis_settings"] = {a.name: resolved(a, chosen) for a in analyses if a.settings}
+        store.start_run(run_id, command, recorded, versions())
         console.info(f"run {run_id}: {len(records)} images found ({kind}) in {root}")
         scanned, unreadable = scan(records, store.known_files())
         skipped += unreadable
@@ -179,11 +184,12 @@ def execute_run(settings: RunSettings, command: str | None = None) -> RunSummary
             store.record_skipped(run_id, item.relpath, item.reason)
 
         try:
-            summary = _embed_and_analyse(store, registry, settings, run_id, backbones, analyses, scanned, skipped)
+            summary = _embed_and_analyse(store, registry, settings, run_id, backbones, analyses, chosen, scanned,
+                                         skipped)
             store.update_run(run_id, data_root=str(root), source=kind, dataset_fingerprint=dataset_fingerprint(scanned),
                              n_images=summary.n_images, n_skipped=summary.n_skipped, warnings=summary.warnings,
                              status="ok" if not summary.failures else "partial", finished_at=_now())
-            outputs = _export(store, settings, run_id, exporters, summary.failures)
+            outputs = _export(store, registry, settings, run_id, exporters, summary.failures)
         except BaseException:
             store.update_run(run_id, status="failed", finished_at=_now())
             raise
@@ -201,8 +207,8 @@ class _Progress:
 
 
 def _embed_and_analyse(store: Store, registry: Registry, settings: RunSettings, run_id: str,
-                       backbones: list[Backbone], analyses: list, scanned: list[ScannedImage],
-                       skipped: list) -> _Progress:
+                       backbones: list[Backbone], analyses: list[Analysis], chosen: dict[str, dict[str, Any]],
+                       scanned: list[ScannedImage], skipped: list) -> _Progress:
     failures: list[str] = []
     warnings: list[str] = []
     slow = device_note(settings.precision)
@@ -301,9 +307,8 @@ def _embed_and_analyse(store: Store, registry: Registry, settings: RunSettings, 
 
     if analyses and sets:
         console.info(f"running {len(analyses)} analyses on {len(sets)} backbone(s)")
-        run_analyses(store, run_id, sets, analyses,
-                     {"plugins": settings.plugins, "analysis_timeout": settings.analysis_timeout},
-                     settings.seed, on_outcome)
+        run_analyses(store, run_id, sets, analyses, chosen, settings.seed, registry, settings.analysis_timeout,
+                     on_outcome)
         if reused:
             console.info(f"analyses whose code, data and settings were unchanged reused the results of run(s) "
                          f"{', '.join(sorted(reused))}")
@@ -339,11 +344,11 @@ def _parity_columns(parity: dict[str, Any]) -> dict[str, Any]:
             "parity_n_images": parity.get("n_images")}
 
 
-def _export(store: Store, settings: RunSettings, run_id: str, exporters: list[Exporter],
+def _export(store: Store, registry: Registry, settings: RunSettings, run_id: str, exporters: list[Exporter],
             failures: list[str]) -> list[Path]:
     outputs: list[Path] = []
-    context = ExportContext(run_id, store, {"plugins": settings.plugins, "reveal_ids": settings.reveal_ids},
-                            settings.template_dir)
+    context = ExportContext(run_id, store, {"reveal_ids": settings.reveal_ids, "seed": settings.seed},
+                            settings.template_dir, registry)
     out_dir = settings.out.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     for exporter in sorted(exporters, key=lambda e: e.default):  # reports (the defaults) last: they show the others' results
@@ -358,7 +363,7 @@ def _export(store: Store, settings: RunSettings, run_id: str, exporters: list[Ex
             console.error(message)
             continue
         for path in written:
-            store.con.execute("INSERT INTO exports VALUES (?, ?, ?, current_timestamp)", [run_id, exporter.name, str(path)])
+            store.record_export(run_id, exporter.name, path)
             outputs.append(path)
     return outputs
 
@@ -367,11 +372,13 @@ def rerender(store_path: Path, run_id: str | None, out: Path, plugins: list[str]
              template_dir: Path | None, reveal_ids: bool) -> list[Path]:
     """``tk report``: render a stored run again without recomputing anything."""
     registry = load_registry(plugins)
-    exporter = registry.exporter("html")
+    exporters = [e for e in registry.exporters.values() if e.rerender]
+    if not exporters:
+        raise TkError("no loaded exporter re-renders reports (Exporter(rerender=True)); load one with --plugin")
     with Store.open(store_path, read_only=True) as store:
         run = store.run(run_id)
-        context = ExportContext(run["run_id"], store, {"plugins": plugins, "reveal_ids": reveal_ids}, template_dir)
-        return exporter.export(context, out.resolve())
+        context = ExportContext(run["run_id"], store, {"reveal_ids": reveal_ids}, template_dir, registry)
+        return [path for exporter in exporters for path in exporter.export(context, out.resolve())]
 
 
 __all__ = ["RunSettings", "RunSummary", "execute_run", "rerender", "EXIT_OK", "EXIT_PARTIAL"]

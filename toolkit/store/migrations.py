@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from typing import Callable
 
-import duckdb
 
 from toolkit.store.sql import utcnow
+from toolkit.lazy import lazy_import
+
+duckdb = lazy_import("duckdb")
 
 def m001_create_tables(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("CREATE SEQUENCE image_id_seq START 1")

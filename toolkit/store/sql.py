@@ -8,8 +8,11 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Iterator
 
-import duckdb
-import pyarrow as pa
+from toolkit.lazy import lazy_import
+
+duckdb = lazy_import("duckdb")
+pa = lazy_import("pyarrow")
+
 
 def identifier(text: str) -> str:
     """A SQL identifier made from ``text``: lower-case letters, digits and underscores only."""

@@ -19,16 +19,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
-import duckdb
 import numpy as np
-import pandas as pd
-import pyarrow as pa
 
 from toolkit.errors import StoreBusy, TkError
 from toolkit.ingest.scan import KnownFile, ScannedImage
 from toolkit.plugin.results import Figure, Finding, Table, table_name
 from toolkit.store.migrations import MIGRATIONS, migrate
 from toolkit.store.sql import arrow_view, identifier, utcnow
+from toolkit.lazy import lazy_import
+
+pd = lazy_import("pandas")
+duckdb = lazy_import("duckdb")
+pa = lazy_import("pyarrow")
 
 # --- the writer interface ------------------------------------------------------------------------
 
@@ -127,6 +129,10 @@ class Store:
             store._mark_interrupted_runs()
         return store
 
+    def reader(self) -> Store:
+        """A store on its own cursor of the same connection, for a plugin to read from."""
+        return Store(self.con.cursor(), self.path, read_only=True)
+
     def close(self) -> None:
         self.con.close()
 
@@ -179,6 +185,11 @@ class Store:
             self.con.execute(f"""
                 INSERT OR IGNORE INTO run_images
                 SELECT ?, image_id FROM images WHERE path IN (SELECT path FROM {new})""", [run_id])
+
+    def image_paths(self, image_ids: Iterable[int]) -> dict[int, str]:
+        """The file path of each image id."""
+        return dict(self.con.execute("SELECT image_id, path FROM images WHERE image_id IN (SELECT unnest(?))",
+                                     [list(map(int, image_ids))]).fetchall())
 
     def add_images(self, run_id: str, images: list[ScannedImage]) -> None:
         """Record images that need no extraction (their content is already embedded)."""
@@ -317,6 +328,10 @@ class Store:
             row[key] = json.loads(row[key]) if isinstance(row[key], str) else row[key]
         return row
 
+    def record_export(self, run_id: str, exporter: str, path: Path) -> None:
+        """Remember a file an exporter wrote for a run."""
+        self.con.execute("INSERT INTO exports VALUES (?, ?, ?, current_timestamp)", [run_id, exporter, str(path)])
+
     def record_skipped(self, run_id: str, relpath: str, reason: str) -> None:
         self.con.execute("INSERT INTO skipped_files VALUES (?, ?, ?)", [run_id, relpath, reason])
 
@@ -347,6 +362,15 @@ class Store:
             self.con.execute("INSERT INTO analysis_runs (run_id, analysis, backbone, status, message, seconds, cache_key) "
                              "VALUES (?, ?, ?, ?, ?, ?, ?)", [run_id, analysis, backbone, status, message, seconds, cache_key])
 
+    def result_table(self, run_id: str, analysis: str, table: str = "main", backbone: str = "") -> pd.DataFrame:
+        """A stored result table of one analysis for a run and backbone (``""``: all backbones at
+        once), without its run_id and backbone columns; empty when the analysis stored none."""
+        name = table_name(identifier(analysis), identifier(table))
+        if not self.table_exists(name):
+            return pd.DataFrame()
+        return self.query_df(f"SELECT * EXCLUDE (run_id, backbone) FROM {name} WHERE run_id = ? AND backbone = ?",
+                             [run_id, backbone])
+
     def reusable_results(self, cache_key: str) -> str | None:
         """The latest run whose analysis finished (ok or skipped) with this cache key."""
         row = self.one("SELECT a.run_id FROM analysis_runs a JOIN runs r USING (run_id) WHERE a.cache_key = ? "
@@ -356,6 +380,9 @@ class Store:
     def copy_results(self, source_run: str, run_id: str, analysis: str, backbone: str) -> tuple[str, str, float]:
         """Copy one analysis' stored results from ``source_run`` to ``run_id``; returns (status, message, seconds)."""
         key = [source_run, analysis, backbone]
+        if source_run == run_id:  # already this run's results: nothing to copy
+            return self.one("SELECT status, message, seconds FROM analysis_runs WHERE run_id = ? AND analysis = ? "
+                            "AND backbone = ?", key)
         with self.transaction():
             self._delete_results(run_id, analysis, backbone)
             for (name,) in self.con.execute("SELECT table_name FROM result_tables WHERE run_id = ? AND analysis = ? "
