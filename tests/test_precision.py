@@ -25,6 +25,7 @@ def _cosine(a, b):
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
+@pytest.mark.slow
 def test_int8_is_its_own_set_with_parity_and_reruns_skip(tmp_path, breakhis):
     store = tmp_path / "tk.duckdb"
     assert _run(breakhis, store).exit_code == 0
@@ -76,6 +77,7 @@ def test_int8_is_its_own_set_with_parity_and_reruns_skip(tmp_path, breakhis):
         assert con.execute("SELECT count(*) FROM emb_tiny__random_seed0_int8").fetchall() == [(33,)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision,closeness", [("bf16", 0.99), ("fp16", 0.999)])
 def test_mixed_precisions_are_close_to_fp32(tmp_path, breakhis, precision, closeness):
     """bf16 keeps 8 mantissa bits, fp16 11: both stay close to fp32, fp16 closer."""

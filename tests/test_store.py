@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import os
 import random
 import signal
@@ -29,6 +31,7 @@ def _contents(store):
         con.close()
 
 
+@pytest.mark.slow
 def test_sigkill_during_extraction_then_rerun_equals_clean_run(tmp_path):
     data = tmp_path / "breast"
     make_breakhis(data, patients=2, magnifications=(40, 100, 200), per_magnification=2)  # 48 images
@@ -137,6 +140,7 @@ def _last_run(store):
         con.close()
 
 
+@pytest.mark.slow
 def test_sigkill_while_writing_results_then_rerun_equals_clean_run(tmp_path, breakhis):
     args = ["run", breakhis, "--backbone", "tiny", "--weights", "random", "--export", "none", "--plugin", TINY]
     clean = tmp_path / "clean.duckdb"

@@ -37,6 +37,7 @@ def imbalanced(tmp_path: Path) -> Path:
     return make_imbalanced(tmp_path / "BreaKHis_v1" / "histology_slides" / "breast")
 
 
+@pytest.mark.slow
 def test_class_weights_raise_minority_sensitivity_on_held_out_patients(imbalanced, tmp_path):
     store = tmp_path / "tk.duckdb"
     outcomes, differences = train(TrainSettings(data=imbalanced, store=store, seed=0, **QUICK), ablation=True)
@@ -56,6 +57,7 @@ def test_class_weights_raise_minority_sensitivity_on_held_out_patients(imbalance
     assert held_out == [(4,)]
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_final_validation_loss(imbalanced, tmp_path):
     settings = TrainSettings(data=imbalanced, store=tmp_path / "tk.duckdb", seed=3,
                              **{**QUICK, "epochs": 2, "unfreeze": 1}, augment=True)
@@ -98,6 +100,7 @@ def test_unknown_variant_is_one_clear_error():
         find_backbone(registry.backbones, "nope@t20000101t000000-0000")
 
 
+@pytest.mark.slow
 def test_train_then_run_explain_and_export_the_variant(imbalanced, tmp_path):
     store, reports = tmp_path / "tk.duckdb", tmp_path / "reports"
     trained = run_tk("train", imbalanced, "--backbone", "tiny", "--plugin", TINY, "--weights", "random",
