@@ -67,7 +67,8 @@ def export_report(context: ExportContext, out_dir: Path) -> list[Path]:
     registry = context.registry
     env = make_environment(context.template_dir, registry.pm)
     titles = {name: a.title or name for name, a in registry.analyses.items()}
-    data = gather(context.store, context.run_id, titles, reveal_ids=bool(context.settings.get("reveal_ids")))
+    order = {name: a.order for name, a in registry.analyses.items()}
+    data = gather(context.store, context.run_id, titles, order, reveal_ids=bool(context.settings.get("reveal_ids")))
     data.update(csp=CSP, tk_version=__version__, plugin_sections=plugin_sections(registry, context),
                 command=shareable_command(data["run"]["command"], data["run"]["data_root"]),
                 data_name=Path(data["run"]["data_root"] or "").name)

@@ -15,8 +15,6 @@ from toolkit.lazy import lazy_import
 pd = lazy_import("pandas")
 
 MAX_TABLE_ROWS = 20
-SECTION_ORDER = ["pca", "clustering", "ttest", "anova", "correlation", "probe", "gradcam"]
-"""Analyses shown first in each backbone's section, in this order; plugin analyses follow."""
 
 
 def pseudonym(patient_id: Any, salt: str) -> str:
@@ -126,17 +124,18 @@ def composition(images: pd.DataFrame) -> dict[str, Any]:
     return {"magnifications": magnifications, "rows": rows}
 
 
-def sections(store: Store, run_id: str, backbones: list[str], redact_ids: dict[str, str]) -> list[dict[str, Any]]:
-    """Per-backbone sections (then one for analyses over all backbones), analyses in SECTION_ORDER."""
+def sections(store: Store, run_id: str, backbones: list[str], redact_ids: dict[str, str],
+             order: dict[str, int]) -> list[dict[str, Any]]:
+    """Per-backbone sections (then one for analyses over all backbones), analyses by their declared
+    ``order`` (``Analysis.order``; unknown analyses last), then by name."""
     analyses = _records(store, "SELECT * FROM analysis_runs WHERE run_id = ?", [run_id])
     findings = _records(store, "SELECT * FROM results_findings WHERE run_id = ?", [run_id])
     figures = _records(store, "SELECT * FROM results_figures WHERE run_id = ? ORDER BY name", [run_id])
     tables = _tables(store, run_id, redact_ids)
-    order = {name: i for i, name in enumerate(SECTION_ORDER)}
     result = []
     for backbone in [*backbones, ""]:
         mine = sorted((a for a in analyses if a["backbone"] == backbone),
-                      key=lambda a: (order.get(a["analysis"], len(order)), a["analysis"]))
+                      key=lambda a: (order.get(a["analysis"], float("inf")), a["analysis"]))
         if not mine:
             continue
         pick = lambda items, a: [i for i in items if i["analysis"] == a["analysis"] and i["backbone"] == backbone]  # noqa: E731
@@ -161,7 +160,8 @@ def _tables(store: Store, run_id: str, redact_ids: dict[str, str]) -> list[dict[
     return tables
 
 
-def gather(store: Store, run_id: str, titles: dict[str, str], reveal_ids: bool = False) -> dict[str, Any]:
+def gather(store: Store, run_id: str, titles: dict[str, str], order: dict[str, int],
+           reveal_ids: bool = False) -> dict[str, Any]:
     """Everything the report template shows, read from the store."""
     run = store.run(run_id)
     images = store.query_df("""SELECT i.label, i.subtype, i.magnification, i.patient_id FROM run_images r
@@ -187,7 +187,7 @@ def gather(store: Store, run_id: str, titles: dict[str, str], reveal_ids: bool =
         "best": best,
         "tied": tied,
         "cka": cka_matrix(store, run_id),
-        "sections": sections(store, run_id, [b["backbone"] for b in backbones], ids),
+        "sections": sections(store, run_id, [b["backbone"] for b in backbones], ids, order),
         "deployment": _records(store, "SELECT * FROM export_parity WHERE run_id = ? ORDER BY backbone, format", [run_id]),
         "integrity": _records(store, "SELECT DISTINCT message, severity FROM results_findings WHERE run_id = ? "
                                      "AND analysis = 'integrity' ORDER BY severity DESC, message", [run_id]),
