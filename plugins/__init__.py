@@ -17,6 +17,7 @@ BUILTIN_PLUGINS = (
     "toolkit.plugins.analyses.integrity",
     "toolkit.plugins.analyses.gradcam",
     "toolkit.plugins.exporters.html_report",
+    "toolkit.plugins.exporters.deployment",
     "toolkit.plugins.exporters.savedmodel",
     "toolkit.plugins.exporters.tflite",
     "toolkit.plugins.commands.new_plugin",

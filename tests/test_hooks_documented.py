@@ -101,7 +101,7 @@ def test_hook_report_sections(tmp_path):
     registry = load_registry([EVERY_HOOK])
     with Store.open(tmp_path / "tk.duckdb") as store:
         run = synthetic_run(store)
-        n_images = store.one("SELECT count(*) FROM run_images WHERE run_id = ?", [run.run_id])[0]
+        n_images = store.run_image_count(run.run_id)
         context = ExportContext(run.run_id, store, registry=registry)
         [path] = registry.exporter("html").export(context, tmp_path / "out")
     html = path.read_text()

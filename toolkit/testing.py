@@ -40,7 +40,7 @@ from toolkit.analysis.runner import RunData, run_analyses
 from toolkit.plugin.registry import load_registry
 from toolkit.plugin.settings import resolved
 from toolkit.plugin.types import Analysis, AnalysisContext, Backbone, ExportContext, Exporter
-from toolkit.plugin.results import Figure, Finding, MalformedResult, Result, Table, table_name, validate_results
+from toolkit.plugin.results import Figure, Finding, MalformedResult, Result, Table, validate_results
 from toolkit.ingest.scan import ScannedImage
 from toolkit.ingest.sources import ImageRecord
 from toolkit.store import EmbeddingSet, Store, identifier
@@ -162,18 +162,19 @@ def check_analysis_results_are_stored(analysis: Analysis, seed: int = 0) -> None
     """Results are Tables, Figures and Findings that the store saves and gives back unchanged in shape."""
     outcome = _run_on_kit_data(analysis, seed)
     results, store = outcome.results, outcome.store
-    store.save_results(KIT_RUN_ID, analysis.name, outcome.context.backbone or "", "ok", "", 0.0, results)
+    backbone = outcome.context.backbone or ""
+    store.save_results(KIT_RUN_ID, analysis.name, backbone, "ok", "", 0.0, results)
     for table in (r for r in results if isinstance(r, Table)):
-        name = table_name(identifier(analysis.name), identifier(table.name))
-        stored = store.query_df(f"SELECT * EXCLUDE (run_id, backbone) FROM {name}")
+        stored = store.result_table(KIT_RUN_ID, analysis.name, table.name, backbone)
         expected = [identifier(str(c)) for c in table.data.columns]
         assert list(stored.columns) == expected, (
             f"analysis {analysis.name!r}: table {table.name!r} was stored with columns {list(stored.columns)}, "
             f"not {expected}; use distinct lower-case column names")
         assert len(stored) == len(table.data), (
             f"analysis {analysis.name!r}: table {table.name!r} has {len(table.data)} rows but {len(stored)} were stored")
+    stored_items = {"figures": store.run_figures(KIT_RUN_ID), "findings": store.run_findings(KIT_RUN_ID)}
     for kind, cls in (("figures", Figure), ("findings", Finding)):
-        count = store.one(f"SELECT count(*) FROM results_{kind} WHERE analysis = ?", [analysis.name])[0]
+        count = sum(item["analysis"] == analysis.name for item in stored_items[kind])
         expected_count = sum(isinstance(r, cls) for r in results)
         assert count == expected_count, (
             f"analysis {analysis.name!r} returned {expected_count} {kind} but {count} were stored")

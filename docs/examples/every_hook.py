@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from toolkit import hookimpl
-from toolkit.plugin.types import Analysis, AnalysisContext, Backbone, ExportContext, Exporter, Needs, ReportSection
+from toolkit.plugin.sections import ReportSection
+from toolkit.plugin.types import Analysis, AnalysisContext, Backbone, ExportContext, Exporter, Needs
 from toolkit.plugin.results import Finding, Result, Table
 
 __version__ = "1.0.0"
@@ -81,6 +82,6 @@ def prepare_jinja2_environment(env):
 
 
 @hookimpl
-def report_sections(store, run_id):
-    n_images = store.one("SELECT count(*) FROM run_images WHERE run_id = ?", [run_id])[0]
+def report_sections(context):
+    n_images = context.store.run_image_count(context.run_id)
     return [ReportSection("Lab notes", paragraphs=[f"{n_images} images were scanned in our lab."])]

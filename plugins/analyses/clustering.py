@@ -12,7 +12,9 @@ import numpy as np
 
 from toolkit import hookimpl
 from toolkit.analysis.figures import colour_for, new_figure, to_svg
+from toolkit.plugin.sections import ComparisonColumn, ReportContext, ReportSection
 from toolkit.plugin.settings import Setting
+from toolkit.report.environment import format_number
 from toolkit.plugin.types import Analysis, AnalysisContext, Needs
 from toolkit.analysis.stats import group_codes
 from toolkit.plugin.results import Figure, Finding, SkipAnalysis, Table
@@ -223,3 +225,15 @@ def register_analyses(register):
                       title="Hierarchical clustering",
                       description="Ward clustering of the images; silhouettes, adjusted Rand index, NMI and purity "
                                   "against label and subtype."))
+
+
+@hookimpl
+def report_sections(context: ReportContext) -> list[ReportSection]:
+    """The comparison table's silhouette of the label partition."""
+    table = context.store.run_results(context.run_id, "clustering")
+    if table.empty:
+        return []
+    labels = table[table["partition"] == "label"]
+    values = {name: format_number(float(value), 2) for name, value in zip(labels["backbone"], labels["silhouette_euclidean"])}
+    return [ReportSection(slot="comparison", columns=[ComparisonColumn("Silhouette (benign vs malignant)", values,
+                                                                         order=20)])]

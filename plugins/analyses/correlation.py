@@ -3,10 +3,13 @@ backbones (linear CKA on the same images). Registers two analyses: ``correlation
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from toolkit import hookimpl
 from toolkit.analysis.figures import new_figure, to_svg
+from toolkit.plugin.sections import ReportContext, ReportSection
 from toolkit.plugin.types import Analysis, AnalysisContext, Needs
 from toolkit.plugin.results import Figure, Finding, SkipAnalysis, Table
 from toolkit.lazy import lazy_import
@@ -141,3 +144,19 @@ def register_analyses(register):
     register(Analysis(name="cka", run=cka, needs=Needs(min_samples=3, all_backbones=True),
                       title="Backbone similarity",
                       description="Linear CKA between every pair of backbones on the same images."))
+
+
+CKA_TEMPLATE = Path(__file__).parent / "templates" / "cka.html"
+
+
+@hookimpl
+def report_sections(context: ReportContext) -> list[ReportSection]:
+    """Backbone × backbone linear CKA, under the comparison table, when cka ran."""
+    frame = context.store.run_results(context.run_id, "cka")
+    if frame.empty:
+        return []
+    names = sorted(set(frame["backbone_a"]) | set(frame["backbone_b"]))
+    values = {(a, b): c for a, b, c in frame[["backbone_a", "backbone_b", "cka"]].itertuples(index=False)}
+    cell = lambda a, b: 1.0 if a == b else values.get((a, b), values.get((b, a)))  # noqa: E731
+    return [ReportSection(slot="comparison", template=CKA_TEMPLATE,
+                          data={"cka": {"names": names, "rows": [[cell(a, b) for b in names] for a in names]}})]

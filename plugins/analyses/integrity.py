@@ -3,9 +3,12 @@ patients, and class / patient balance per magnification. Everything here is a fi
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from toolkit import hookimpl
+from toolkit.plugin.sections import ReportContext, ReportSection
 from toolkit.plugin.types import Analysis, AnalysisContext, Needs
 from toolkit.plugin.results import Finding, Table
 from toolkit.lazy import lazy_import
@@ -103,3 +106,17 @@ def register_analyses(register):
     register(Analysis(name="integrity", run=integrity, needs=Needs(min_samples=1), title="Dataset integrity",
                       description="Duplicate files with conflicting metadata, near-duplicates across patients, "
                                   "class and patient balance per magnification."))
+
+
+INTEGRITY_TEMPLATE = Path(__file__).parent / "templates" / "integrity.html"
+
+
+@hookimpl
+def report_sections(context: ReportContext) -> list[ReportSection]:
+    """The integrity findings, once each, in the Dataset section."""
+    findings = {(f["severity"], f["message"]) for f in context.store.run_findings(context.run_id, "integrity")}
+    if not findings:
+        return []
+    ordered = sorted(findings, key=lambda f: (f[0] != "warning", f[1]))  # warnings first, as severity DESC
+    return [ReportSection("Integrity checks", slot="dataset", template=INTEGRITY_TEMPLATE,
+                          data={"findings": [{"severity": s, "message": m} for s, m in ordered]})]

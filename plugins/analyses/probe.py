@@ -8,6 +8,8 @@ in both training and test folds) is stored beside it for comparison.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from toolkit import hookimpl
@@ -16,6 +18,7 @@ from toolkit.analysis.evaluation import (C_DEFAULT, N_BOOTSTRAP, OutOfFold, conf
 from toolkit.analysis.figures import PALETTE, new_figure, to_svg
 from toolkit.analysis.stats import group_codes
 from toolkit.plugin.results import Figure, Finding, SkipAnalysis, Table
+from toolkit.plugin.sections import ComparisonColumn, ReportContext, ReportSection
 from toolkit.plugin.settings import Setting
 from toolkit.plugin.types import Analysis, AnalysisContext, Needs
 from toolkit.lazy import lazy_import
@@ -140,3 +143,71 @@ def register_analyses(register):
                       title="Linear probe",
                       description="Logistic regression on standardised embeddings, cross-validated by patient "
                                   "(and, for comparison, leakily by image), with patient-bootstrap CIs."))
+
+
+SUMMARY_TEMPLATE = Path(__file__).parent / "templates" / "probe_summary.html"
+
+
+def _estimate(rows: pd.DataFrame, backbone: str, split: str, metric: str) -> dict[str, float] | None:
+    found = rows[(rows["backbone"] == backbone) & (rows["split"] == split) & (rows["metric"] == metric)]
+    if found.empty:
+        return None
+    row = found.iloc[0]
+    return {"value": float(row["value"]), "low": float(row["ci_low"]), "high": float(row["ci_high"])}
+
+
+def backbone_estimates(context: ReportContext) -> list[dict]:
+    """Per backbone of the run: patient-split balanced accuracy, AUC, sensitivity and specificity,
+    and the leaky image-split balanced accuracy (binary label target), each with its interval."""
+    metrics = context.store.run_results(context.run_id, "probe")
+    if metrics.empty:
+        return []
+    metrics = metrics[(metrics["target"] == "label")
+                      & (metrics["class"].isna() | metrics["metric"].isin(["sensitivity", "specificity"]))]
+    rows = []
+    for name in context.backbone_names:
+        rows.append({"backbone": name, **{key: _estimate(metrics, name, split, metric) for key, split, metric in (
+            ("balanced_accuracy", "patient", "balanced_accuracy"), ("roc_auc", "patient", "roc_auc"),
+            ("sensitivity", "patient", "sensitivity"), ("specificity", "patient", "specificity"),
+            ("leaky_balanced_accuracy", "image", "balanced_accuracy"))}})
+    return rows
+
+
+def _silhouettes(context: ReportContext) -> dict[str, float]:
+    """The label silhouette per backbone, when clustering ran (it breaks ties between backbones)."""
+    clustering = context.store.run_results(context.run_id, "clustering")
+    if clustering.empty:
+        return {}
+    labels = clustering[clustering["partition"] == "label"]
+    return dict(zip(labels["backbone"], labels["silhouette_euclidean"].astype(float)))
+
+
+def best_backbone(rows: list[dict], silhouettes: dict[str, float]) -> tuple[dict | None, list[str]]:
+    """The backbone that separates the classes best (patient-split balanced accuracy, then AUC, then
+    silhouette) and the others tied with it on balanced accuracy and AUC."""
+    def separation(row: dict) -> tuple[float, float, float]:
+        value = lambda m: m["value"] if m else float("-inf")  # noqa: E731
+        return value(row["balanced_accuracy"]), value(row["roc_auc"]), silhouettes.get(row["backbone"], float("-inf"))
+
+    ranked = [r for r in rows if r["balanced_accuracy"]]
+    if not ranked:
+        return None, []
+    best = max(ranked, key=separation)
+    return best, [r["backbone"] for r in ranked if r is not best and separation(r)[:2] == separation(best)[:2]]
+
+
+@hookimpl
+def report_sections(context: ReportContext) -> list[ReportSection]:
+    """The summary's verdict on the backbones and the probe's columns of the comparison table."""
+    rows = backbone_estimates(context)
+    best, tied = best_backbone(rows, _silhouettes(context))
+    column = lambda key: {r["backbone"]: r[key] for r in rows}  # noqa: E731
+    return [ReportSection(slot="summary", template=SUMMARY_TEMPLATE, data={"best": best, "tied": tied}, columns=[
+        ComparisonColumn("Balanced accuracy, new patients", column("balanced_accuracy"), order=60,
+                         best=best["backbone"] if best else None,
+                         note="Brackets: 95% confidence intervals from a patient-level bootstrap. “New patients”: "
+                              "cross-validation grouped by patient."),
+        ComparisonColumn("AUC, new patients", column("roc_auc"), order=61),
+        ComparisonColumn("Balanced accuracy, leaky split", column("leaky_balanced_accuracy"), order=62, css="leaky",
+                         note="“Leaky split”: images of one patient may sit in both training and test folds, "
+                              "which overstates performance.")])]

@@ -15,6 +15,7 @@ from toolkit.analysis.stats import (FDR_ALPHA, ColumnRanks, LevelView, bh_qvalue
                                                    valid_groups)
 from toolkit import hookimpl
 from toolkit.analysis.figures import PALETTE, colour_for, new_figure, to_svg
+from toolkit.plugin.sections import ComparisonColumn, ReportContext, ReportSection
 from toolkit.plugin.settings import Setting
 from toolkit.plugin.types import Analysis, AnalysisContext, Needs
 from toolkit.plugin.results import Figure, Finding, SkipAnalysis, Table
@@ -220,3 +221,16 @@ def register_analyses(register):
                       title="Two-group tests per feature",
                       description="Welch's t and Mann–Whitney U per embedding feature, BH-corrected, with "
                                   "Hedges' g, on images and on per-patient means."))
+
+
+@hookimpl
+def report_sections(context: ReportContext) -> list[ReportSection]:
+    """The comparison table's count of features that differ between the label groups (image level)."""
+    table = context.store.run_results(context.run_id, "ttest")
+    if table.empty:
+        return []
+    images = table[table["level"] == "image"]
+    counts = {name: f"{int((group['q_val'] < FDR_ALPHA).sum()):,} of {len(group):,}"
+              for name, group in images.groupby("backbone")}
+    return [ReportSection(slot="comparison", columns=[ComparisonColumn("Features that differ (q < 0.05)", counts,
+                                                                         order=30)])]

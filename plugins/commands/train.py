@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional
 
 from toolkit import hookimpl
+from toolkit.plugins.commands.train_report import report_section
 
 if TYPE_CHECKING:
     import typer
 
+    from toolkit.plugin.sections import ReportContext, ReportSection
     from toolkit.plugin.types import CliContext
 
 
@@ -72,3 +74,10 @@ def register_commands(app: typer.Typer, cli: CliContext) -> None:
             print(differences.fillna({"class": ""}).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
         console.info(f"next: tk run {data or ''} --backbone {backbone},{outcomes[-1].variant} --weights {weights} "
                      f"--store {store}".replace("  ", " "))
+
+
+@hookimpl
+def report_sections(context: ReportContext) -> list[ReportSection]:
+    """The report's "Fine-tuned backbones" section (``train_report``)."""
+    return report_section(context)
+

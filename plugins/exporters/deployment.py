@@ -15,7 +15,18 @@ from toolkit.extract.conversion import calibration_sample
 from toolkit.plugin.types import ExportContext
 from toolkit.extract.litert import median_ms
 from toolkit.extract.parity import parity
+from toolkit import hookimpl
+from toolkit.plugin.sections import ReportContext, ReportSection
+from toolkit.store import TableSpec
 
+PARITY = TableSpec("export_parity", {
+    "run_id": "VARCHAR", "backbone": "VARCHAR", "format": "VARCHAR", "path": "VARCHAR", "input_type": "VARCHAR",
+    "size_bytes": "BIGINT", "latency_single_ms": "DOUBLE", "latency_batch32_ms": "DOUBLE",
+    "keras_latency_single_ms": "DOUBLE", "keras_latency_batch32_ms": "DOUBLE", "centred_cosine_mean": "DOUBLE",
+    "centred_cosine_min": "DOUBLE", "similarity_rank_corr": "DOUBLE", "prediction_agreement": "DOUBLE",
+    "max_probability_diff": "DOUBLE", "n_images": "INTEGER", "created_at": "TIMESTAMP DEFAULT current_timestamp"},
+    summary=("format", "input_type", "size_bytes", "latency_single_ms", "centred_cosine_mean", "prediction_agreement"))
+"""Size, latency and parity with the Keras model of every exported model, per run, backbone and format."""
 N_CALIBRATION = 64
 N_PARITY = 32
 BATCH = 32
@@ -24,9 +35,7 @@ BATCH = 32
 def classifiers(context: ExportContext) -> Iterator[Classifier]:
     """One classifier per backbone named in ``settings["backbones"]`` (default: all of the run's)."""
     names = context.settings.get("backbones") or [
-        r[0] for r in context.store.con.execute(
-            "SELECT backbone FROM run_backbones WHERE run_id = ? AND status = 'ok' ORDER BY backbone",
-            [context.run_id]).fetchall()]
+        row["backbone"] for row in context.store.run_backbones(context.run_id, ok_only=True)]
     for name in names:
         yield load_classifier(context.store, context.registry, name, context.run_id, int(context.settings.get("seed", 0)))
 
@@ -36,10 +45,7 @@ def sample_pixels(context: ExportContext, size: tuple[int, int], seed: int = 0) 
 
     Held-out images are never used for calibration unless the run has too few images.
     """
-    rows = context.store.con.execute("""SELECT any_value(i.path) FROM run_images r JOIN images i USING (image_id)
-                                        WHERE r.run_id = ? GROUP BY i.sha256 ORDER BY i.sha256""",
-                                     [context.run_id]).fetchall()
-    return calibration_sample([r[0] for r in rows], size, seed, N_CALIBRATION, N_PARITY)
+    return calibration_sample(context.store.run_content_paths(context.run_id), size, seed, N_CALIBRATION, N_PARITY)
 
 
 def measure(context: ExportContext, classifier: Classifier, exported: Any, fmt: str, path: Path,
@@ -57,11 +63,8 @@ def measure(context: ExportContext, classifier: Classifier, exported: Any, fmt: 
         "keras_latency_batch32_ms": median_ms(lambda: classifier.predict(batch), 3),
         **found,
     }
-    context.store.con.execute("DELETE FROM export_parity WHERE run_id = ? AND backbone = ? AND format = ?",
-                              [context.run_id, classifier.backbone.name, fmt])
-    columns = ["run_id", "backbone", *row]
-    context.store.con.execute(f"INSERT INTO export_parity ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})",
-                              [context.run_id, classifier.backbone.name, *row.values()])
+    key = {"run_id": context.run_id, "backbone": classifier.backbone.name, "format": fmt}
+    context.store.replace_rows(PARITY, [{**key, **row}], where=key)
     return row
 
 
@@ -72,3 +75,16 @@ def _size(path: Path) -> int:
 def write_json(path: Path, data: dict[str, Any]) -> Path:
     path.write_text(json.dumps(data, indent=2, default=float))
     return path
+
+
+TEMPLATE = Path(__file__).parent / "templates" / "deployment.html"
+
+
+@hookimpl
+def report_sections(context: ReportContext) -> list[ReportSection]:
+    """"Exported models": size, latency and parity of every model exported from the run."""
+    rows = context.store.rows(PARITY, where={"run_id": context.run_id}, order_by=("backbone", "format"))
+    if rows.empty:
+        return []
+    return [ReportSection("Exported models", slot="models", order=20, anchor="deployment", template=TEMPLATE,
+                          data={"deployment": rows.to_dict("records")})]

@@ -11,14 +11,13 @@ import os
 import re
 import shlex
 from pathlib import Path
-from typing import Any
 
 from toolkit import __version__, hookimpl
-from toolkit.plugin.types import ExportContext, Exporter, ReportSection
-from toolkit.plugins.exporters.report_data import MAX_TABLE_ROWS, gather, redact
-from toolkit.plugin.registry import Registry
-from toolkit.plugin.results import validate_results
+from toolkit.plugin.sections import ReportContext
+from toolkit.plugin.types import ExportContext, Exporter
+from toolkit.report.data import gather, redact
 from toolkit.report.environment import make_environment, write_atomically
+from toolkit.report.sections import collect, render
 
 CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; font-src data:; "
        "script-src 'none'; base-uri 'none'; form-action 'none'")
@@ -43,33 +42,16 @@ def shareable_command(command: str, data_root: str | None) -> str:
     return shlex.join(parts)
 
 
-def plugin_sections(registry: Registry, context: ExportContext) -> list[dict[str, Any]]:
-    """Sections from every ``report_sections`` hook, in the shape the template renders."""
-    sections = []
-    for returned in registry.pm.hook.report_sections(store=context.store, run_id=context.run_id):
-        for section in returned or []:
-            if not isinstance(section, ReportSection):
-                raise TypeError(f"report_sections returned a {type(section).__name__}; return ReportSection objects")
-            validate_results(f"report section {section.title!r}", [*section.tables, *section.figures])
-            sections.append({
-                "title": section.title, "paragraphs": section.paragraphs,
-                "figures": [{"mime": f.mime, "content": f.content.encode() if isinstance(f.content, str) else f.content,
-                             "alt": f.alt, "caption": f.caption} for f in section.figures],
-                "tables": [{"table_name": t.name, "description": t.description, "columns": list(map(str, t.data.columns)),
-                            "rows": t.data.head(MAX_TABLE_ROWS).values.tolist(), "n_rows": len(t.data)}
-                           for t in section.tables],
-            })
-    return sections
-
-
 def export_report(context: ExportContext, out_dir: Path) -> list[Path]:
     """Render ``report.html`` for the run into ``out_dir`` (written atomically)."""
     registry = context.registry
     env = make_environment(context.template_dir, registry.pm)
-    titles = {name: a.title or name for name, a in registry.analyses.items()}
-    order = {name: a.order for name, a in registry.analyses.items()}
-    data = gather(context.store, context.run_id, titles, order, reveal_ids=bool(context.settings.get("reveal_ids")))
-    data.update(csp=CSP, tk_version=__version__, plugin_sections=plugin_sections(registry, context),
+    reveal_ids = bool(context.settings.get("reveal_ids"))
+    data = gather(context.store, context.run_id, registry, reveal_ids=reveal_ids)
+    report_context = ReportContext(context.run_id, context.store, registry, data["run"], data["backbones"],
+                                   pseudonym=lambda p: data["redactions"].get(str(p), str(p)))
+    data.update(render(collect(report_context), env))
+    data.update(csp=CSP, tk_version=__version__,
                 command=shareable_command(data["run"]["command"], data["run"]["data_root"]),
                 data_name=Path(data["run"]["data_root"] or "").name)
     html = redact(env.get_template("report.html").render(**data), data["redactions"])

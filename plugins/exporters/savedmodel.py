@@ -8,7 +8,7 @@ from pathlib import Path
 from toolkit import hookimpl
 from toolkit.extract.conversion import write_savedmodel
 from toolkit.plugin.types import ExportContext, Exporter
-from toolkit.plugins.exporters.deployment import classifiers, measure, sample_pixels, write_json
+from toolkit.plugins.exporters.deployment import PARITY, classifiers, measure, sample_pixels, write_json
 
 
 def next_version(model_dir: Path) -> int:
@@ -39,4 +39,5 @@ def export_savedmodel(context: ExportContext, out_dir: Path) -> list[Path]:
 def register_exporters(register):
     """Register ``savedmodel``."""
     register(Exporter(name="savedmodel", export=export_savedmodel,
-                      description="SavedModel classifier in the TF Serving layout, with parity numbers"))
+                      description="SavedModel classifier in the TF Serving layout, with parity numbers",
+                      tables=(PARITY,)))

@@ -11,7 +11,7 @@ from toolkit import hookimpl
 from toolkit.extract.conversion import convert, write_savedmodel
 from toolkit.plugin.types import ExportContext, Exporter
 from toolkit.extract.litert import LiteModel
-from toolkit.plugins.exporters.deployment import classifiers, measure, sample_pixels, write_json
+from toolkit.plugins.exporters.deployment import PARITY, classifiers, measure, sample_pixels, write_json
 
 VARIANTS = {
     "tflite": "fp32",
@@ -53,4 +53,5 @@ def register_exporters(register: Any) -> None:
     """Register ``tflite``, ``tflite-fp16``, ``tflite-dynamic`` and ``tflite-int8``."""
     for name, variant in VARIANTS.items():
         register(Exporter(name=name, export=make_export(variant),
-                          description=f"TFLite classifier ({variant}) with size, latency and parity"))
+                          description=f"TFLite classifier ({variant}) with size, latency and parity",
+                          tables=(PARITY,)))

@@ -211,10 +211,11 @@ def build_app(plugins: list[str]) -> typer.Typer:
             for exporter in exporters:
                 for path in exporter.export(context, out.resolve()):
                     print(path)
-            rows = opened.query_df("SELECT format, input_type, size_bytes, latency_single_ms, centred_cosine_mean, "
-                                   "prediction_agreement FROM export_parity WHERE run_id = ? AND backbone = ?",
-                                   [context.run_id, backbone])
-        _print_table(rows, "table") if not rows.empty else None
+            tables = {spec.name: spec for exporter in exporters for spec in exporter.tables}
+            for spec in tables.values():
+                rows = opened.rows(spec, where={"run_id": context.run_id, "backbone": backbone})
+                if not rows.empty:
+                    _print_table(rows[list(spec.summary or spec.columns)], "table")
 
     @app.command()
     def explain(

@@ -97,18 +97,15 @@ def load_classifier(store: Store, registry: Registry, backbone_name: str, run_id
                     seed: int = 0) -> Classifier:
     """Rebuild a run's backbone with its weights and fit the head on that run's embeddings."""
     run = store.run(run_id)
-    row = store.one("SELECT weights_kind, weights_id, precision, dim FROM run_backbones "
-                    "WHERE run_id = ? AND backbone = ? AND status = 'ok'", [run["run_id"], backbone_name])
+    row = store.run_backbone(run["run_id"], backbone_name)
     if row is None:
         raise TkError(f"run {run['run_id']} has no {backbone_name} embeddings; run `tk run --backbone {backbone_name}`")
-    kind, weights_id, precision, dim = row
-    path_row = store.one("SELECT weights_path FROM embedding_sets WHERE backbone = ? AND weights_id = ?",
-                         [backbone_name, weights_id])
+    kind, weights_id, precision, dim = row["weights_kind"], row["weights_id"], row["precision"], int(row["dim"])
     backbone = find_backbone(registry.backbones, backbone_name)
     metadata, embeddings = store.run_embeddings(run["run_id"], EmbeddingSet(backbone_name, weights_id, dim, precision))
     if metadata["label"].isna().any():
         raise TkError("the classifier needs a label for every image of the run")
     head = fit_head(embeddings, metadata["label"].to_numpy(), seed)
-    request, weights_seed = request_for(kind, weights_id, path_row[0] if path_row else None)
+    request, weights_seed = request_for(kind, weights_id, store.weights_path(backbone_name, weights_id))
     base, _ = build_model(backbone, request, weights_seed)
     return Classifier(backbone, build_classifier(base, head), head, run["run_id"], weights_id)

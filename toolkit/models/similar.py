@@ -14,7 +14,7 @@ from toolkit.plugin.types import Backbone
 from toolkit.extract.pipeline import embed_padded
 from toolkit.extract.precision import query_extractor
 from toolkit.ingest.scan import sha256_file
-from toolkit.store import EmbeddingSet, Store, identifier
+from toolkit.store import Store
 from toolkit.extract.weights import build_model, request_for
 
 
@@ -41,20 +41,9 @@ def find_similar(store: Store, backbone: Backbone, image: Path, k: int = 10) -> 
         raise TkError(f"the store has no {backbone.name} embeddings; run `tk run --backbone {backbone.name}` first")
     embedding_set, kind, weights_path = current
     sha = sha256_file(image)
-    row = store.one(f"SELECT vector FROM {embedding_set.table} WHERE sha256 = ?", [sha])
-    query = (np.asarray(row[0], dtype=np.float32) if row else
-             embed_one(backbone, image, kind, embedding_set.weights_id, weights_path, embedding_set.precision,
-                       store.set_model(embedding_set)))
-    return _nearest(store, embedding_set, query, k)
+    query = store.stored_vector(embedding_set, sha)
+    if query is None:
+        query = embed_one(backbone, image, kind, embedding_set.weights_id, weights_path, embedding_set.precision,
+                          store.set_model(embedding_set))
+    return store.nearest(embedding_set, query, k)
 
-
-def _nearest(store: Store, embedding_set: EmbeddingSet, query: np.ndarray, k: int) -> pd.DataFrame:
-    view = f"embeddings_{identifier(embedding_set.backbone)}"
-    dim = int(embedding_set.dim)
-    return store.query_df(f"""
-        SELECT row_number() OVER (ORDER BY similarity DESC, image_id) AS rank, * FROM (
-            SELECT e.image_id, i.relpath, i.label, i.subtype,
-                   array_cosine_similarity(e.vector, ?::FLOAT[{dim}]) AS similarity
-            FROM {view} e JOIN images i USING (image_id)
-            ORDER BY similarity DESC, e.image_id LIMIT ?)
-        ORDER BY rank""", [query.astype(np.float32).tolist(), int(k)])

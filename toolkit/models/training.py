@@ -12,11 +12,10 @@ variant ``<backbone>@<train_id>`` (toolkit.models.variants).
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -25,14 +24,14 @@ import numpy as np
 import pandas as pd
 
 from toolkit import console
-from toolkit.errors import TkError
-from toolkit.plugin.types import Backbone
-from toolkit.analysis.evaluation import (OutOfFold, metric_rows, patient_resamples, percentile_ci,
-                                            probe_metrics)
+from toolkit.analysis.evaluation import OutOfFold, metric_rows, probe_metrics
 from toolkit.analysis.stats import group_codes
+from toolkit.errors import TkError
 from toolkit.ingest.scan import sha256_file
-from toolkit.store import Store
+from toolkit.models.ablation import ABLATION, ablation_table
+from toolkit.models.training_record import record_differences, record_failure, record_start, record_success
 from toolkit.models.variants import VariantInfo, find_backbone, model_path, register_variant, variant_name
+from toolkit.plugin.types import Backbone
 
 BALANCE_MODES = ("weights", "oversample", "none")
 FINETUNE_LR_FACTOR = 0.1
@@ -41,11 +40,7 @@ AUGMENT_RANGES = {"rotation": 0.5, "zoom": 0.1, "translation": 0.1, "stain_sigma
 RandomTranslation height/width factors, and the HED stain jitter's sigma (Tellez et al. 2018)."""
 RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float32)
 """Ruifrok & Johnston (2001) stain vectors: haematoxylin, eosin, DAB optical densities in RGB."""
-HISTORY_COLUMNS = ("epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy",
-                   "val_roc_auc", "learning_rate", "seconds")
-METRIC_COLUMNS = ("split", "metric", "class", "value", "ci_low", "ci_high")
-DIFFERENCE_COLUMNS = ("factor", "train_a", "train_b", "metric", "class", "value_a", "value_b", "difference",
-                      "ci_low", "ci_high")
+
 
 
 @dataclass
@@ -104,10 +99,6 @@ class TrainOutcome:
 def new_train_id(prefix: str = "t") -> str:
     """A short, lower-case, filesystem- and SQL-safe id, e.g. ``t20261125t180112-ab12``."""
     return datetime.now(timezone.utc).strftime(f"{prefix}%Y%m%dt%H%M%S") + "-" + secrets.token_hex(2)
-
-
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -355,11 +346,7 @@ def train_one(store_path: Path, backbone: Backbone, data: TrainingData, settings
 
     train_id = new_train_id()
     name = variant_name(backbone.name, train_id)
-    with Store.open(store_path) as store:
-        store.con.execute("INSERT INTO training_runs (train_id, backbone, variant, ablation_id, settings, classes, "
-                          "started_at, status) VALUES (?, ?, ?, ?, ?, ?, ?, 'running')",
-                          [train_id, backbone.name, name, ablation_id, json.dumps(asdict(settings), default=str),
-                           json.dumps(data.classes), _utcnow()])
+    record_start(store_path, train_id, backbone.name, name, ablation_id, settings, data.classes)
     try:
         _seed_everything(settings.seed)
         base, resolved = build_model(backbone, settings.weights, settings.seed)
@@ -396,77 +383,16 @@ def train_one(store_path: Path, backbone: Backbone, data: TrainingData, settings
         sha = sha256_file(path)
         register_variant(VariantInfo(name, backbone.name, train_id, str(path), sha, resolved.kind, backbone.dim))
     except BaseException as exc:
-        with Store.open(store_path) as store:
-            store.con.execute("UPDATE training_runs SET status = 'failed', error = ?, finished_at = ? "
-                              "WHERE train_id = ?", [f"{type(exc).__name__}: {exc}", _utcnow(), train_id])
+        record_failure(store_path, train_id, f"{type(exc).__name__}: {exc}")
         raise
     history = pd.DataFrame(recorder.rows)
-    _save(store_path, train_id, data, resolved, path, sha, history, metrics)
-    return TrainOutcome(train_id, name, settings, oof, val_patients, history, metrics, path)
-
-
-def _save(store_path: Path, train_id: str, data: TrainingData, resolved: Any, path: Path, sha: str,
-          history: pd.DataFrame, metrics: pd.DataFrame) -> None:
     train = ~data.val
-    with Store.open(store_path) as store, store.transaction():
-        store.con.execute(
-            "UPDATE training_runs SET base_weights_id = ?, base_weights_kind = ?, model_path = ?, model_sha256 = ?, "
-            "n_train_images = ?, n_val_images = ?, n_train_patients = ?, n_val_patients = ?, finished_at = ?, "
-            "status = 'ok' WHERE train_id = ?",
-            [resolved.weights_id, resolved.kind, str(path), sha, int(train.sum()), int(data.val.sum()),
-             len(np.unique(data.patients[train])), len(np.unique(data.patients[data.val])), _utcnow(), train_id])
-        _insert(store, "training_history", train_id, history, HISTORY_COLUMNS)
-        _insert(store, "training_metrics", train_id, metrics, METRIC_COLUMNS)
-
-
-def _insert(store: Store, table: str, key: str, frame: pd.DataFrame, columns: tuple[str, ...]) -> None:
-    """Insert ``frame[columns]`` after the key column; NaN becomes NULL."""
-    values = frame[list(columns)].astype(object)
-    rows = [[key, *row] for row in values.where(values.notna(), None).itertuples(index=False, name=None)]
-    store.con.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * (len(columns) + 1))})", rows)
-
-
-# --- several runs: plain training and the ablation ---------------------------------------------
-
-ABLATION = [(False, "none"), (False, "weights"), (True, "none"), (True, "weights")]
-"""(augment, balance) of the four ablation runs."""
-
-
-def paired_differences(a: TrainOutcome, b: TrainOutcome, minority: int, n_bootstrap: int,
-                       seed: int) -> list[dict[str, Any]]:
-    """``a - b`` in balanced accuracy and minority-class sensitivity, with 95% CIs from one set of
-    patient resamples applied to both (both runs share the held-out patients)."""
-    import warnings
-
-    n = int(a.val_patients.max()) + 1
-    resamples = patient_resamples(n, n_bootstrap, seed)
-    rows = []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        boot = [probe_metrics(o.oof, o.val_patients, resamples) for o in (a, b)]
-        point = [probe_metrics(o.oof, o.val_patients, np.ones((1, n))) for o in (a, b)]
-        for metric, cls in (("balanced_accuracy", None), ("sensitivity", minority)):
-            pick = (lambda m: m[metric]) if cls is None else (lambda m: m[metric][:, cls])  # noqa: E731
-            low, high = percentile_ci(pick(boot[0]) - pick(boot[1]))
-            va, vb = float(pick(point[0])[0]), float(pick(point[1])[0])
-            rows.append({"metric": metric, "class": None if cls is None else a.oof.classes[cls],
-                         "value_a": va, "value_b": vb, "difference": va - vb, "ci_low": low, "ci_high": high})
-    return rows
-
-
-def ablation_table(outcomes: list[TrainOutcome], minority: int, n_bootstrap: int, seed: int) -> pd.DataFrame:
-    """One row per factor comparison (augmentation at each balance, balancing at each augmentation)."""
-    by_key = {(o.settings.augment, o.settings.balance): o for o in outcomes}
-    pairs = [("augment", (True, bal), (False, bal)) for bal in ("none", "weights")]
-    pairs += [("balance", (aug, "weights"), (aug, "none")) for aug in (False, True)]
-    rows = []
-    for factor, key_a, key_b in pairs:
-        a, b = by_key[key_a], by_key[key_b]
-        label = (f"augment on − off (balance {key_a[1]})" if factor == "augment"
-                 else f"balance weights − none (augment {'on' if key_a[0] else 'off'})")
-        rows += [{"factor": label, "train_a": a.train_id, "train_b": b.train_id, **r}
-                 for r in paired_differences(a, b, minority, n_bootstrap, seed)]
-    return pd.DataFrame(rows)
+    record_success(store_path, train_id, {
+        "base_weights_id": resolved.weights_id, "base_weights_kind": resolved.kind, "model_path": str(path),
+        "model_sha256": sha, "n_train_images": int(train.sum()), "n_val_images": int(data.val.sum()),
+        "n_train_patients": len(np.unique(data.patients[train])),
+        "n_val_patients": len(np.unique(data.patients[data.val]))}, history, metrics)
+    return TrainOutcome(train_id, name, settings, oof, val_patients, history, metrics, path)
 
 
 def train(settings: TrainSettings, ablation: bool = False) -> tuple[list[TrainOutcome], pd.DataFrame | None]:
@@ -489,6 +415,5 @@ def train(settings: TrainSettings, ablation: bool = False) -> tuple[list[TrainOu
         outcomes.append(train_one(settings.store, backbone, data,
                                   replace(settings, augment=augment, balance=balance), ablation_id))
     table = ablation_table(outcomes, data.minority, settings.n_bootstrap, settings.seed)
-    with Store.open(settings.store) as store:
-        _insert(store, "training_differences", ablation_id, table, DIFFERENCE_COLUMNS)
+    record_differences(settings.store, ablation_id, table)
     return outcomes, table

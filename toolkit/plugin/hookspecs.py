@@ -14,9 +14,9 @@ if TYPE_CHECKING:
     import jinja2
     import typer
 
-    from toolkit.plugin.types import CliContext, ReportSection
+    from toolkit.plugin.sections import ReportContext, ReportSection
+    from toolkit.plugin.types import CliContext
     from toolkit.plugin.registry import Register
-    from toolkit.store import Store
 
 hookspec = pluggy.HookspecMarker("tk")
 
@@ -98,17 +98,18 @@ def prepare_jinja2_environment(env: jinja2.Environment) -> None:
 
 
 @hookspec
-def report_sections(store: Store, run_id: str) -> list[ReportSection]:
-    """Add sections to the HTML report of a run, after the per-backbone sections.
+def report_sections(context: ReportContext) -> list[ReportSection]:
+    """Add sections, and columns of the backbone comparison table, to the HTML report of a run.
 
-    :param store: the run's store (read what the section shows; do not write).
-    :param run_id: the run being reported.
-    :returns: a list of ``toolkit.plugin.types.ReportSection`` (may be empty).
+    :param context: the run (``run_id``, ``run``, ``backbones``), its ``store`` (read; do not
+        write), the ``registry`` and ``pseudonym`` for patient ids.
+    :returns: a list of ``toolkit.plugin.sections.ReportSection`` (may be empty); ``slot`` says
+        where each goes (default: after the per-backbone sections).
 
     Example::
 
         @hookimpl
-        def report_sections(store, run_id):
-            n = store.one("SELECT count(*) FROM run_images WHERE run_id = ?", [run_id])[0]
+        def report_sections(context):
+            n = context.store.run_image_count(context.run_id)
             return [ReportSection("Lab notes", paragraphs=[f"{n} images were scanned in our lab."])]
     """

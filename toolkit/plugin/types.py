@@ -15,9 +15,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from toolkit.plugin.registry import Registry
-    from toolkit.plugin.results import Figure, Result, Table
+    from toolkit.plugin.results import Result
     from toolkit.plugin.settings import Setting
-    from toolkit.store import Store
+    from toolkit.store import Store, TableSpec
 
 
 @dataclass(frozen=True)
@@ -157,6 +157,8 @@ class Exporter:
         inside ``out_dir``.
     :param default: run by ``tk run`` when ``--export`` is not given.
     :param rerender: run again by ``tk report`` (it reads only the store and recomputes nothing).
+    :param tables: the tables it writes (``toolkit.store.TableSpec``); ``tk export`` prints their
+        ``summary`` columns for the run and backbone it exported.
     """
 
     name: str
@@ -164,20 +166,7 @@ class Exporter:
     default: bool = False
     description: str = ""
     rerender: bool = False
-
-
-@dataclass
-class ReportSection:
-    """A section a plugin adds to the HTML report (through the ``report_sections`` hook).
-
-    Text is escaped (no HTML); tables show their first rows, figures are embedded like analysis
-    figures.
-    """
-
-    title: str
-    paragraphs: list[str] = field(default_factory=list)
-    tables: list[Table] = field(default_factory=list)
-    figures: list[Figure] = field(default_factory=list)
+    tables: tuple[TableSpec, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -312,7 +312,7 @@ def _embed_and_analyse(store: Store, registry: Registry, settings: RunSettings, 
         if reused:
             console.info(f"analyses whose code, data and settings were unchanged reused the results of run(s) "
                          f"{', '.join(sorted(reused))}")
-    n_images = int(store.one("SELECT count(*) FROM run_images WHERE run_id = ?", [run_id])[0])
+    n_images = store.run_image_count(run_id)
     return _Progress(n_images, len(skipped) + len(bad_shas), failures, warnings)
 
 

@@ -1,7 +1,9 @@
 """The DuckDB store: the only place in tk that writes SQL (besides ``tk sql``)."""
 
+from toolkit.store.embeddings import EmbeddingSet, EmbeddingWriter
 from toolkit.store.migrations import MIGRATIONS
 from toolkit.store.sql import identifier
-from toolkit.store.store import EmbeddingSet, EmbeddingWriter, Store
+from toolkit.store.store import Store
+from toolkit.store.tables import TableSpec
 
-__all__ = ["MIGRATIONS", "EmbeddingSet", "EmbeddingWriter", "Store", "identifier"]
+__all__ = ["MIGRATIONS", "EmbeddingSet", "EmbeddingWriter", "Store", "TableSpec", "identifier"]

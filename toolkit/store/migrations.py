@@ -106,43 +106,14 @@ def m001_create_tables(con: duckdb.DuckDBPyConnection) -> None:
 
 
 def m002_export_parity(con: duckdb.DuckDBPyConnection) -> None:
-    con.execute("""
-        CREATE TABLE export_parity (
-            run_id VARCHAR, backbone VARCHAR, format VARCHAR, path VARCHAR, input_type VARCHAR,
-            size_bytes BIGINT, latency_single_ms DOUBLE, latency_batch32_ms DOUBLE,
-            keras_latency_single_ms DOUBLE, keras_latency_batch32_ms DOUBLE,
-            centred_cosine_mean DOUBLE, centred_cosine_min DOUBLE, similarity_rank_corr DOUBLE,
-            prediction_agreement DOUBLE, max_probability_diff DOUBLE, n_images INTEGER,
-            created_at TIMESTAMP DEFAULT current_timestamp
-        )""")
+    """Once created ``export_parity``; that table now belongs to the deployment exporters, which
+    declare it (``TableSpec``) and create it when they first write. Kept, empty, so that stores
+    which recorded it and new stores agree on the list of applied migrations."""
 
 
 def m003_training(con: duckdb.DuckDBPyConnection) -> None:
-    """``tk train``: one row per training run, its per-epoch history, held-out metrics and ablation
-    differences."""
-    con.execute("""
-        CREATE TABLE training_runs (
-            train_id VARCHAR PRIMARY KEY, backbone VARCHAR, variant VARCHAR, base_weights_id VARCHAR,
-            base_weights_kind VARCHAR, ablation_id VARCHAR, settings JSON, classes JSON, model_path VARCHAR,
-            model_sha256 VARCHAR, n_train_images INTEGER, n_val_images INTEGER, n_train_patients INTEGER,
-            n_val_patients INTEGER, started_at TIMESTAMP, finished_at TIMESTAMP, status VARCHAR, error VARCHAR
-        )""")
-    con.execute("""
-        CREATE TABLE training_history (
-            train_id VARCHAR, epoch INTEGER, phase VARCHAR, loss DOUBLE, accuracy DOUBLE, val_loss DOUBLE,
-            val_accuracy DOUBLE, val_balanced_accuracy DOUBLE, val_roc_auc DOUBLE, learning_rate DOUBLE,
-            seconds DOUBLE, PRIMARY KEY (train_id, epoch)
-        )""")
-    con.execute("""
-        CREATE TABLE training_metrics (
-            train_id VARCHAR, split VARCHAR, metric VARCHAR, class VARCHAR, value DOUBLE,
-            ci_low DOUBLE, ci_high DOUBLE
-        )""")
-    con.execute("""
-        CREATE TABLE training_differences (
-            ablation_id VARCHAR, factor VARCHAR, train_a VARCHAR, train_b VARCHAR, metric VARCHAR,
-            class VARCHAR, value_a DOUBLE, value_b DOUBLE, difference DOUBLE, ci_low DOUBLE, ci_high DOUBLE
-        )""")
+    """Once created the ``training_*`` tables; they now belong to ``tk train``
+    (``toolkit.models.training_record``), which declares and creates them. Kept, empty, as m002."""
 
 
 def m004_analysis_cache_key(con: duckdb.DuckDBPyConnection) -> None:

@@ -5,17 +5,20 @@ curve and, for an ablation, the paired differences. Nothing here recomputes a mo
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from toolkit.store import Store
 from toolkit.lazy import lazy_import
+from toolkit.models.training_record import DIFFERENCES, HISTORY, METRICS, RUNS
+from toolkit.plugin.sections import ReportContext, ReportSection
+from toolkit.store import Store
 
 pd = lazy_import("pandas")
 
 MAX_VARIANTS = 8
-METRICS = [("balanced_accuracy", "Balanced accuracy"), ("roc_auc", "AUC"), ("accuracy", "Accuracy"),
+METRIC_LABELS = [("balanced_accuracy", "Balanced accuracy"), ("roc_auc", "AUC"), ("accuracy", "Accuracy"),
            ("patient_score", "Patient score"), ("sensitivity", "Sensitivity"), ("specificity", "Specificity")]
 SETTINGS_SHOWN = ("augment", "balance", "epochs", "unfreeze", "learning_rate", "seed")
 
@@ -42,7 +45,7 @@ def comparison_rows(finetuned: pd.DataFrame, probes: dict[str, pd.DataFrame], cl
     """One row per metric (per class for sensitivity and specificity): the fine-tuned estimate and
     each probe's, keyed by column name."""
     rows = []
-    for metric, label in METRICS:
+    for metric, label in METRIC_LABELS:
         for cls in (classes if metric in ("sensitivity", "specificity") else [None]):
             pick = (lambda f: _estimate(f, metric, None)) if cls is None else (  # noqa: E731
                 lambda f: _per_class(f, metric, cls, classes))
@@ -87,20 +90,19 @@ def training_sections(store: Store, run_id: str, backbones: list[str]) -> dict[s
     """``variants``: per trained variant whose base backbone or variant is in the run (latest first),
     its metrics beside the frozen probe (and the probe on the variant's embeddings, when the run has
     them) and its training curve; ``ablations``: the paired differences of their ablations."""
-    if not backbones or not store.table_exists("training_runs"):
+    if not backbones:
         return {"variants": [], "ablations": []}
-    bases = sorted({name.split("@")[0] for name in backbones})
-    runs = store.query_df(
-        "SELECT * FROM training_runs WHERE status = 'ok' AND (backbone IN (SELECT unnest(?)) OR variant IN "
-        "(SELECT unnest(?))) ORDER BY started_at DESC LIMIT ?", [bases, backbones, MAX_VARIANTS])
-    probe = (store.query_df("SELECT * FROM results_probe WHERE run_id = ? AND target = 'label' AND split = 'patient'",
-                            [run_id]) if store.table_exists("results_probe") else pd.DataFrame())
+    bases = {name.split("@")[0] for name in backbones}
+    runs = store.rows(RUNS, where={"status": "ok"}, order_by=("started_at",), descending=True)
+    runs = runs[runs["backbone"].isin(bases) | runs["variant"].isin(backbones)].head(MAX_VARIANTS)
+    probe = store.run_results(run_id, "probe")
+    if not probe.empty:
+        probe = probe[(probe["target"] == "label") & (probe["split"] == "patient")]
     of = lambda name: probe[probe["backbone"] == name] if not probe.empty else probe  # noqa: E731
     variants = []
     for run in runs.to_dict("records"):
-        metrics = store.query_df("SELECT * FROM training_metrics WHERE train_id = ? AND split = 'patient'",
-                                 [run["train_id"]])
-        history = store.query_df("SELECT * FROM training_history WHERE train_id = ? ORDER BY epoch", [run["train_id"]])
+        metrics = store.rows(METRICS, where={"train_id": run["train_id"], "split": "patient"})
+        history = store.rows(HISTORY, where={"train_id": run["train_id"]}, order_by=("epoch",))
         settings = json.loads(run["settings"]) if isinstance(run["settings"], str) else run["settings"]
         classes = json.loads(run["classes"]) if isinstance(run["classes"], str) else list(run["classes"])
         variants.append({
@@ -108,7 +110,19 @@ def training_sections(store: Store, run_id: str, backbones: list[str]) -> dict[s
             "rows": comparison_rows(metrics, {"frozen": of(run["backbone"]), "variant": of(run["variant"])}, classes),
             "curve": curve_figure(history, run["variant"]) if not history.empty else None})
     ablation_ids = sorted({v["ablation_id"] for v in variants if v["ablation_id"]})
-    ablations = [{"ablation_id": a, "rows": store.query_df("SELECT * FROM training_differences WHERE ablation_id = ? "
-                                                           "ORDER BY factor, metric", [a]).astype(object)
-                  .replace({np.nan: None}).to_dict("records")} for a in ablation_ids]
+    ablations = [{"ablation_id": a, "rows": store.rows(DIFFERENCES, where={"ablation_id": a}, order_by=("factor", "metric"))
+                  .astype(object).replace({np.nan: None}).to_dict("records")} for a in ablation_ids]
     return {"variants": variants, "ablations": ablations}
+
+
+TEMPLATE = Path(__file__).parent / "templates" / "training.html"
+
+
+def report_section(context: ReportContext) -> list[ReportSection]:
+    """"Fine-tuned backbones", when a variant of one of the run's backbones was trained."""
+    training = training_sections(context.store, context.run_id, context.backbone_names)
+    if not training["variants"]:
+        return []
+    return [ReportSection("Fine-tuned backbones", slot="models", order=10, anchor="training", template=TEMPLATE,
+                          data={"training": training})]
+

@@ -1,0 +1,92 @@
+"""Runs: what each ``tk run`` was asked, what it did per backbone, what it skipped and exported."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from toolkit.errors import TkError
+from toolkit.store.connection import Connection
+from toolkit.store.sql import utcnow
+
+
+class Runs(Connection):
+    """The ``runs``, ``run_backbones``, ``skipped_files`` and ``exports`` tables."""
+
+    def start_run(self, run_id: str, command: str, settings: dict[str, Any], versions: dict[str, str]) -> None:
+        self.con.execute("INSERT INTO runs (run_id, started_at, status, pid, command, settings, versions, warnings) "
+                         "VALUES (?, ?, 'running', ?, ?, ?, ?, '[]')",
+                         [run_id, utcnow(), os.getpid(), command, json.dumps(settings, default=str),
+                          json.dumps(versions)])
+
+    def update_run(self, run_id: str, **fields: Any) -> None:
+        columns = {"finished_at", "status", "data_root", "source", "dataset_fingerprint", "n_images",
+                   "n_skipped", "warnings"}
+        unknown = set(fields) - columns
+        if unknown:
+            raise ValueError(f"unknown run fields {unknown}")
+        values = [json.dumps(v) if k == "warnings" else v for k, v in fields.items()]
+        assignments = ", ".join(f"{k} = ?" for k in fields)
+        self.con.execute(f"UPDATE runs SET {assignments} WHERE run_id = ?", [*values, run_id])
+
+    def _mark_interrupted_runs(self) -> None:
+        for run_id, pid in self.con.execute("SELECT run_id, pid FROM runs WHERE status = 'running'").fetchall():
+            if pid != os.getpid() and not _pid_alive(pid):
+                self.con.execute("UPDATE runs SET status = 'interrupted' WHERE run_id = ?", [run_id])
+
+    def run(self, run_id: str | None = None) -> dict[str, Any]:
+        """One run as a dict (the latest when ``run_id`` is None)."""
+        if run_id is None:
+            df = self.query_df("SELECT * FROM runs ORDER BY started_at DESC LIMIT 1")
+        else:
+            df = self.query_df("SELECT * FROM runs WHERE run_id = ?", [run_id])
+        if df.empty:
+            raise TkError(f"no run {run_id!r} in {self.path}; list runs with: tk sql \"SELECT run_id, started_at FROM runs\""
+                          if run_id else f"store {self.path} has no runs yet; run `tk run` first")
+        row = df.iloc[0].to_dict()
+        for key in ("settings", "versions", "warnings"):
+            row[key] = json.loads(row[key]) if isinstance(row[key], str) else row[key]
+        return row
+
+    def record_export(self, run_id: str, exporter: str, path: Path) -> None:
+        """Remember a file an exporter wrote for a run."""
+        self.con.execute("INSERT INTO exports VALUES (?, ?, ?, current_timestamp)", [run_id, exporter, str(path)])
+
+    def skipped_files(self, run_id: str) -> list[dict[str, Any]]:
+        """The files a run could not use: relpath, reason."""
+        return self.query_df("SELECT relpath, reason FROM skipped_files WHERE run_id = ? ORDER BY relpath",
+                             [run_id]).to_dict("records")
+
+    def record_skipped(self, run_id: str, relpath: str, reason: str) -> None:
+        self.con.execute("INSERT INTO skipped_files VALUES (?, ?, ?)", [run_id, relpath, reason])
+
+    def run_backbones(self, run_id: str, ok_only: bool = False) -> list[dict[str, Any]]:
+        """One dict per backbone of a run (every ``run_backbones`` column), by name."""
+        where = " AND status = 'ok'" if ok_only else ""
+        return self.query_df(f"SELECT * FROM run_backbones WHERE run_id = ?{where} ORDER BY backbone",
+                             [run_id]).to_dict("records")
+
+    def run_backbone(self, run_id: str, backbone: str) -> dict[str, Any] | None:
+        """The ``run_backbones`` row of one backbone that finished in a run, or None."""
+        found = [row for row in self.run_backbones(run_id, ok_only=True) if row["backbone"] == backbone]
+        return found[0] if found else None
+
+    def record_backbone(self, run_id: str, backbone: str, **fields: Any) -> None:
+        names = ["run_id", "backbone", *fields]
+        placeholders = ", ".join("?" for _ in names)
+        self.con.execute(f"INSERT OR REPLACE INTO run_backbones ({', '.join(names)}) VALUES ({placeholders})",
+                         [run_id, backbone, *fields.values()])
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,138 @@
+"""Tables a plugin (or a part of tk outside the core flow, such as ``tk train``) declares and owns.
+
+Core migrations create only core tables. A plugin describes its own table with a ``TableSpec``;
+the store creates it on first write and reads it with plain filters, so no plugin writes SQL text.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from toolkit.errors import PluginError
+from toolkit.lazy import lazy_import
+from toolkit.store.connection import Connection
+from toolkit.store.sql import arrow_view
+
+pd = lazy_import("pandas")
+pa = lazy_import("pyarrow")
+
+NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+COLUMN_TYPE = re.compile(r"[A-Z][A-Z0-9_]*( DEFAULT [A-Za-z_]+)?")
+CORE_TABLES = frozenset({"images", "runs", "run_images", "skipped_files", "embedding_sets", "run_backbones",
+                         "analysis_runs", "result_tables", "exports", "_migrations"})
+RESERVED_PREFIXES = ("results_", "emb_", "embeddings_", "_")
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A table owned by a plugin.
+
+    :param name: lower-case letters, digits and underscores; never a core table's name or one of
+        the prefixes core uses (``results_``, ``emb_``, ``embeddings_``, ``_``).
+    :param columns: column name -> DuckDB type (``VARCHAR``, ``DOUBLE``, ``INTEGER``, ``BIGINT``,
+        ``JSON``, ``TIMESTAMP``, ...; ``TIMESTAMP DEFAULT current_timestamp`` is allowed).
+    :param key: columns that identify a row (a primary key).
+    :param summary: columns ``tk`` prints in a terminal table (default: all).
+    """
+
+    name: str
+    columns: dict[str, str]
+    key: tuple[str, ...] = ()
+    summary: tuple[str, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if not NAME.fullmatch(self.name) or self.name in CORE_TABLES or self.name.startswith(RESERVED_PREFIXES):
+            raise PluginError(f"table name {self.name!r} is taken by tk's core or malformed; use lower-case "
+                              f"letters, digits and underscores, not {', '.join(RESERVED_PREFIXES)}...")
+        for column, kind in self.columns.items():
+            if not NAME.fullmatch(column) or not COLUMN_TYPE.fullmatch(kind):
+                raise PluginError(f"table {self.name}: column {column!r} {kind!r} is not a plain name and DuckDB type")
+        unknown = [c for c in (*self.key, *self.summary) if c not in self.columns]
+        if unknown:
+            raise PluginError(f"table {self.name}: {', '.join(unknown)} are not among its columns")
+
+    def ddl(self) -> str:
+        columns = [f'"{name}" {kind}' for name, kind in self.columns.items()]
+        if self.key:
+            columns.append(f"PRIMARY KEY ({', '.join(map(quoted, self.key))})")
+        return f"CREATE TABLE IF NOT EXISTS {self.name} ({', '.join(columns)})"
+
+
+def quoted(column: str) -> str:
+    """A column name as a SQL identifier (names are checked by TableSpec; ``class`` is a keyword)."""
+    return f'"{column}"'
+
+
+def _where(filters: dict[str, Any], spec: TableSpec) -> tuple[str, list[Any]]:
+    """``WHERE`` text and parameters for equality (or, for a list, membership) filters."""
+    clauses, params = [], []
+    for column, value in filters.items():
+        if column not in spec.columns:
+            raise ValueError(f"table {spec.name} has no column {column!r}")
+        if isinstance(value, (list, tuple, set)):
+            clauses.append(f"{quoted(column)} IN (SELECT unnest(?))")
+            params.append(list(value))
+        else:
+            clauses.append(f"{quoted(column)} = ?")
+            params.append(value)
+    return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
+class DeclaredTables(Connection):
+    """Create, write and read plugin-declared tables."""
+
+    def ensure_table(self, spec: TableSpec) -> None:
+        """Create ``spec``'s table if the store does not have it yet."""
+        self.con.execute(spec.ddl())
+
+    def replace_rows(self, spec: TableSpec, rows: Iterable[dict[str, Any]], where: dict[str, Any]) -> None:
+        """Delete the rows matching ``where`` and insert ``rows``, in one transaction."""
+        self.ensure_table(spec)
+        clause, params = _where(where, spec)
+        with self.transaction():
+            self.con.execute(f"DELETE FROM {spec.name}{clause}", params)
+            self._insert(spec, list(rows))
+
+    def insert_rows(self, spec: TableSpec, rows: Iterable[dict[str, Any]]) -> None:
+        """Append ``rows`` (dicts keyed by column; missing columns take their default or NULL)."""
+        self.ensure_table(spec)
+        self._insert(spec, list(rows))
+
+    def update_rows(self, spec: TableSpec, values: dict[str, Any], where: dict[str, Any]) -> None:
+        """Set ``values`` on the rows matching ``where``."""
+        unknown = [c for c in values if c not in spec.columns]
+        if unknown:
+            raise ValueError(f"table {spec.name} has no columns {unknown}")
+        clause, params = _where(where, spec)
+        assignments = ", ".join(f"{quoted(column)} = ?" for column in values)
+        self.con.execute(f"UPDATE {spec.name} SET {assignments}{clause}", [*values.values(), *params])
+
+    def rows(self, spec: TableSpec, where: dict[str, Any] | None = None, order_by: Iterable[str] = (),
+             descending: bool = False, limit: int | None = None) -> pd.DataFrame:
+        """The rows matching ``where`` (empty, with the declared columns, when the table does not exist)."""
+        if not self.table_exists(spec.name):
+            return pd.DataFrame(columns=list(spec.columns))
+        clause, params = _where(where or {}, spec)
+        order = list(order_by)
+        if any(column not in spec.columns for column in order):
+            raise ValueError(f"table {spec.name}: cannot order by {order}")
+        sql = f"SELECT * FROM {spec.name}{clause}"
+        if order:
+            sql += " ORDER BY " + ", ".join(f"{quoted(column)}{' DESC' if descending else ''}" for column in order)
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return self.query_df(sql, params)
+
+    def _insert(self, spec: TableSpec, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        columns = [c for c in spec.columns if any(c in row for row in rows)]
+        unknown = {c for row in rows for c in row} - set(spec.columns)
+        if unknown:
+            raise ValueError(f"table {spec.name} has no columns {sorted(unknown)}")
+        frame = pd.DataFrame([{c: row.get(c) for c in columns} for row in rows], columns=columns)
+        with arrow_view(self.con, pa.Table.from_pandas(frame, preserve_index=False)) as view:
+            names = ", ".join(map(quoted, columns))
+            self.con.execute(f"INSERT INTO {spec.name} ({names}) SELECT {names} FROM {view}")
