@@ -56,11 +56,11 @@ def _timed(function: Callable, totals: dict[str, float], key: str) -> Callable:
 def _undo_lever(arm: str) -> list[str]:
     """Patch tk in this interpreter so that ``arm``'s lever is undone; returns extra `tk run` args."""
     from toolkit.extract import pipeline
-    from toolkit.run import job as runner
     from toolkit.extract.tfimport import tensorflow
+    from toolkit.run import embed
 
     if arm == "decode-per-bb":
-        original = runner.extract
+        original = embed.extract
 
         def per_backbone(images, jobs, *args, **kwargs):
             done = []
@@ -68,7 +68,7 @@ def _undo_lever(arm: str) -> list[str]:
                 done = original(images, [job], *args, **kwargs)
             return done
 
-        runner.extract = per_backbone
+        embed.extract = per_backbone
     elif arm == "serial-decode":
         original_batches = pipeline.decoded_batches
         pipeline.decoded_batches = lambda images, sizes, batch_size, threads: original_batches(images, sizes,
@@ -83,7 +83,7 @@ def _undo_lever(arm: str) -> list[str]:
         pipeline.make_extractor = plain_extractor
         if arm == "predict":
             pipeline._pad = lambda batch, size: batch
-    elif arm == "no-fold":  # tk run folds where it builds a model (toolkit.run.job imports this at call time)
+    elif arm == "no-fold":  # tk run folds where it builds a model (toolkit.run.embed imports this at call time)
         from toolkit.extract import folding
 
         folding.fold_batch_norm = lambda model: model
@@ -95,14 +95,14 @@ def _undo_lever(arm: str) -> list[str]:
 def arm_main(arm: str, data: str, store: str, backbones: str) -> dict:
     """One arm in this interpreter: returns seconds of the run, extraction, scan, writes, model calls."""
     from toolkit.extract import pipeline
-    from toolkit.run import job as runner
+    from toolkit.run import embed, job
     from toolkit.store import store as store_module
     from toolkit.cli import main
 
     extra = _undo_lever(arm)
     totals: dict[str, float] = {}
-    runner.extract = _timed(runner.extract, totals, "extract")
-    runner.scan = _timed(runner.scan, totals, "scan")
+    embed.extract = _timed(embed.extract, totals, "extract")
+    job.scan = _timed(job.scan, totals, "scan")
     store_module.Store.write_batch = _timed(store_module.Store.write_batch, totals, "writes")
     make_extractor = pipeline.make_extractor
     pipeline.make_extractor = lambda *args: _timed(make_extractor(*args), totals, "model")

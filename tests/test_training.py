@@ -13,7 +13,8 @@ from tests.datasets import image_path, tile
 from toolkit.errors import TkError
 from toolkit.plugin.registry import load_registry
 from toolkit.ingest.scan import sha256_file
-from toolkit.models.training import (TrainSettings, class_weights, classifier_model, oversampled, patient_split, train)
+from toolkit.models.training import TrainSettings, classifier_model, train
+from toolkit.models.training_data import class_weights, oversampled, patient_split
 from toolkit.models.variants import find_backbone
 
 QUICK = {"backbone": "tiny", "weights": "random", "plugins": [str(TINY)], "epochs": 8, "learning_rate": 0.01,

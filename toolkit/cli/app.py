@@ -97,7 +97,8 @@ def build_app(plugins: list[str]) -> typer.Typer:
     ) -> None:
         """Embed images with the selected backbones, store, analyse and report."""
         from toolkit import console
-        from toolkit.run.job import RunSettings, execute_run
+        from toolkit.run.job import execute_run
+        from toolkit.run.settings import RunSettings
 
         if weights not in ("auto", "imagenet", "random") and not Path(weights).expanduser().exists():
             raise TkError(f"--weights {weights}: no such file; use auto, imagenet, random or the path of a weights file")
@@ -200,7 +201,7 @@ def build_app(plugins: list[str]) -> typer.Typer:
         """Export a backbone + probe-head classifier, with size, latency and parity numbers."""
         from toolkit.plugin.types import ExportContext
         from toolkit.plugin.registry import load_registry
-        from toolkit.run.job import select
+        from toolkit.run.settings import select
         from toolkit.store import Store
 
         registry = load_registry(plugins)

@@ -29,18 +29,14 @@ from toolkit.analysis.stats import group_codes
 from toolkit.errors import TkError
 from toolkit.ingest.scan import sha256_file
 from toolkit.models.ablation import ABLATION, ablation_table
+from toolkit.models.augmentation import augmentation
+from toolkit.models.training_data import TrainingData, class_weights, load_training_data, oversampled
 from toolkit.models.training_record import record_differences, record_failure, record_start, record_success
 from toolkit.models.variants import VariantInfo, find_backbone, model_path, register_variant, variant_name
 from toolkit.plugin.types import Backbone
 
 BALANCE_MODES = ("weights", "oversample", "none")
 FINETUNE_LR_FACTOR = 0.1
-AUGMENT_RANGES = {"rotation": 0.5, "zoom": 0.1, "translation": 0.1, "stain_sigma": 0.05}
-"""RandomRotation factor (fraction of a full turn: 0.5 = any angle), RandomZoom and
-RandomTranslation height/width factors, and the HED stain jitter's sigma (Tellez et al. 2018)."""
-RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float32)
-"""Ruifrok & Johnston (2001) stain vectors: haematoxylin, eosin, DAB optical densities in RGB."""
-
 
 
 @dataclass
@@ -66,22 +62,6 @@ class TrainSettings:
     n_bootstrap: int = 1000
 
 
-@dataclass(frozen=True)
-class TrainingData:
-    """Decoded images with labels and patients, and the patient-grouped validation mask."""
-
-    pixels: np.ndarray  # (n, h, w, 3) uint8
-    y: np.ndarray  # class codes
-    classes: list[str]
-    patients: np.ndarray  # patient codes
-    val: np.ndarray  # bool mask: images of held-out patients
-
-    @property
-    def minority(self) -> int:
-        """The class with the fewest training images."""
-        return int(np.argmin(np.bincount(self.y[~self.val], minlength=len(self.classes))))
-
-
 @dataclass
 class TrainOutcome:
     """One finished training run: its id, variant name, held-out predictions and stored metrics."""
@@ -102,66 +82,6 @@ def new_train_id(prefix: str = "t") -> str:
 
 
 # --- data -------------------------------------------------------------------------------------
-
-def patient_split(y: np.ndarray, patients: np.ndarray, val_fraction: float, seed: int) -> np.ndarray:
-    """Mask of validation images: whole patients, stratified by class, about ``val_fraction`` of them."""
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    per_class = pd.DataFrame({"y": y, "p": patients}).drop_duplicates().groupby("y").size()
-    folds = int(min(round(1 / val_fraction), per_class.min()))
-    if folds < 2 or len(per_class) < 2:
-        raise TkError("a patient-grouped split needs at least 2 classes with at least 2 patients each")
-    splitter = StratifiedGroupKFold(folds, shuffle=True, random_state=seed)
-    _, val = next(splitter.split(np.zeros(len(y)), y, patients))
-    mask = np.zeros(len(y), dtype=bool)
-    mask[val] = True
-    return mask
-
-
-def load_training_data(settings: TrainSettings, size: tuple[int, int]) -> TrainingData:
-    """Find, check and decode the images of ``settings.data`` (the demo when None) at ``size``."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    from toolkit.ingest.images import load_rgb
-    from toolkit.ingest.scan import scan
-    from toolkit.ingest.sources import find_images
-
-    data = settings.data
-    if data is None:
-        from toolkit.ingest.demo import demo_dataset
-
-        data = demo_dataset()
-        console.info(f"no DATA given: using the bundled demo dataset ({data})")
-    kind, root, records, skipped = find_images(Path(data), settings.source)
-    images, unreadable = scan(records, {})
-    for item in [*skipped, *unreadable]:
-        console.warn(f"{item.relpath}: {item.reason} — skipped")
-    if any(i.record.label is None or i.record.patient_id is None for i in images):
-        raise TkError("training needs a label and a patient id for every image (patient-grouped validation); "
-                      "use a BreakHis tree or a manifest with label and patient_id columns")
-    y, classes = group_codes(pd.Series([i.record.label for i in images]))
-    patients, _ = group_codes(pd.Series([i.record.patient_id for i in images]))
-    console.info(f"decoding {len(images)} images ({kind}) from {root}")
-    with ThreadPoolExecutor(4) as pool:
-        pixels = np.stack(list(pool.map(lambda i: load_rgb(i.record.path, size), images)))
-    val = patient_split(y, patients, settings.val_fraction, settings.seed)
-    return TrainingData(pixels, y, [str(c) for c in classes], patients, val)
-
-
-def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
-    """``n / (n_classes * n_c)`` per class: every class contributes equally to the loss."""
-    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
-    return len(y) / (n_classes * np.maximum(counts, 1))
-
-
-def oversampled(indices: np.ndarray, y: np.ndarray, seed: int) -> np.ndarray:
-    """``indices`` with every class drawn (with replacement) up to the largest class's count."""
-    rng = np.random.default_rng(seed)
-    by_class = [indices[y[indices] == c] for c in np.unique(y[indices])]
-    target = max(len(members) for members in by_class)
-    return np.concatenate([np.concatenate([members, rng.choice(members, target - len(members))])
-                           for members in by_class])
-
 
 def _datasets(data: TrainingData, settings: TrainSettings) -> tuple[Any, Any, int]:
     """tf.data training set (x, y, sample weight) shuffled per epoch, validation images, and the
@@ -191,47 +111,6 @@ def _datasets(data: TrainingData, settings: TrainSettings) -> tuple[Any, Any, in
 
 
 # --- model ------------------------------------------------------------------------------------
-
-def stain_jitter_layer(sigma: float, seed: int) -> Any:
-    """A Keras layer perturbing haematoxylin, eosin and DAB optical densities per image (training only)."""
-    import keras
-
-    hed_from_rgb = np.linalg.inv(RGB_FROM_HED).astype(np.float32)
-
-    class StainJitter(keras.layers.Layer):
-        """HED colour augmentation: ``hed * U(1-s, 1+s) + U(-s, s)`` per image and stain."""
-
-        def __init__(self, **kwargs: Any) -> None:
-            super().__init__(**kwargs)
-            self.seed_generator = keras.random.SeedGenerator(seed)
-
-        def call(self, images: Any, training: bool | None = None) -> Any:
-            if not training:
-                return images
-            ops = keras.ops
-            density = -ops.log(ops.clip(images, 1.0, 255.0) / 255.0)
-            hed = ops.matmul(density, hed_from_rgb)
-            shape = (ops.shape(images)[0], 1, 1, 3)
-            scale = keras.random.uniform(shape, 1 - sigma, 1 + sigma, seed=self.seed_generator)
-            shift = keras.random.uniform(shape, -sigma, sigma, seed=self.seed_generator)
-            return ops.clip(255.0 * ops.exp(-ops.matmul(hed * scale + shift, RGB_FROM_HED)), 0.0, 255.0)
-
-    return StainJitter(name="stain_jitter")
-
-
-def augmentation(seed: int) -> Any:
-    """Flip, rotation, zoom, translation and H&E stain jitter; every layer is inactive at inference."""
-    import keras
-
-    r = AUGMENT_RANGES
-    return keras.Sequential([
-        keras.layers.RandomFlip("horizontal_and_vertical", seed=seed),
-        keras.layers.RandomRotation(r["rotation"], fill_mode="reflect", seed=seed + 1),
-        keras.layers.RandomZoom(r["zoom"], fill_mode="reflect", seed=seed + 2),
-        keras.layers.RandomTranslation(r["translation"], r["translation"], fill_mode="reflect", seed=seed + 3),
-        stain_jitter_layer(r["stain_sigma"], seed + 4),
-    ], name="augmentation")
-
 
 def classifier_model(backbone: Backbone, base: Any, n_classes: int, settings: TrainSettings) -> Any:
     """Raw RGB (0..255) -> [augmentation] -> preprocessing -> frozen-BN backbone -> dropout -> softmax."""

@@ -1,119 +1,27 @@
-"""A conformance kit for plugins, in the manner of scikit-learn's ``parametrize_with_checks``.
-
-Each check takes one registered object and raises ``AssertionError`` saying what breaks the
-contract. Run them all at once::
-
-    from toolkit.testing import check_analysis
-    check_analysis(my_analysis)
-
-or one pytest test per check::
-
-    from toolkit.testing import parametrize_with_checks, registered
-    import my_plugin
-
-    @parametrize_with_checks(registered(my_plugin))
-    def test_conformance(item, check):
-        check(item)
-
-Analyses and exporters are checked on a synthetic run written into a DuckDB store through the
-store's own API (24 labelled images from 6 patients, two backbones with a class signal in the
-embeddings). Backbones are built with seeded random weights, so no download is needed. Importing
-this module does not import TensorFlow or pytest.
-"""
+"""The conformance checks: each takes one registered object and raises ``AssertionError`` saying
+what breaks the contract."""
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
-from types import ModuleType
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
-from toolkit import __version__
 from toolkit.analysis.runner import RunData, run_analyses
 from toolkit.plugin.registry import load_registry
 from toolkit.plugin.settings import resolved
 from toolkit.plugin.types import Analysis, AnalysisContext, Backbone, ExportContext, Exporter
 from toolkit.plugin.results import Figure, Finding, MalformedResult, Result, Table, validate_results
-from toolkit.ingest.scan import ScannedImage
-from toolkit.ingest.sources import ImageRecord
-from toolkit.store import EmbeddingSet, Store, identifier
+from toolkit.store import Store, identifier
+from toolkit.testing.synthetic import KIT_BACKBONES, KIT_LABELS, KIT_RUN_ID, KIT_SEED, SyntheticRun, synthetic_run
 
 Item = Backbone | Analysis | Exporter
 Check = Callable[[Any], None]
-
-KIT_RUN_ID = "kit-run"
-KIT_BACKBONES = {"alpha": 8, "beta": 12}
-KIT_LABELS = ("benign", "malignant")
-KIT_IMAGES = 24
-KIT_SEED = 7
-MAGNIFICATIONS = (40, 100, 200, 400)
-PATIENTS_PER_LABEL = 3
-
-
-# --- a synthetic run in a store ------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class SyntheticRun:
-    """A run written into ``store``: its id and the embedding set of every backbone."""
-
-    store: Store
-    run_id: str
-    sets: dict[str, EmbeddingSet]
-
-
-def _kit_images(n_images: int, labels: tuple[str, ...]) -> list[ScannedImage]:
-    images = []
-    for i in range(n_images):
-        label = labels[i % len(labels)] if labels else None
-        rank = i // max(len(labels), 1)
-        record = ImageRecord(
-            path=Path(f"/synthetic/image_{i:03d}.png"), relpath=f"image_{i:03d}.png", source="synthetic",
-            label=label, subtype=f"{label}_{'ab'[rank % 2]}" if label else None,
-            magnification=MAGNIFICATIONS[i % len(MAGNIFICATIONS)] if label else None,
-            patient_id=f"{label[0]}{rank % PATIENTS_PER_LABEL}" if label else None)
-        sha = hashlib.sha256(f"synthetic-{i}".encode()).hexdigest()
-        images.append(ScannedImage(record, sha, size_bytes=1, mtime_ns=0, width=32, height=32))
-    return images
-
-
-def _kit_vectors(images: list[ScannedImage], dim: int, seed: int) -> np.ndarray:
-    """Gaussian noise plus a shift along the first two features that grows with the label's rank."""
-    rng = np.random.default_rng(seed)
-    vectors = rng.normal(size=(len(images), dim)).astype(np.float32)
-    ranks = {label: rank for rank, label in enumerate(sorted({i.record.label or "" for i in images}))}
-    vectors[:, :2] += np.array([[1.5 * ranks[i.record.label or ""]] for i in images], dtype=np.float32)
-    return vectors
-
-
-def synthetic_run(store: Store, n_images: int = KIT_IMAGES, backbones: Mapping[str, int] = KIT_BACKBONES,
-                  labels: tuple[str, ...] = KIT_LABELS, seed: int = KIT_SEED) -> SyntheticRun:
-    """Write a finished run of ``n_images`` synthetic images into ``store``.
-
-    ``labels=()`` gives unlabelled images (no label, subtype, magnification or patient id).
-    """
-    images = _kit_images(n_images, labels)
-    shas = [image.sha256 for image in images]
-    sets = {name: EmbeddingSet(name, f"random-seed{seed}", dim) for name, dim in backbones.items()}
-    store.start_run(KIT_RUN_ID, "toolkit.testing", {"seed": seed}, {"tk": __version__})
-    for offset, embedding_set in enumerate(sets.values()):
-        store.ensure_set(embedding_set, "random", None, None)
-    store.write_batch(KIT_RUN_ID, images, {s: (shas, _kit_vectors(images, s.dim, seed + offset))
-                                          for offset, s in enumerate(sets.values())})
-    for embedding_set in sets.values():
-        store.point_view(embedding_set)
-        store.record_backbone(KIT_RUN_ID, embedding_set.backbone, table_name=embedding_set.table,
-                              weights_id=embedding_set.weights_id, weights_kind="random", dim=embedding_set.dim,
-                              n_embedded=n_images, n_reused=0, seconds=0.0, status="ok")
-    store.update_run(KIT_RUN_ID, status="ok", n_images=n_images, n_skipped=0, source="synthetic",
-                     data_root="/synthetic", finished_at=datetime.now(timezone.utc).replace(tzinfo=None))
-    return SyntheticRun(store, KIT_RUN_ID, sets)
 
 
 # --- analyses ------------------------------------------------------------------------------------
@@ -360,64 +268,3 @@ def check_exporter_is_repeatable(exporter: Exporter, seed: int = 0) -> None:
 EXPORTER_CHECKS: tuple[Check, ...] = (check_exporter_writes_inside_out_dir, check_exporter_is_repeatable)
 
 
-# --- entry points --------------------------------------------------------------------------------
-
-def checks_for(item: Item) -> tuple[Check, ...]:
-    """The checks that apply to a Backbone, Analysis or Exporter."""
-    for kind, checks in ((Backbone, BACKBONE_CHECKS), (Analysis, ANALYSIS_CHECKS), (Exporter, EXPORTER_CHECKS)):
-        if isinstance(item, kind):
-            return checks
-    raise TypeError(f"expected a Backbone, Analysis or Exporter, got {type(item).__name__}")
-
-
-def _check_all(item: Item) -> None:
-    for check in checks_for(item):
-        check(item)
-
-
-def check_backbone(backbone: Backbone) -> None:
-    """Run every backbone check (builds the model twice with random weights)."""
-    _check_all(backbone)
-
-
-def check_analysis(analysis: Analysis) -> None:
-    """Run every analysis check on synthetic runs."""
-    _check_all(analysis)
-
-
-def check_exporter(exporter: Exporter) -> None:
-    """Run every exporter check on a synthetic run in a temporary store."""
-    _check_all(exporter)
-
-
-def registered(module: ModuleType) -> list[Item]:
-    """Everything a plugin module registers through its ``register_*`` hooks (only that module)."""
-    from toolkit.plugin.registry import Register
-
-    items: list[Item] = []
-    for hook, kind in (("register_backbones", Backbone), ("register_analyses", Analysis),
-                       ("register_exporters", Exporter)):
-        if hasattr(module, hook):
-            register: Register = Register(kind)
-            getattr(module, hook)(register=register)
-            items.extend(register.items.values())
-    return items
-
-
-def parametrize_with_checks(items: Iterable[Item],
-                            expected_failed_checks: Mapping[str, Mapping[str, str]] | None = None) -> Any:
-    """A ``pytest.mark.parametrize`` over (item, check) pairs, one test per check, with readable ids.
-
-    :param expected_failed_checks: ``{item name: {check name: reason}}``; those pairs are marked
-        ``xfail(strict=True)``, so a fixed check shows up as a failure to remove from the list.
-    """
-    import pytest
-
-    expected = expected_failed_checks or {}
-    params = []
-    for item in items:
-        for check in checks_for(item):
-            reason = expected.get(item.name, {}).get(check.__name__)
-            marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-            params.append(pytest.param(item, check, id=f"{item.name}-{check.__name__}", marks=marks))
-    return pytest.mark.parametrize("item, check", params)

@@ -1,0 +1,101 @@
+"""What ``tk run`` is asked (``RunSettings``) and what it reports back (``RunSummary``), with the
+identifiers and provenance every run records."""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from toolkit import __version__
+from toolkit.errors import TkError
+from toolkit.extract.pipeline import BATCH_SIZE
+from toolkit.ingest.scan import ScannedImage
+
+EXIT_OK = 0
+EXIT_PARTIAL = 3  # the run finished, but a backbone, analysis or exporter failed
+
+
+@dataclass
+class RunSettings:
+    """Everything ``tk run`` was asked to do."""
+
+    data: Path | None = None
+    backbones: str = "all"
+    weights: str = "auto"
+    store: Path = Path("tk.duckdb")
+    out: Path = Path("reports")
+    plugins: list[str] = field(default_factory=list)
+    source: str = "auto"
+    analyses: str = "all"
+    exports: str | None = None
+    seed: int = 0
+    batch_size: int = BATCH_SIZE
+    precision: str = "fp32"
+    reveal_ids: bool = False
+    template_dir: Path | None = None
+    analysis_timeout: float | None = None
+    analysis_settings: list[str] = field(default_factory=list)  # NAME.KEY=VALUE, as given to --set
+
+
+@dataclass
+class RunSummary:
+    """What a run did, for the CLI's last lines and for tests."""
+
+    run_id: str
+    status: str
+    n_images: int
+    n_skipped: int
+    outputs: list[Path]
+    failures: list[str]
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_OK if not self.failures else EXIT_PARTIAL
+
+
+def select(items: dict[str, Any], spec: str, kind: str) -> list[Any]:
+    """Items named in a comma list, or all of them for ``all``; unknown names are an error."""
+    if spec.strip() == "all":
+        return list(items.values())
+    names = [n.strip() for n in spec.split(",") if n.strip()]
+    if kind == "backbone":  # fine-tuned variants, <base>@<train_id>
+        from toolkit.models.variants import with_variants
+
+        items = with_variants(items, names)
+    unknown = [n for n in names if n not in items]
+    if unknown:
+        raise TkError(f"unknown {kind} {', '.join(unknown)}; available: {', '.join(items) or 'none'} (see `tk plugins`)")
+    return [items[n] for n in dict.fromkeys(names)]
+
+
+def versions() -> dict[str, str]:
+    """Versions that make a run reproducible (TensorFlow's only when it was imported)."""
+    from importlib.metadata import version
+
+    found = {"tk": __version__, "python": platform.python_version(), "platform": platform.platform()}
+    for package in ("keras", "tensorflow-cpu", "tensorflow", "numpy", "scipy", "scikit-learn", "duckdb"):
+        try:
+            found[package] = version(package)
+        except Exception:
+            continue
+    return found
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(2)
+
+
+def dataset_fingerprint(images: list[ScannedImage]) -> str:
+    digest = hashlib.sha256()
+    for sha in sorted({image.sha256 for image in images}):
+        digest.update(sha.encode())
+    return digest.hexdigest()
