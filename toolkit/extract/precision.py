@@ -132,6 +132,16 @@ class Lowered:
     notes: list[str] = field(default_factory=list)
 
 
+def extractor_at(backbone: Backbone, model: Any, precision: str, batch_size: int) -> Extract:
+    """The extractor of ``model`` computing in fp32, bf16 or fp16: the one place that turns a
+    (backbone, model, precision) into an extractor. int8 runs a converted model instead
+    (:func:`lower`, ``lite_extractor``)."""
+    from toolkit.extract.pipeline import make_extractor
+
+    return make_extractor(backbone, mixed_model(model, precision) if precision in MIXED_POLICIES else model,
+                          batch_size)
+
+
 def lower(backbone: Backbone, model: Any, resolved: ResolvedWeights, precision: str, batch_size: int,
           paths: list[str], seed: int, recorded: tuple[str, str] | None = None) -> Lowered:
     """The extractor of ``model`` at ``precision`` with its parity against fp32.
@@ -142,16 +152,15 @@ def lower(backbone: Backbone, model: Any, resolved: ResolvedWeights, precision: 
     so far: it is reused, so that one set never holds vectors of two quantised models.
     """
     from toolkit.extract.conversion import calibration_sample
-    from toolkit.extract.pipeline import make_extractor
 
+    if precision == "fp32":
+        return Lowered(precision, extractor_at(backbone, model, precision, batch_size))
     n_calibration = N_CALIBRATION if precision == "int8" else 0
     calibration, held_out = calibration_sample(paths, backbone.input_size, seed, n_calibration, N_PARITY)
-    if precision in MIXED_POLICIES:
-        lowered = Lowered(precision, make_extractor(backbone, mixed_model(model, precision), batch_size))
-    elif precision == "int8":
+    if precision == "int8":
         lowered = _int8(backbone, model, resolved, calibration, recorded)
     else:
-        return Lowered(precision, make_extractor(backbone, model, batch_size))
+        lowered = Lowered(precision, extractor_at(backbone, model, precision, batch_size))
     lowered.parity = parity_against(backbone, model, lowered.extract, held_out, batch_size)
     return lowered
 
@@ -191,22 +200,19 @@ def parity_against(backbone: Backbone, model: Any, extract: Extract, pixels: np.
     images left ~2.5 GB in TensorFlow's allocator for the rest of the run (measured).
     """
     from toolkit.extract.parity import embedding_parity
-    from toolkit.extract.pipeline import embed_padded, make_extractor
+    from toolkit.extract.pipeline import embed_padded
 
-    reference = embed_padded(make_extractor(backbone, model, batch_size), pixels, batch_size)
+    reference = embed_padded(extractor_at(backbone, model, "fp32", batch_size), pixels, batch_size)
     return embedding_parity(reference, embed_padded(extract, pixels, batch_size))
 
 
 def query_extractor(backbone: Backbone, model: Any, precision: str, recorded: tuple[str, str] | None) -> tuple[Extract, str]:
     """An extractor for one image at a set's precision, and a warning ('' when none), for
     ``tk similar``: a new query must be embedded the way the stored images were."""
-    from toolkit.extract.pipeline import make_extractor
-
-    if precision in MIXED_POLICIES:
-        return make_extractor(backbone, mixed_model(model, precision), 1), ""
     if precision == "int8":
         if recorded and Path(recorded[0]).is_file():
             return lite_extractor(recorded[0]), ""
-        return make_extractor(backbone, model, 1), (f"the int8 model of the stored {backbone.name} embeddings is gone; "
-                                                    "the query is embedded in fp32, so similarities are approximate")
-    return make_extractor(backbone, model, 1), ""
+        return extractor_at(backbone, model, "fp32", 1), (f"the int8 model of the stored {backbone.name} embeddings "
+                                                          "is gone; the query is embedded in fp32, so similarities "
+                                                          "are approximate")
+    return extractor_at(backbone, model, precision, 1), ""
