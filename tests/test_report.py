@@ -4,14 +4,17 @@ escapes hostile metadata, hides patient ids, and re-renders from the store uncha
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from html import unescape
+from pathlib import Path
 
 import duckdb
 import numpy as np
+import pytest
 
 from tests.browser import open_page
 from tests.conftest import TINY, run_tk
-from tests.datasets import tile
+from tests.datasets import make_breakhis, tile
 
 PAYLOAD_LABEL = "<script>console.log('XSS-LABEL')</script>"
 PAYLOAD_SUBTYPE = "<img src=x onerror=console.log('XSS-SUBTYPE')>"
@@ -25,11 +28,31 @@ def _report(out):
     return reports[0]
 
 
-def test_report_loads_in_chromium_with_every_section(tmp_path, breakhis):
-    store, out = tmp_path / "tk.duckdb", tmp_path / "out"
-    result = run_tk("run", breakhis, "--backbone", "tiny", "--store", store, "--out", out, "--plugin", TINY)
+@dataclass(frozen=True)
+class TinyRun:
+    data: Path
+    store: Path
+    out: Path
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> TinyRun:
+    """One run of the tiny backbone on a BreakHis-layout tree with one broken file, shared by the tests
+    below that only read its store and report."""
+    root = tmp_path_factory.mktemp("tiny-run")
+    data = root / "BreaKHis_v1" / "histology_slides" / "breast"
+    make_breakhis(data)
+    broken = data / "benign" / "SOB" / "adenosis" / "SOB_B_A_14-100" / "40X" / "SOB_B_A-14-100-40-007.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    run = TinyRun(data, root / "tk.duckdb", root / "out")
+    result = run_tk("run", data, "--backbone", "tiny", "--store", run.store, "--out", run.out, "--plugin", TINY,
+                    env={"TK_CACHE_DIR": str(root / "cache"), "TK_LOAD_PLUGINS": ""})
     assert result.exit_code == 0, result.stderr
-    report = _report(out)
+    return run
+
+
+def test_report_loads_in_chromium_with_every_section(tmp_path, tiny_run):
+    report = _report(tiny_run.out)
     html = report.read_text()
     csp = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', html)
     assert csp and unescape(csp.group(1)).startswith("default-src 'none';")
@@ -73,29 +96,22 @@ def test_report_escapes_hostile_metadata_and_nothing_executes(tmp_path):
     assert "XSS-" not in "".join(page.console)
 
 
-def test_patient_ids_are_pseudonymised_unless_revealed(tmp_path, breakhis):
-    store = tmp_path / "tk.duckdb"
-    broken = breakhis / "benign" / "SOB" / "adenosis" / "SOB_B_A_14-100" / "40X" / "SOB_B_A-14-100-40-007.png"
-    broken.write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    assert run_tk("run", breakhis, "--backbone", "tiny", "--store", store, "--out", tmp_path / "a",
-                  "--plugin", TINY).exit_code == 0
+def test_patient_ids_are_pseudonymised_unless_revealed(tmp_path, tiny_run):
+    store = tiny_run.store
     con = duckdb.connect(str(store), read_only=True)
     patients = [r[0] for r in con.execute("SELECT DISTINCT patient_id FROM images").fetchall()]
     con.close()
     assert len(patients) == 8
-    html = _report(tmp_path / "a").read_text()
+    html = _report(tiny_run.out).read_text()
     assert not [p for p in patients if p in html]
-    assert str(breakhis) not in html and str(tmp_path) not in html  # no absolute local paths
+    assert str(tiny_run.data) not in html and str(store.parent) not in html  # no absolute local paths
     assert re.search(r"P-[0-9a-f]{6}", html)  # the skipped file's path names the pseudonym instead
     revealed = run_tk("report", "--store", store, "--out", tmp_path / "b", "--reveal-ids", "--plugin", TINY)
     assert revealed.exit_code == 0, revealed.stderr
     assert all(p in _report(tmp_path / "b").read_text() for p in ["14-100"])
 
 
-def test_tk_report_re_renders_the_same_file_from_the_store(tmp_path, breakhis):
-    store = tmp_path / "tk.duckdb"
-    assert run_tk("run", breakhis, "--backbone", "tiny", "--store", store, "--out", tmp_path / "a",
-                  "--plugin", TINY).exit_code == 0
-    again = run_tk("report", "--store", store, "--out", tmp_path / "b", "--plugin", TINY)
+def test_tk_report_re_renders_the_same_file_from_the_store(tmp_path, tiny_run):
+    again = run_tk("report", "--store", tiny_run.store, "--out", tmp_path / "b", "--plugin", TINY)
     assert again.exit_code == 0, again.stderr
-    assert _report(tmp_path / "a").read_text() == _report(tmp_path / "b").read_text()
+    assert _report(tiny_run.out).read_text() == _report(tmp_path / "b").read_text()
