@@ -55,11 +55,10 @@ def register_analyses(register):
 
 def write_status(context: ExportContext, out_dir: Path) -> list[Path]:
     """``<run>-status.json``: the status of every analysis of the run."""
-    rows = context.store.query_df("SELECT analysis, backbone, status, message FROM analysis_runs "
-                                  "WHERE run_id = ? ORDER BY analysis, backbone", [context.run_id])
+    rows = sorted(context.store.run_analyses(context.run_id), key=lambda r: (r["analysis"], r["backbone"]))
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{context.run_id}-status.json"
-    path.write_text(json.dumps(rows.to_dict("records"), indent=2))
+    path.write_text(json.dumps(rows, indent=2))
     return [path]
 
 
