@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import re
 import json
 import subprocess
 import sys
@@ -75,3 +76,18 @@ def test_version_works():
     done = subprocess.run([sys.executable, "-m", "toolkit", "--version"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"tk {toolkit.__version__}"
+
+
+def test_report_templates_name_no_plugin():
+    """The report is assembled from sections: its templates name no analysis, exporter or table of a plugin."""
+    from toolkit.plugin.registry import load_registry
+    from toolkit.report.environment import builtin_template_dir
+
+    registry = load_registry()
+    names = {*registry.analyses, *(n for n in registry.exporters if n != "html"), "export_parity", "training_runs"}
+    for template in builtin_template_dir().glob("*.html"):
+        if template.name == "glossary.html":  # explains terms (probe, ANOVA, ...) to readers, reads no data
+            continue
+        text = template.read_text(encoding="utf-8")
+        named = sorted(n for n in names if re.search(rf"\b{re.escape(n)}\b", text))
+        assert not named, f"{template.name} names plugin parts {named}; contribute them through report_sections"

@@ -61,6 +61,12 @@ def test_report_loads_in_chromium_with_every_section(tmp_path, tiny_run):
     assert page.console == []
     for anchor in ("summary", "comparison", "section-tiny", "dataset", "provenance", "glossary"):
         assert f'id="{anchor}"' in page.dom
+    table = page.dom.split('class="comparison"', 1)[1].split("</tr>", 1)[0]  # columns contributed by plugins
+    assert re.findall(r"<th>([^<]+)</th>", table) == [
+        "Backbone", "Weights", "Features", "Silhouette (benign vs malignant)", "Features that differ (q &lt; 0.05)",
+        "Balanced accuracy, new patients", "AUC, new patients", "Balanced accuracy, leaky split", "Images / s"]
+    assert "The embeddings that best separate benign from malignant tissue come from" in page.dom  # the probe's
+    assert "Integrity checks" in page.dom.split('id="dataset"', 1)[1]
     assert page.screenshot.stat().st_size > 20_000  # a rendered page, not a blank one
     gallery = page.dom.split('id="section-tiny-gradcam"', 1)[1].split('class="analysis"', 1)[0]
     assert "status-ok" in gallery and 'src="data:image/png;base64,' in gallery  # the Grad-CAM gallery

@@ -234,6 +234,6 @@ def report_sections(context: ReportContext) -> list[ReportSection]:
     if table.empty:
         return []
     labels = table[table["partition"] == "label"]
-    values = {name: format_number(float(value), 2) for name, value in zip(labels["backbone"], labels["silhouette_euclidean"])}
-    return [ReportSection(slot="comparison", columns=[ComparisonColumn("Silhouette (benign vs malignant)", values,
-                                                                         order=20)])]
+    values = {name: format_number(float(value), 2)
+              for name, value in zip(labels["backbone"], labels["silhouette_euclidean"])}
+    return [ReportSection.comparison_columns(ComparisonColumn("Silhouette (benign vs malignant)", values, order=20))]

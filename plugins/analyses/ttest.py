@@ -232,5 +232,4 @@ def report_sections(context: ReportContext) -> list[ReportSection]:
     images = table[table["level"] == "image"]
     counts = {name: f"{int((group['q_val'] < FDR_ALPHA).sum()):,} of {len(group):,}"
               for name, group in images.groupby("backbone")}
-    return [ReportSection(slot="comparison", columns=[ComparisonColumn("Features that differ (q < 0.05)", counts,
-                                                                         order=30)])]
+    return [ReportSection.comparison_columns(ComparisonColumn("Features that differ (q < 0.05)", counts, order=30))]

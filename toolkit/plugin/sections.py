@@ -68,6 +68,11 @@ class ReportSection:
     data: dict[str, Any] = field(default_factory=dict)
     columns: list[ComparisonColumn] = field(default_factory=list)
 
+    @classmethod
+    def comparison_columns(cls, *columns: ComparisonColumn) -> ReportSection:
+        """A section that only adds columns to the backbone comparison table."""
+        return cls(slot="comparison", columns=list(columns))
+
 
 @dataclass
 class ReportContext:
