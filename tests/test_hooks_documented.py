@@ -70,7 +70,7 @@ def test_hook_register_exporters(tmp_path):
         store.save_results(run.run_id, "feature_spread", "alpha", "skipped", "too few", 0.0, [])
         [path] = exporter.export(ExportContext(run.run_id, store), tmp_path / "out")
     assert json.loads(path.read_text()) == [
-        {"analysis": "feature_spread", "backbone": "alpha", "status": "skipped", "message": "too few"}]
+        {"analysis": "feature_spread", "backbone": "alpha", "status": "skipped", "message": "too few", "seconds": 0.0}]
 
 
 def test_hook_register_commands():
