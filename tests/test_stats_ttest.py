@@ -99,10 +99,12 @@ def test_anova_tables_and_levels():
     results = anova(synthetic_context(dim=12))
     tables = _tables(results)
     main = tables["main"]
-    assert set(zip(main["factor"], main["level"])) == {(f, l) for f in ("subtype", "magnification")
-                                                       for l in ("image", "patient")}
+    assert set(zip(main["factor"], main["level"])) == {("subtype", "image"), ("subtype", "patient"),
+                                                       ("magnification", "image")}  # within patients: table rm
     subtype_image = main[(main["factor"] == "subtype") & (main["level"] == "image")]
     assert (subtype_image.loc[subtype_image["feature"] < SIGNAL_FEATURES, "q_val"] < 0.05).all()
     magnification = main[(main["factor"] == "magnification") & (main["level"] == "image")]
     assert (magnification["q_val"] < 0.05).sum() == 0
-    assert len(tables["tukey"]) == 2 * 2 * 3 * 6  # factors x levels x top 3 x pairs of 4 groups
+    assert len(tables["tukey"]) == 3 * 3 * 6  # factor-levels of main x top 3 x pairs of 4 groups
+    assert (tables["rm"]["q_val"] < 0.05).sum() == 0  # no magnification effect in these data
+    assert set(tables["rm"]["n_subjects"]) == {24}

@@ -1,5 +1,11 @@
 """Many-group comparison of every embedding feature across ``subtype`` and ``magnification``:
-one-way ANOVA and Kruskal–Wallis, BH-corrected, eta² / epsilon², Tukey HSD for the top features."""
+one-way ANOVA and Kruskal–Wallis, BH-corrected, eta² / epsilon², Tukey HSD for the top features.
+
+At patient level the design decides the test. A between-patient factor (subtype: each patient has
+one) is tested on one mean per patient and group. A within-patient factor (magnification: every
+patient is imaged at every magnification) is tested on complete blocks, one mean per patient and
+level, with a repeated-measures ANOVA and Friedman's test, so that differences between patients do
+not swamp the effect."""
 
 from __future__ import annotations
 
@@ -10,9 +16,9 @@ import numpy as np
 from toolkit import hookimpl
 from toolkit.plugin.settings import Setting
 from toolkit.plugin.types import Analysis, AnalysisContext, Needs
-from toolkit.analysis.stats import (FDR_ALPHA, ColumnRanks, LevelView, RankCache, bh_qvalues,
-                                                   embeddings_f64, group_codes, group_sums, level_views,
-                                                   patient_note, valid_groups)
+from toolkit.analysis.stats import (FDR_ALPHA, Blocks, ColumnRanks, LevelView, RankCache, bh_qvalues,
+                                    embeddings_f64, group_codes, group_sums, level_views, patient_blocks,
+                                    patient_note, valid_groups, within_patient)
 from toolkit.plugin.results import Finding, SkipAnalysis, Table
 from toolkit.lazy import lazy_import
 
@@ -82,6 +88,49 @@ def one_way(view: LevelView, factor: str, cache: RankCache | None = None) -> pd.
         "q_val_kw": bh_qvalues(p_kw), "epsilon_sq": h / (len(x) - 1)})
 
 
+def repeated_measures(blocks: Blocks, factor: str) -> pd.DataFrame:
+    """Repeated-measures ANOVA and Friedman's test of every non-constant feature across the levels of
+    a within-patient factor, on complete blocks (one mean per patient and level).
+
+    Columns: factor, feature, n_subjects, n_levels, f, p_val, q_val, partial_eta_sq, chi2,
+    p_val_friedman, q_val_friedman. The ANOVA is statsmodels' ``AnovaRM`` with one value per cell
+    (SS_levels / (k - 1) over SS_error / ((k - 1)(s - 1)), partial eta² = SS_levels / (SS_levels +
+    SS_error)); Friedman is ``scipy.stats.friedmanchisquare`` (ranks within each patient, tie-corrected).
+    """
+    y = blocks.y
+    s, k, _ = y.shape
+    varying = np.flatnonzero(np.ptp(y.reshape(s * k, -1), axis=0) > 0)
+    y = y[:, :, varying]
+    grand = y.mean(axis=(0, 1))
+    ss_levels = s * ((y.mean(axis=0) - grand) ** 2).sum(axis=0)
+    ss_subjects = k * ((y.mean(axis=1) - grand) ** 2).sum(axis=0)
+    ss_error = ((y - grand) ** 2).sum(axis=(0, 1)) - ss_levels - ss_subjects
+    df_levels, df_error = k - 1, (k - 1) * (s - 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f = (ss_levels / df_levels) / (ss_error / df_error)
+        partial_eta_sq = ss_levels / (ss_levels + ss_error)
+    chi2 = friedman_chi2(y)
+    p, p_friedman = special.fdtrc(df_levels, df_error, f), special.chdtrc(df_levels, chi2)
+    return pd.DataFrame({
+        "factor": factor, "feature": varying, "n_subjects": s, "n_levels": k, "f": f, "p_val": p,
+        "q_val": bh_qvalues(p), "partial_eta_sq": partial_eta_sq, "chi2": chi2, "p_val_friedman": p_friedman,
+        "q_val_friedman": bh_qvalues(p_friedman)})
+
+
+def friedman_chi2(y: np.ndarray) -> np.ndarray:
+    """Friedman's chi² per feature of blocks ``(subjects, levels, features)``: ranks within each
+    subject, corrected for ties as ``scipy.stats.friedmanchisquare`` does."""
+    s, k, _ = y.shape
+    ranks = stats.rankdata(y, axis=1)
+    ordered = np.sort(y, axis=1)
+    run = np.cumsum(np.concatenate([np.ones_like(ordered[:, :1], dtype=bool),
+                                    ordered[:, 1:] != ordered[:, :-1]], axis=1), axis=1)
+    ties = sum(((run == r).sum(axis=1) ** 3 - (run == r).sum(axis=1)).sum(axis=0) for r in range(1, k + 1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        chi2 = 12.0 / (k * s * (k + 1)) * (ranks.sum(axis=0) ** 2).sum(axis=0) - 3 * s * (k + 1)
+        return chi2 / (1 - ties / (k * (k * k - 1) * s))
+
+
 @lru_cache(maxsize=None)
 def studentized_range_critical(n_groups: int, df: int) -> float:
     """The studentized range quantile for Tukey's intervals; cached, as it takes a root search over a
@@ -121,10 +170,35 @@ def tukey(view: LevelView, factor: str, features: np.ndarray) -> pd.DataFrame:
         "reject": (q > critical).ravel()})
 
 
+def _within_patient_results(view: LevelView, factor: str) -> tuple[pd.DataFrame | None, Finding]:
+    """The repeated-measures test of a within-patient factor, and the finding that reports it."""
+    blocks = patient_blocks(view)
+    n_subjects, n_levels = blocks.y.shape[:2]
+    dropped = (f"; {blocks.n_dropped} patient{'s' if blocks.n_dropped != 1 else ''} without images at every "
+               f"{factor} left out" if blocks.n_dropped else "")
+    if n_subjects < 2 or n_levels < 2:
+        return None, Finding(f"No patient-level test across {factor}: a repeated-measures test needs at least 2 "
+                             f"patients with images at each of at least 2 {factor} levels{dropped}.", "warning")
+    table = repeated_measures(blocks, factor)
+    n_sig = int((table["q_val"] < FDR_ALPHA).sum())
+    return table, Finding(
+        f"patient level (within patients): {n_sig} of {len(table)} features differ across {n_levels} {factor} levels "
+        f"at q < {FDR_ALPHA} (repeated-measures ANOVA over {n_subjects} patients, Benjamini–Hochberg); "
+        f"{int((table['q_val_friedman'] < FDR_ALPHA).sum())} by Friedman's test{dropped}.",
+        detail={"factor": factor, "level": "patient", "design": "within", "n_significant": n_sig,
+                "n_tested": len(table), "n_subjects": n_subjects, "n_dropped": blocks.n_dropped})
+
+
 def _factor_results(metadata: pd.DataFrame, x: np.ndarray, factor: str, top_k: int,
-                    cache: RankCache) -> tuple[list[pd.DataFrame], list[pd.DataFrame], list[Finding]]:
-    tables, posthoc, findings = [], [], []
+                    cache: RankCache) -> tuple[list[pd.DataFrame], list[pd.DataFrame], list[pd.DataFrame], list[Finding]]:
+    tables, posthoc, repeated, findings = [], [], [], []
+    within = within_patient(metadata, factor)
     for view in level_views(metadata, x, factor):
+        if view.level == "patient" and within:
+            table, finding = _within_patient_results(view, factor)
+            repeated += [table] if table is not None else []
+            findings.append(finding)
+            continue
         table = one_way(view, factor, cache)
         if table is None:
             findings.append(Finding(f"No {view.level}-level test across {factor}: it needs at least 2 groups "
@@ -139,27 +213,33 @@ def _factor_results(metadata: pd.DataFrame, x: np.ndarray, factor: str, top_k: i
             f"{factor} groups at q < {FDR_ALPHA} (one-way ANOVA, Benjamini–Hochberg); "
             f"{int((table['q_val_kw'] < FDR_ALPHA).sum())} by Kruskal–Wallis.",
             detail={"factor": factor, "level": view.level, "n_significant": n_sig, "n_tested": len(table)}))
-    return tables, posthoc, findings
+    return tables, posthoc, repeated, findings
 
 
 def anova(context: AnalysisContext) -> list:
-    """Table ``main`` (see :func:`one_way`; every factor and level), table ``tukey`` (see
-    :func:`tukey`; the ``tukey_top`` setting's features of largest F per factor and level)
-    and one finding per factor and level."""
+    """Table ``main`` (see :func:`one_way`; every factor at image level, between-patient factors at
+    patient level too), table ``tukey`` (see :func:`tukey`; the ``tukey_top`` setting's features of
+    largest F per factor and level of ``main``), table ``rm`` (see :func:`repeated_measures`;
+    within-patient factors at patient level) and one finding per factor and level."""
     x = embeddings_f64(context)
     factors = [f for f in FACTORS if f in context.metadata.columns and len(valid_groups(context.metadata[f])) >= 2]
     if not factors:
         raise SkipAnalysis(f"anova needs at least 2 groups of at least 2 images in one of {', '.join(FACTORS)}")
     top_k = int(context.settings.get("tukey_top", TUKEY_TOP))
-    tables, posthoc, findings, cache = [], [], [patient_note(context.metadata)], RankCache()
+    tables, posthoc, repeated, findings, cache = [], [], [], [patient_note(context.metadata)], RankCache()
     for factor in factors:
-        factor_tables, factor_posthoc, factor_findings = _factor_results(context.metadata, x, factor, top_k, cache)
+        factor_tables, factor_posthoc, factor_repeated, factor_findings = _factor_results(
+            context.metadata, x, factor, top_k, cache)
         tables += factor_tables
         posthoc += factor_posthoc
+        repeated += factor_repeated
         findings += factor_findings
-    return [Table("main", pd.concat(tables, ignore_index=True), "One-way ANOVA and Kruskal–Wallis per feature"),
-            Table("tukey", pd.concat(posthoc, ignore_index=True), "Tukey HSD for the features of largest F"),
-            *findings]
+    results: list = [Table("main", pd.concat(tables, ignore_index=True), "One-way ANOVA and Kruskal–Wallis per feature"),
+                     Table("tukey", pd.concat(posthoc, ignore_index=True), "Tukey HSD for the features of largest F")]
+    if repeated:
+        results.append(Table("rm", pd.concat(repeated, ignore_index=True),
+                             "Repeated-measures ANOVA and Friedman per feature, within patients"))
+    return [*results, *findings]
 
 
 @hookimpl
@@ -169,4 +249,5 @@ def register_analyses(register):
                       order=40, settings=(Setting("tukey_top", int, TUKEY_TOP,
                                                   "features of largest F per factor and level that get Tukey HSD"),),
                       description="One-way ANOVA and Kruskal–Wallis per feature across subtype and magnification, "
+                                  "repeated-measures ANOVA and Friedman for magnification within patients, "
                                   "BH-corrected, with Tukey HSD for the strongest features."))

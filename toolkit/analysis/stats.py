@@ -130,11 +130,13 @@ class RankCache:
 
 @dataclass(frozen=True)
 class LevelView:
-    """Rows to test at one level: the image rows, or one mean embedding per patient and group."""
+    """Rows to test at one level: the image rows, or one mean embedding per patient and group
+    (``subjects`` then names each row's patient)."""
 
     level: str  # "image" or "patient"
     x: np.ndarray
     groups: pd.Series
+    subjects: pd.Series | None = None
 
 
 def patient_means(x: np.ndarray, metadata: pd.DataFrame, column: str) -> LevelView:
@@ -145,7 +147,41 @@ def patient_means(x: np.ndarray, metadata: pd.DataFrame, column: str) -> LevelVi
     codes = np.full(len(keys), -1)
     codes[present], uniques = pd.factorize(pairs)
     sums, counts = group_sums(x, codes, len(uniques))
-    return LevelView("patient", sums / counts[:, None], pd.Series(uniques.get_level_values(1), name=column))
+    return LevelView("patient", sums / counts[:, None], pd.Series(uniques.get_level_values(1), name=column),
+                     pd.Series(uniques.get_level_values(0), name="patient_id"))
+
+
+def within_patient(metadata: pd.DataFrame, column: str) -> bool:
+    """Whether ``column`` varies within patients: most patients have images at two or more of its
+    values (magnification in BreakHis), so patient-level tests of it need a repeated-measures design."""
+    keys = metadata[["patient_id", column]].dropna()
+    if keys.empty:
+        return False
+    return bool((keys.groupby("patient_id")[column].nunique() >= 2).mean() > 0.5)
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """Complete repeated-measures blocks: ``y[s, k]`` is patient s's mean embedding at level k, for
+    the patients that have images at every level."""
+
+    y: np.ndarray  # (subjects, levels, features)
+    levels: list
+    n_dropped: int  # patients left out for lacking a level
+
+
+def patient_blocks(view: LevelView) -> Blocks:
+    """The patients of a patient-level view with a mean at every level, as a (subjects, levels,
+    features) array; levels in sorted order."""
+    levels = sorted(view.groups.unique())
+    level_codes = view.groups.map({level: i for i, level in enumerate(levels)}).to_numpy()
+    per_subject = pd.Series(level_codes).groupby(view.subjects.to_numpy()).nunique()
+    complete = per_subject.index[per_subject == len(levels)]
+    keep = view.subjects.isin(complete).to_numpy()
+    subject_codes = pd.factorize(view.subjects[keep], sort=True)[0]
+    order = np.lexsort((level_codes[keep], subject_codes))
+    y = view.x[keep][order].reshape(len(complete), len(levels), view.x.shape[1])
+    return Blocks(y, levels, int(len(per_subject) - len(complete)))
 
 
 def has_patients(metadata: pd.DataFrame) -> bool:
