@@ -7,7 +7,8 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_score
 
 from tests.test_stats_common import synthetic_context
-from toolkit.analysis.evaluation import OutOfFold, confusion_counts, confusion_metrics, metric_rows, weighted_auc
+from toolkit.analysis.evaluation import (OutOfFold, confusion_counts, confusion_metrics, metric_rows, patient_resamples,
+                                         weighted_auc)
 from toolkit.plugins.analyses.probe import probe
 from toolkit.plugin.results import SkipAnalysis, Table
 
@@ -169,3 +170,23 @@ def test_parallel_probe_matches_a_plain_scikit_learn_cross_validation():
     for ours, theirs in zip(cross_validate(x, problems, c=0.1), expected):
         np.testing.assert_allclose(ours, theirs, atol=1e-3)
         np.testing.assert_array_equal(ours.argmax(axis=1), theirs.argmax(axis=1))
+
+
+def test_bootstrap_resamples_patients_within_each_class():
+    """Issue #16, item 4: a resample that misses the rare class no longer averages balanced accuracy
+    over the classes it happens to hold. Class 2 (2 of 20 patients) is always misclassified, the others
+    never: balanced accuracy is 2/3 in every resample that keeps every class; an unstratified
+    bootstrap drops class 2 in ~12% of resamples and reports 1.0 there."""
+    patients = np.repeat(np.arange(20), 5)
+    patient_class = np.array([0] * 9 + [1] * 9 + [2] * 2)
+    y_true = patient_class[patients]
+    y_pred = np.where(y_true == 2, 0, y_true)
+    proba = np.eye(3)[y_pred] * 0.8 + 0.2 / 3
+    oof = OutOfFold("subtype", "patient", ["a", "b", "c"], y_true, proba, 5)
+    rows = metric_rows(oof, patients, n_bootstrap=400, seed=0)
+    ba = rows[(rows["metric"] == "balanced_accuracy")].iloc[0]
+    assert np.isclose(ba["value"], 2 / 3)
+    assert ba["ci_high"] < 0.7, "resamples without class 2 inflated the interval"
+    weights = patient_resamples(patient_class, 100, 0)
+    for stratum in range(3):
+        assert (weights[:, patient_class == stratum].sum(axis=1) == (patient_class == stratum).sum()).all()

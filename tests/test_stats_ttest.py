@@ -105,6 +105,34 @@ def test_anova_tables_and_levels():
     assert (subtype_image.loc[subtype_image["feature"] < SIGNAL_FEATURES, "q_val"] < 0.05).all()
     magnification = main[(main["factor"] == "magnification") & (main["level"] == "image")]
     assert (magnification["q_val"] < 0.05).sum() == 0
-    assert len(tables["tukey"]) == 3 * 3 * 6  # factor-levels of main x top 3 x pairs of 4 groups
+    tukey = tables["tukey"]  # only features that passed FDR: subtype's signal, no magnification feature
+    assert set(zip(tukey["factor"], tukey["level"])) == {("subtype", "image"), ("subtype", "patient")}
+    assert len(tukey) == 2 * 3 * 6  # factor-levels with significant features x top 3 x pairs of 4 groups
+    significant = {tuple(r) for r in main.loc[main["q_val"] < 0.05, ["factor", "level", "feature"]].to_numpy()}
+    assert {tuple(r) for r in tukey[["factor", "level", "feature"]].to_numpy()} <= significant
     assert (tables["rm"]["q_val"] < 0.05).sum() == 0  # no magnification effect in these data
     assert set(tables["rm"]["n_subjects"]) == {24}
+
+
+def test_the_comparison_table_headlines_the_patient_level_count():
+    """Issue #16, item 5: the report's "Features that differ" counts patient-level tests, not image-level ones."""
+    from toolkit.analysis.runner import run_analyses
+    from toolkit.plugin.registry import load_registry
+    from toolkit.plugin.sections import ReportContext
+    from toolkit.plugins.analyses import ttest as ttest_plugin
+    from toolkit.store import Store
+    from toolkit.testing import synthetic_run
+
+    registry = load_registry()
+    store = Store.open(":memory:")
+    run = synthetic_run(store, n_images=96, backbones={"alpha": 16})
+    run_analyses(store, run.run_id, run.sets, [registry.analyses["ttest"]])
+    stored = store.run_results(run.run_id, "ttest")
+    per_level = {level: int((rows["q_val"] < 0.05).sum()) for level, rows in stored.groupby("level")}
+    assert per_level["image"] != per_level["patient"]  # else the test could not tell the levels apart
+    context = ReportContext(run.run_id, store, registry, store.run(run.run_id), store.run_backbones(run.run_id))
+    [section] = ttest_plugin.report_sections(context)
+    [column] = section.columns
+    n_patient = int((stored["level"] == "patient").sum())
+    assert column.header == "Features that differ (q < 0.05, patient means)"
+    assert column.values == {"alpha": f"{per_level['patient']} of {n_patient}"}

@@ -143,12 +143,14 @@ def tukey(view: LevelView, factor: str, features: np.ndarray) -> pd.DataFrame:
     meandiff (group2 - group1), p_adj, ci_low, ci_high, reject.
 
     The numbers of statsmodels' ``pairwise_tukeyhsd`` (its p-values and quantile are scipy's exact
-    studentized range too): groups in sorted string order, pooled variance over all groups, standard
+    studentized range too): groups in their natural order (magnifications as numbers: 40 before
+    100), named as text, pooled variance over all groups, standard
     error sqrt(MSE / 2 (1/n_i + 1/n_j)), df = n - k, reject where the range exceeds the 95% quantile.
     Groups with zero spread give inf/NaN statistics, kept as such.
     """
     keep = view.groups.isin(valid_groups(view.groups)).to_numpy()
-    codes, names = group_codes(view.groups[keep].astype(str))
+    codes, values_sorted = group_codes(view.groups[keep])
+    names = [str(v) for v in values_sorted]
     k, values = len(names), view.x[:, features][keep]
     counts = np.bincount(codes, minlength=k)
     flat = (codes + k * np.arange(len(features))[:, None]).ravel()  # one bincount for every feature's group sums
@@ -205,8 +207,9 @@ def _factor_results(metadata: pd.DataFrame, x: np.ndarray, factor: str, top_k: i
                                     f"with at least 2 {view.level}s each.", "warning"))
             continue
         tables.append(table)
-        best = table.nlargest(top_k, "f")["feature"].to_numpy()
-        posthoc.append(tukey(view, factor, best))
+        best = table[table["q_val"] < FDR_ALPHA].nlargest(top_k, "f")["feature"].to_numpy()
+        if best.size:  # post-hoc pairs only for features that passed the FDR correction
+            posthoc.append(tukey(view, factor, best))
         n_sig = int((table["q_val"] < FDR_ALPHA).sum())
         findings.append(Finding(
             f"{view.level} level: {n_sig} of {len(table)} features differ across {int(table['n_groups'].iloc[0])} "
@@ -219,7 +222,7 @@ def _factor_results(metadata: pd.DataFrame, x: np.ndarray, factor: str, top_k: i
 def anova(context: AnalysisContext) -> list:
     """Table ``main`` (see :func:`one_way`; every factor at image level, between-patient factors at
     patient level too), table ``tukey`` (see :func:`tukey`; the ``tukey_top`` setting's features of
-    largest F per factor and level of ``main``), table ``rm`` (see :func:`repeated_measures`;
+    largest F per factor and level of ``main`` among those with q < 0.05), table ``rm`` (see :func:`repeated_measures`;
     within-patient factors at patient level) and one finding per factor and level."""
     x = embeddings_f64(context)
     factors = [f for f in FACTORS if f in context.metadata.columns and len(valid_groups(context.metadata[f])) >= 2]
@@ -234,8 +237,10 @@ def anova(context: AnalysisContext) -> list:
         posthoc += factor_posthoc
         repeated += factor_repeated
         findings += factor_findings
-    results: list = [Table("main", pd.concat(tables, ignore_index=True), "One-way ANOVA and Kruskal–Wallis per feature"),
-                     Table("tukey", pd.concat(posthoc, ignore_index=True), "Tukey HSD for the features of largest F")]
+    results: list = [Table("main", pd.concat(tables, ignore_index=True), "One-way ANOVA and Kruskal–Wallis per feature")]
+    if posthoc:
+        results.append(Table("tukey", pd.concat(posthoc, ignore_index=True),
+                             "Tukey HSD for the features of largest F among those with q < 0.05"))
     if repeated:
         results.append(Table("rm", pd.concat(repeated, ignore_index=True),
                              "Repeated-measures ANOVA and Friedman per feature, within patients"))

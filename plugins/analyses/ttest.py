@@ -225,11 +225,17 @@ def register_analyses(register):
 
 @hookimpl
 def report_sections(context: ReportContext) -> list[ReportSection]:
-    """The comparison table's count of features that differ between the label groups (image level)."""
+    """The comparison table's count of features that differ between the label groups: at patient level
+    (one mean per patient) when the run has patient ids, else at image level, and the header says which."""
     table = context.store.run_results(context.run_id, "ttest")
     if table.empty:
         return []
-    images = table[table["level"] == "image"]
+    level = "patient" if (table["level"] == "patient").any() else "image"
+    rows = table[table["level"] == level]
     counts = {name: f"{int((group['q_val'] < FDR_ALPHA).sum()):,} of {len(group):,}"
-              for name, group in images.groupby("backbone")}
-    return [ReportSection.comparison_columns(ComparisonColumn("Features that differ (q < 0.05)", counts, order=30))]
+              for name, group in rows.groupby("backbone")}
+    header = f"Features that differ (q < 0.05, {'patient means' if level == 'patient' else 'images'})"
+    note = ("“Features that differ”: " + ("tested on one mean per patient, so every patient counts once."
+                                          if level == "patient" else
+                                          "tested on images as if independent (no patient ids), which overstates the evidence."))
+    return [ReportSection.comparison_columns(ComparisonColumn(header, counts, order=30, note=note))]

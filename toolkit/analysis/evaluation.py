@@ -193,11 +193,25 @@ def probe_metrics(oof: OutOfFold, patients: np.ndarray, weights: np.ndarray) -> 
     return metrics
 
 
-def patient_resamples(n_patients: int, n_bootstrap: int, seed: int) -> np.ndarray:
-    """Bootstrap weights ``(n_bootstrap, n_patients)``: how often each patient is drawn per resample.
-    The same seed gives the same resamples, so metrics of two models can be paired."""
-    return np.random.default_rng(seed).multinomial(n_patients, np.full(n_patients, 1 / n_patients),
-                                                   size=n_bootstrap).astype(np.float64)
+def patient_resamples(strata: np.ndarray, n_bootstrap: int, seed: int) -> np.ndarray:
+    """Bootstrap weights ``(n_bootstrap, n_patients)``: how often each patient is drawn per resample,
+    stratified: patients are drawn within each stratum (``strata[p]``, the patient's class), as many
+    as it has, so every resample keeps every class (a resample without one would average balanced
+    accuracy and AUC over the classes it happens to hold). The same seed gives the same resamples,
+    so metrics of two models of the same patients can be paired."""
+    rng = np.random.default_rng(seed)
+    weights = np.zeros((n_bootstrap, len(strata)))
+    for stratum in np.unique(strata):
+        members = np.flatnonzero(strata == stratum)
+        weights[:, members] = rng.multinomial(len(members), np.full(len(members), 1 / len(members)), size=n_bootstrap)
+    return weights
+
+
+def patient_classes(y_true: np.ndarray, patients: np.ndarray) -> np.ndarray:
+    """Each patient's class (the most frequent among its images), the strata of :func:`patient_resamples`."""
+    counts = np.zeros((int(patients.max()) + 1, int(y_true.max()) + 1))
+    np.add.at(counts, (patients, y_true), 1)
+    return counts.argmax(axis=1)
 
 
 def metric_rows(oof: OutOfFold, patients: np.ndarray, n_bootstrap: int, seed: int,
@@ -207,8 +221,8 @@ def metric_rows(oof: OutOfFold, patients: np.ndarray, n_bootstrap: int, seed: in
     specificity = recall of benign) unless ``every_class``; other targets list both for every class,
     one-vs-rest."""
     n_patients = int(patients.max()) + 1
-    resamples = patient_resamples(n_patients, n_bootstrap, seed)
-    with warnings.catch_warnings():  # resamples that miss a class give NaN, which is ignored
+    resamples = patient_resamples(patient_classes(oof.y_true, patients), n_bootstrap, seed)
+    with warnings.catch_warnings():  # a class no patient predicts still gives NaN (e.g. specificity); ignored
         warnings.simplefilter("ignore", RuntimeWarning)
         boot = probe_metrics(oof, patients, resamples)
         point = probe_metrics(oof, patients, np.ones((1, n_patients)))
@@ -224,7 +238,7 @@ def metric_rows(oof: OutOfFold, patients: np.ndarray, n_bootstrap: int, seed: in
 
 
 def percentile_ci(boot: np.ndarray) -> tuple[float, float]:
-    """The 95% percentile interval of bootstrap values, ignoring NaN (resamples missing a class)."""
+    """The 95% percentile interval of bootstrap values, ignoring NaN (a metric undefined in a resample)."""
     low, high = np.nanpercentile(boot, [2.5, 97.5])
     return float(low), float(high)
 

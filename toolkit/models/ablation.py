@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from toolkit.analysis.evaluation import patient_resamples, percentile_ci, probe_metrics
+from toolkit.analysis.evaluation import patient_classes, patient_resamples, percentile_ci, probe_metrics
 from toolkit.lazy import lazy_import
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ def paired_differences(a: TrainOutcome, b: TrainOutcome, minority: int, n_bootst
     """``a - b`` in balanced accuracy and minority-class sensitivity, with 95% CIs from one set of
     patient resamples applied to both (both runs share the held-out patients)."""
     n = int(a.val_patients.max()) + 1
-    resamples = patient_resamples(n, n_bootstrap, seed)
+    resamples = patient_resamples(patient_classes(a.oof.y_true, a.val_patients), n_bootstrap, seed)
     rows = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
