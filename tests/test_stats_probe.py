@@ -190,3 +190,32 @@ def test_bootstrap_resamples_patients_within_each_class():
     weights = patient_resamples(patient_class, 100, 0)
     for stratum in range(3):
         assert (weights[:, patient_class == stratum].sum(axis=1) == (patient_class == stratum).sum()).all()
+
+
+def test_backbones_are_compared_on_the_same_patient_resamples():
+    """Issue #16, item 2: paired differences between backbones, stored, and 'best' only when clear."""
+    import pandas as pd
+
+    from toolkit.analysis.runner import run_analyses, with_dependencies
+    from toolkit.plugin.registry import load_registry
+    from toolkit.plugins.analyses.probe import clear_winner
+    from toolkit.store import Store
+    from toolkit.testing import synthetic_run
+
+    registry = load_registry()
+    store = Store.open(":memory:")
+    run = synthetic_run(store, n_images=96)
+    analyses = with_dependencies([registry.analyses["backbone_comparison"]], registry.analyses)
+    outcomes = run_analyses(store, run.run_id, run.sets, analyses, {"probe": {"bootstrap": 200},
+                                                                    "backbone_comparison": {"bootstrap": 200}})
+    assert [(o.analysis, o.status) for o in outcomes][-1] == ("backbone_comparison", "ok")
+    table = store.run_results(run.run_id, "backbone_comparison")
+    assert sorted(table["metric"]) == ["balanced_accuracy", "roc_auc"]
+    row = table[table["metric"] == "balanced_accuracy"].iloc[0]
+    assert (row["backbone_a"], row["backbone_b"]) == ("alpha", "beta")
+    assert np.isclose(row["diff"], row["value_a"] - row["value_b"]) and row["ci_low"] <= row["diff"] <= row["ci_high"]
+    comparison = pd.DataFrame({"metric": "balanced_accuracy", "backbone_a": ["a", "a", "b"], "backbone_b": ["b", "c", "c"],
+                               "ci_low": [0.01, 0.02, -0.05], "ci_high": [0.10, 0.20, 0.05]})
+    assert clear_winner(comparison, "balanced_accuracy") == "a"
+    comparison.loc[0, "ci_low"] = -0.01  # a vs b now includes 0
+    assert clear_winner(comparison, "balanced_accuracy") is None

@@ -8,13 +8,16 @@ in both training and test folds) is stored beside it for comparison.
 
 from __future__ import annotations
 
+import warnings
+from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 
 from toolkit import hookimpl
 from toolkit.analysis.evaluation import (C_DEFAULT, N_BOOTSTRAP, OutOfFold, confusion_counts, cross_validate,
-                                         fold_indices, metric_rows, prediction_rows)
+                                         fold_indices, metric_rows, patient_classes, patient_resamples,
+                                         percentile_ci, prediction_rows, probe_metrics)
 from toolkit.analysis.figures import PALETTE, new_figure, to_svg
 from toolkit.analysis.stats import group_codes
 from toolkit.plugin.results import Figure, Finding, SkipAnalysis, Table
@@ -81,6 +84,73 @@ def probe(context: AnalysisContext) -> list:
     return results
 
 
+COMPARED = ("balanced_accuracy", "roc_auc")
+
+
+def out_of_fold(predictions: pd.DataFrame, image_ids: np.ndarray) -> OutOfFold:
+    """The label target's patient-split predictions of one backbone (a ``predictions`` table) as an
+    OutOfFold, rows in the order of ``image_ids``."""
+    rows = predictions[(predictions["target"] == "label") & (predictions["split"] == "patient")]
+    proba = rows.pivot(index="image_id", columns="class", values="probability").reindex(image_ids)
+    classes = [str(c) for c in proba.columns]
+    truth = rows.drop_duplicates("image_id").set_index("image_id")["y_true"].reindex(image_ids)
+    y_true = np.array([classes.index(str(t)) for t in truth])
+    return OutOfFold("label", "patient", classes, y_true, proba.to_numpy(dtype=np.float64), 0)
+
+
+def backbone_comparison(context: AnalysisContext) -> list:
+    """Table ``main``: for every pair of backbones and metric (balanced accuracy, AUC; label target,
+    patient split), the difference a − b with a 95% interval from the same patient resamples applied
+    to both, so the interval reflects the pairing; a finding saying whether one backbone is clearly
+    better (its interval against every other excludes 0)."""
+    meta = context.metadata
+    image_ids = meta["image_id"].to_numpy()
+    fitted = {}
+    for name in sorted(context.all_embeddings):
+        predictions = context.store.result_table(context.run_id, "probe", "predictions", name)
+        if not predictions.empty and ((predictions["target"] == "label") & (predictions["split"] == "patient")).any():
+            fitted[name] = out_of_fold(predictions, image_ids)
+    if len(fitted) < 2:
+        raise SkipAnalysis("needs the probe's patient-split label predictions of at least 2 backbones")
+    patients, _ = group_codes(meta["patient_id"])
+    first = next(iter(fitted.values()))
+    resamples = patient_resamples(patient_classes(first.y_true, patients), int(context.settings.get(
+        "bootstrap", N_BOOTSTRAP)), context.seed)
+    ones = np.ones((1, resamples.shape[1]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        boot = {name: probe_metrics(oof, patients, resamples) for name, oof in fitted.items()}
+        point = {name: probe_metrics(oof, patients, ones) for name, oof in fitted.items()}
+    rows = []
+    for a, b in combinations(fitted, 2):
+        for metric in COMPARED:
+            low, high = percentile_ci(boot[a][metric] - boot[b][metric])
+            rows.append({"metric": metric, "backbone_a": a, "backbone_b": b, "value_a": float(point[a][metric][0]),
+                         "value_b": float(point[b][metric][0]), "diff": float(point[a][metric][0] - point[b][metric][0]),
+                         "ci_low": low, "ci_high": high})
+    table = pd.DataFrame(rows)
+    winner = clear_winner(table, "balanced_accuracy")
+    verdict = (f"{winner} separates the classes better than every other backbone: the 95% interval of each paired "
+               "difference in balanced accuracy excludes 0." if winner else
+               "No backbone is clearly better on these data: every backbone's paired difference in balanced accuracy "
+               "to the best one has a 95% interval that includes 0.")
+    return [Table("main", table, "Paired differences between backbones, same patient resamples for both"),
+            Finding(verdict, detail={"best": winner})]
+
+
+def clear_winner(comparison: pd.DataFrame, metric: str) -> str | None:
+    """The backbone whose paired difference in ``metric`` to every other backbone has an interval above
+    0, or None when no backbone is clearly better."""
+    rows = comparison[comparison["metric"] == metric]
+    names = set(rows["backbone_a"]) | set(rows["backbone_b"])
+    for name in sorted(names):
+        above = [(r.ci_low > 0) if r.backbone_a == name else (r.ci_high < 0)
+                 for r in rows.itertuples() if name in (r.backbone_a, r.backbone_b)]
+        if above and all(above):
+            return name
+    return None
+
+
 def _findings(metrics: pd.DataFrame) -> list[Finding]:
     rows = metrics[metrics["metric"] == "balanced_accuracy"].set_index(["target", "split"])
     findings = []
@@ -136,13 +206,19 @@ def _confusion_figure(backbone: str | None, oof: OutOfFold) -> Figure:
 
 @hookimpl
 def register_analyses(register):
-    """Register ``probe``."""
+    """Register ``probe`` and ``backbone_comparison``."""
     register(Analysis(name="probe", run=probe, needs=Needs(labels=True, patients=True, min_samples=10), order=60,
                       settings=(Setting("c", float, C_DEFAULT, "inverse L2 regularisation of the logistic regression"),
                                 Setting("bootstrap", int, N_BOOTSTRAP, "patient-bootstrap resamples for the CIs")),
                       title="Linear probe",
                       description="Logistic regression on standardised embeddings, cross-validated by patient "
                                   "(and, for comparison, leakily by image), with patient-bootstrap CIs."))
+    register(Analysis(name="backbone_comparison", run=backbone_comparison, order=61,
+                      needs=Needs(labels=True, patients=True, min_samples=10, all_backbones=True, analyses=("probe",)),
+                      settings=(Setting("bootstrap", int, N_BOOTSTRAP, "patient-bootstrap resamples for the CIs"),),
+                      title="Is one backbone better?",
+                      description="Paired differences of the probe's balanced accuracy and AUC between backbones, "
+                                  "from the same patient resamples."))
 
 
 SUMMARY_TEMPLATE = Path(__file__).parent / "templates" / "probe_summary.html"
@@ -173,6 +249,24 @@ def backbone_estimates(context: ReportContext) -> list[dict]:
     return rows
 
 
+def paired_verdict(context: ReportContext, best: dict | None) -> dict | None:
+    """Whether the best backbone is clearly better than the others (``backbone_comparison``): the
+    paired differences in balanced accuracy against it, and ``unclear`` when one interval includes 0.
+    None when there is nothing to compare."""
+    comparison = context.store.run_results(context.run_id, "backbone_comparison")
+    if best is None or comparison.empty:
+        return None
+    rows = comparison[(comparison["metric"] == "balanced_accuracy")
+                      & ((comparison["backbone_a"] == best["backbone"]) | (comparison["backbone_b"] == best["backbone"]))]
+    differences = []
+    for r in rows.itertuples():
+        sign = 1 if r.backbone_a == best["backbone"] else -1
+        low, high = sorted((round(sign * r.ci_low, 6) + 0.0, round(sign * r.ci_high, 6) + 0.0))  # no -0.00
+        differences.append({"other": r.backbone_b if sign == 1 else r.backbone_a,
+                            "value": round(sign * r.diff, 6) + 0.0, "low": low, "high": high})
+    return {"differences": differences, "unclear": any(d["low"] <= 0 for d in differences)}
+
+
 def _silhouettes(context: ReportContext) -> dict[str, float]:
     """The label silhouette per backbone, when clustering ran (it breaks ties between backbones)."""
     clustering = context.store.run_results(context.run_id, "clustering")
@@ -201,10 +295,13 @@ def report_sections(context: ReportContext) -> list[ReportSection]:
     """The summary's verdict on the backbones and the probe's columns of the comparison table."""
     rows = backbone_estimates(context)
     best, tied = best_backbone(rows, _silhouettes(context))
+    paired = paired_verdict(context, best)
     column = lambda key: {r["backbone"]: r[key] for r in rows}  # noqa: E731
-    return [ReportSection(slot="summary", template=SUMMARY_TEMPLATE, data={"best": best, "tied": tied}, columns=[
+    highlighted = best["backbone"] if best and not (paired and paired["unclear"]) else None
+    return [ReportSection(slot="summary", template=SUMMARY_TEMPLATE,
+                          data={"best": best, "tied": tied, "paired": paired}, columns=[
         ComparisonColumn("Balanced accuracy, new patients", column("balanced_accuracy"), order=60,
-                         best=best["backbone"] if best else None,
+                         best=highlighted,
                          note="Brackets: 95% confidence intervals from a patient-level bootstrap. “New patients”: "
                               "cross-validation grouped by patient."),
         ComparisonColumn("AUC, new patients", column("roc_auc"), order=61),

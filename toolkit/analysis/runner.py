@@ -147,12 +147,12 @@ def run_analyses(store: Store, run_id: str, sets: dict[str, EmbeddingSet], analy
     for analysis in analyses:
         settings = resolved(analysis, chosen or {})
         for backbone in data.targets(analysis):
-            needed = [(name, backbone) if (name, backbone) in done else (name, ALL_BACKBONES)
-                      for name in analysis.needs.analyses]
+            needed = [(name, target) for name in analysis.needs.analyses
+                      for target in _dependency_targets(name, backbone, done, list(data.loaded))]
             key = cache_key(analysis, data.data_keys[backbone], settings, seed, [keys.get(n, "") for n in needed])
             keys[(analysis.name, backbone)] = key
-            unfinished = [(name, done.get(n)) for name, n in zip(analysis.needs.analyses, needed)
-                          if done.get(n) is None or done[n].status != "ok"]
+            unfinished = [(name, done.get((name, target))) for name, target in needed
+                          if done.get((name, target)) is None or done[(name, target)].status != "ok"]
             source = None if unfinished else store.reusable_results(key)
             if unfinished:
                 outcome = _skip_dependant(store, run_id, analysis, backbone, unfinished, key)
@@ -168,11 +168,23 @@ def run_analyses(store: Store, run_id: str, sets: dict[str, EmbeddingSet], analy
     return outcomes
 
 
+def _dependency_targets(name: str, backbone: str, done: dict[tuple[str, str], Outcome],
+                        backbones: list[str]) -> list[str]:
+    """Whose results of dependency ``name`` an analysis on ``backbone`` reads: the same backbone's,
+    the all-backbones run's, or, for an all-backbones analysis reading a per-backbone one, every
+    backbone's."""
+    if (name, backbone) in done:
+        return [backbone]
+    if backbone == ALL_BACKBONES and any((name, b) in done for b in backbones):
+        return backbones
+    return [ALL_BACKBONES]
+
+
 def _skip_dependant(store: Store, run_id: str, analysis: Analysis, backbone: str,
                     unfinished: list[tuple[str, Outcome | None]], key: str) -> Outcome:
     reasons = "; ".join(f"{name} {'did not run' if o is None else o.status}" + (f" ({o.message})" if o and o.message else "")
                         for name, o in unfinished)
-    message = f"needs the results of {', '.join(name for name, _ in unfinished)}: {reasons}"
+    message = f"needs the results of {', '.join(dict.fromkeys(name for name, _ in unfinished))}: {reasons}"
     store.save_results(run_id, analysis.name, backbone, "skipped", message, 0.0,
                        [Finding(f"{analysis.name} was skipped: it {message}.", "warning")], key)
     return Outcome(analysis.name, backbone or "all", "skipped", message, 0.0)

@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-from toolkit.analysis.runner import RunData, run_analyses
+from toolkit.analysis.runner import RunData, run_analyses, with_dependencies
 from toolkit.plugin.registry import load_registry
 from toolkit.plugin.settings import resolved
 from toolkit.plugin.types import Analysis, AnalysisContext, Backbone, ExportContext, Exporter
@@ -28,9 +28,13 @@ Check = Callable[[Any], None]
 
 def _kit_context(run: SyntheticRun, analysis: Analysis, seed: int) -> AnalysisContext:
     """The context the runner builds for ``analysis`` (first backbone, or all of them), with its
-    default settings."""
+    default settings, after running the analyses whose results it reads (``Needs.analyses``)."""
+    registry = load_registry()
+    dependencies = [a for a in with_dependencies([analysis], {**registry.analyses, analysis.name: analysis})
+                    if a.name != analysis.name]
+    run_analyses(run.store, run.run_id, run.sets, dependencies, seed=seed, registry=registry)
     data = RunData.load(run.store, run.run_id, run.sets)
-    return data.context(analysis, data.targets(analysis)[0], resolved(analysis, {}), seed, load_registry())
+    return data.context(analysis, data.targets(analysis)[0], resolved(analysis, {}), seed, registry)
 
 
 def _results(analysis: Analysis, context: AnalysisContext) -> list[Result]:
@@ -140,9 +144,11 @@ def check_analysis_skips_with_reason(analysis: Analysis, seed: int = 0) -> None:
     for scenario, arguments in _unmet_scenarios(analysis).items():
         store = Store.open(":memory:")
         run = synthetic_run(store, **arguments)
-        outcomes = run_analyses(store, run.run_id, run.sets, [analysis], seed=seed, registry=load_registry())
+        registry = load_registry()
+        with_needed = with_dependencies([analysis], {**registry.analyses, analysis.name: analysis})
+        outcomes = run_analyses(store, run.run_id, run.sets, with_needed, seed=seed, registry=registry)
         must_skip = scenario != "unlabelled images" or analysis.needs.labels or analysis.needs.patients
-        for outcome in outcomes:
+        for outcome in (o for o in outcomes if o.analysis == analysis.name):
             where = f"analysis {analysis.name!r} on {scenario} ({outcome.backbone})"
             assert outcome.status != "failed", (
                 f"{where} failed: {outcome.message}; declare the need in Needs(...) or raise SkipAnalysis(reason)")
