@@ -219,3 +219,20 @@ def test_backbones_are_compared_on_the_same_patient_resamples():
     assert clear_winner(comparison, "balanced_accuracy") == "a"
     comparison.loc[0, "ci_low"] = -0.01  # a vs b now includes 0
     assert clear_winner(comparison, "balanced_accuracy") is None
+
+
+def test_a_perfect_result_gets_an_exact_interval_not_a_point():
+    """Issue #16, item 3: 'AUC 1.00 (1.00–1.00)' from 8 patients; a perfect proportion gets the
+    Clopper–Pearson bound on the number of patients, and no interval has zero width."""
+    from scipy.stats import beta
+
+    patients = np.repeat(np.arange(8), 4)
+    y_true = (np.arange(8) % 2)[patients]
+    proba = np.eye(2)[y_true] * 0.9 + 0.05
+    rows = metric_rows(OutOfFold("label", "patient", ["benign", "malignant"], y_true, proba, 4), patients, 200, 0)
+    assert (rows["ci_high"] > rows["ci_low"]).all(), "a zero-width interval"
+    ba = rows[rows["metric"] == "balanced_accuracy"].iloc[0]
+    assert ba["value"] == 1.0 and ba["ci_method"] == "clopper-pearson"
+    assert np.isclose(ba["ci_low"], beta.ppf(0.025, 8, 1)) and ba["ci_high"] == 1.0  # exact, 8 patients
+    sensitivity = rows[rows["metric"] == "sensitivity"].iloc[0]
+    assert np.isclose(sensitivity["ci_low"], beta.ppf(0.025, 4, 1))  # the 4 malignant patients

@@ -216,12 +216,18 @@ def patient_classes(y_true: np.ndarray, patients: np.ndarray) -> np.ndarray:
 
 def metric_rows(oof: OutOfFold, patients: np.ndarray, n_bootstrap: int, seed: int,
                 every_class: bool = False) -> pd.DataFrame:
-    """Columns target, split, metric, class, value, ci_low, ci_high, n_folds. Binary targets list
-    sensitivity and specificity of the second class only (label: sensitivity = recall of malignant,
-    specificity = recall of benign) unless ``every_class``; other targets list both for every class,
-    one-vs-rest."""
+    """Columns target, split, metric, class, value, ci_low, ci_high, ci_method, n_folds. Binary
+    targets list sensitivity and specificity of the second class only (label: sensitivity = recall of
+    malignant, specificity = recall of benign) unless ``every_class``; other targets list both for
+    every class, one-vs-rest.
+
+    ``ci_method`` is ``bootstrap`` (percentile interval of the stratified patient bootstrap) or, where
+    a metric is 0 or 1 in every resample (a percentile interval cannot leave a perfect result),
+    ``clopper-pearson``: the exact 95% bound on the number of patients the metric rests on (those of
+    the class for sensitivity and specificity, all for the rest)."""
     n_patients = int(patients.max()) + 1
-    resamples = patient_resamples(patient_classes(oof.y_true, patients), n_bootstrap, seed)
+    strata = patient_classes(oof.y_true, patients)
+    resamples = patient_resamples(strata, n_bootstrap, seed)
     with warnings.catch_warnings():  # a class no patient predicts still gives NaN (e.g. specificity); ignored
         warnings.simplefilter("ignore", RuntimeWarning)
         boot = probe_metrics(oof, patients, resamples)
@@ -230,11 +236,13 @@ def metric_rows(oof: OutOfFold, patients: np.ndarray, n_bootstrap: int, seed: in
         rows = []
         for metric, value in point.items():
             if value.ndim == 1:
-                rows.append(_row(metric, value, boot[metric], None))
+                rows.append(_row(metric, value, boot[metric], None, n_patients))
             else:
-                rows += [_row(metric, value[:, c], boot[metric][:, c], oof.classes[c]) for c in listed]
+                rows += [_row(metric, value[:, c], boot[metric][:, c], oof.classes[c],
+                              int((strata == c).sum()) if metric == "sensitivity" else int((strata != c).sum()))
+                         for c in listed]
     return pd.DataFrame(rows).assign(target=oof.target, split=oof.split, n_folds=oof.n_splits)[
-        ["target", "split", "metric", "class", "value", "ci_low", "ci_high", "n_folds"]]
+        ["target", "split", "metric", "class", "value", "ci_low", "ci_high", "ci_method", "n_folds"]]
 
 
 def percentile_ci(boot: np.ndarray) -> tuple[float, float]:
@@ -243,9 +251,20 @@ def percentile_ci(boot: np.ndarray) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def _row(metric: str, point: np.ndarray, boot: np.ndarray, name: str | None) -> dict:
+def exact_bound(value: float, n: int) -> tuple[float, float]:
+    """The Clopper–Pearson 95% interval of a proportion observed as 0 or 1 in ``n`` patients."""
+    edge = 0.025 ** (1 / n) if n else 0.0
+    return (edge, 1.0) if value == 1.0 else (0.0, 1.0 - edge)
+
+
+def _row(metric: str, point: np.ndarray, boot: np.ndarray, name: str | None, n_units: int) -> dict:
+    value = float(point[0])
     low, high = percentile_ci(boot)
-    return {"metric": metric, "class": name, "value": float(point[0]), "ci_low": float(low), "ci_high": float(high)}
+    method = "bootstrap"
+    if low == high == value and value in (0.0, 1.0):  # a percentile interval cannot leave a perfect result
+        (low, high), method = exact_bound(value, n_units), "clopper-pearson"
+    return {"metric": metric, "class": name, "value": value, "ci_low": float(low), "ci_high": float(high),
+            "ci_method": method}
 
 
 def prediction_rows(oof: OutOfFold, image_ids: np.ndarray) -> pd.DataFrame:
