@@ -64,7 +64,7 @@ def test_report_loads_in_chromium_with_every_section(tmp_path, tiny_run):
     table = page.dom.split('class="comparison"', 1)[1].split("</tr>", 1)[0]  # columns contributed by plugins
     assert re.findall(r"<th>([^<]+)</th>", table) == [
         "Backbone", "Weights", "Features", "Silhouette (benign vs malignant)", "Features that differ (q &lt; 0.05, patient means)",
-        "Balanced accuracy, new patients", "AUC, new patients", "Balanced accuracy, leaky split", "Images / s"]
+        "Balanced accuracy, new patients", "Patient score, new patients", "AUC, new patients", "Balanced accuracy, leaky split", "Images / s"]
     assert "The embeddings that best separate benign from malignant tissue come from" in page.dom  # the probe's
     assert "Integrity checks" in page.dom.split('id="dataset"', 1)[1]
     assert page.screenshot.stat().st_size > 20_000  # a rendered page, not a blank one

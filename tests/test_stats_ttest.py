@@ -136,3 +136,14 @@ def test_the_comparison_table_headlines_the_patient_level_count():
     n_patient = int((stored["level"] == "patient").sum())
     assert column.header == "Features that differ (q < 0.05, patient means)"
     assert column.values == {"alpha": f"{per_level['patient']} of {n_patient}"}
+
+
+def test_top_feature_figure_shows_patient_level_effects():
+    """Issue #16, item 7: the effect sizes and intervals plotted are the patient-level ones, and the
+    caption says so (image-level intervals ignore that a patient's images are alike)."""
+    results = ttest(synthetic_context(dim=12))
+    figure = next(r for r in results if getattr(r, "name", "") == "top_features")
+    top = _tables(results)["top"]
+    patient_top = top[top["level"] == "patient"]["feature"].head(10).tolist()
+    assert "patient means, one per patient" in figure.alt and "patient means" in figure.caption
+    assert all(f"#{feature}" in figure.content for feature in patient_top)

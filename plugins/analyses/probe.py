@@ -245,6 +245,7 @@ def backbone_estimates(context: ReportContext) -> list[dict]:
         rows.append({"backbone": name, **{key: _estimate(metrics, name, split, metric) for key, split, metric in (
             ("balanced_accuracy", "patient", "balanced_accuracy"), ("roc_auc", "patient", "roc_auc"),
             ("sensitivity", "patient", "sensitivity"), ("specificity", "patient", "specificity"),
+            ("patient_score", "patient", "patient_score"),
             ("leaky_balanced_accuracy", "image", "balanced_accuracy"))}})
     return rows
 
@@ -304,6 +305,9 @@ def report_sections(context: ReportContext) -> list[ReportSection]:
                          best=highlighted,
                          note="Brackets: 95% confidence intervals from a patient-level bootstrap. “New patients”: "
                               "cross-validation grouped by patient."),
+        ComparisonColumn("Patient score, new patients", column("patient_score"), order=60.5,
+                         note="“Patient score”: for each held-out patient, the share of their images classified "
+                              "correctly, averaged over patients (balanced accuracy counts images)."),
         ComparisonColumn("AUC, new patients", column("roc_auc"), order=61),
         ComparisonColumn("Balanced accuracy, leaky split", column("leaky_balanced_accuracy"), order=62, css="leaky",
                          note="“Leaky split”: images of one patient may sit in both training and test folds, "

@@ -119,7 +119,8 @@ def _two_groups(groups: pd.Series, grouping: str) -> tuple[str, str]:
     present = valid_groups(groups)
     if len(present) != 2 or groups.dropna().nunique() != 2:
         raise SkipAnalysis(f"ttest compares two groups; {grouping!r} has {groups.dropna().nunique()} values "
-                           f"({len(present)} with at least 2 images); choose another ttest_grouping or see anova")
+                           f"({len(present)} with at least 2 images); choose another with --set ttest.grouping=COLUMN, "
+                           "or see anova")
     return present[0], present[1]
 
 
@@ -140,7 +141,8 @@ def ttest(context: AnalysisContext) -> list:
     and a bar plot of the top 10 image-level features."""
     grouping = context.settings.get("grouping", "label")
     if grouping not in context.metadata.columns:
-        raise SkipAnalysis(f"ttest_grouping {grouping!r} is not a metadata column")
+        raise SkipAnalysis(f"ttest.grouping {grouping!r} is not a metadata column; set another with "
+                           "--set ttest.grouping=COLUMN")
     x = embeddings_f64(context)
     group_a, group_b = _two_groups(context.metadata[grouping], grouping)
     tables, findings = [], [patient_note(context.metadata)]
@@ -153,13 +155,20 @@ def ttest(context: AnalysisContext) -> list:
     table = pd.concat(tables, ignore_index=True)
     findings += [_summary(table, level, grouping) for level in table["level"].unique()]
     top = top_rows(table, "hedges_g", int(context.settings.get("top_k", TOP_K)), ["level"])
+    shown = top[top["level"] == ("patient" if (top["level"] == "patient").any() else "image")]
     return [Table("main", table, f"Welch t and Mann–Whitney U per feature, {group_b} vs {group_a}"),
             Table("top", top, "Features with the largest |Hedges' g| per level"),
-            *findings, _bar_figure(context.backbone, top[top["level"] == "image"].head(10)),
-            _boxplots(context, x, top[top["level"] == "image"]["feature"].head(BOXPLOT_FEATURES).tolist(), grouping)]
+            *findings, _bar_figure(context.backbone, shown.head(10)),
+            _boxplots(context, x, shown["feature"].head(BOXPLOT_FEATURES).tolist(), grouping)]
+
+
+LEVEL_WORDS = {"patient": "patient means, one per patient", "image": "images, as if independent"}
 
 
 def _bar_figure(backbone: str | None, top: pd.DataFrame) -> Figure:
+    """Hedges' g with its 95% interval of the top features at one level: patient means when the run
+    has patient ids (the image-level interval ignores that a patient's images are alike)."""
+    level = top["level"].iloc[0] if len(top) else "image"
     significant = top["q_val"] < FDR_ALPHA
     figure, axes = new_figure(6.0, 3.6)
     positions = np.arange(len(top))
@@ -173,11 +182,12 @@ def _bar_figure(backbone: str | None, top: pd.DataFrame) -> Figure:
     axes.set_xlabel(f"embedding feature (* = q < {FDR_ALPHA}, Benjamini–Hochberg)")
     a, b = (top["group_a"].iloc[0], top["group_b"].iloc[0]) if len(top) else ("a", "b")
     axes.set_ylabel(f"Hedges' g ({b} − {a}) with 95% CI")
-    axes.set_title(f"{backbone}: features with the largest effect (image level)")
+    axes.set_title(f"{backbone}: features with the largest effect ({LEVEL_WORDS[level].split(',')[0]})")
     return Figure("top_features", to_svg(figure),
-                  alt=f"Bar chart of the {len(top)} features with the largest Hedges' g between {a} and {b} "
-                      f"at image level; {int(significant.sum())} of them are significant at q < {FDR_ALPHA}.",
-                  caption="Orange bars (and *) are significant after Benjamini–Hochberg correction; grey are not.")
+                  alt=f"Bar chart of the {len(top)} features with the largest Hedges' g between {a} and {b}, "
+                      f"tested on {LEVEL_WORDS[level]}; {int(significant.sum())} of them are significant at q < {FDR_ALPHA}.",
+                  caption=f"Effect sizes and 95% intervals from {LEVEL_WORDS[level]}. Orange bars (and *) are "
+                          "significant after Benjamini–Hochberg correction; grey are not.")
 
 
 BOXPLOT_FEATURES = 4
