@@ -88,3 +88,18 @@ def test_patient_blocks_orders_levels_numerically():
     blocks = patient_blocks(view)
     assert blocks.levels == [40, 100, 200, 400]
     assert blocks.y[:, :, 0].tolist() == [[1.0, 3.0, 2.0, 0.0], [5.0, 7.0, 6.0, 4.0]]
+
+
+def test_kruskal_wallis_is_not_reported_for_groups_of_few_patients():
+    """Issue #16, item 10: with 2 to 4 patients per subtype the chi² approximation of Kruskal–Wallis
+    can never reach significance; it is left out, and the finding says why."""
+    context = synthetic_context(n_patients=12, per_patient=8, dim=6, signal=3.0)  # 3 patients per subtype
+    results = anova(context)
+    main = next(r.data for r in results if isinstance(r, Table) and r.name == "main")
+    patient = main[(main["factor"] == "subtype") & (main["level"] == "patient")]
+    image = main[(main["factor"] == "subtype") & (main["level"] == "image")]
+    assert patient["p_val_kw"].isna().all() and patient["p_val"].notna().all()
+    assert image["p_val_kw"].notna().all()
+    finding = next(r for r in results if isinstance(r, Finding) and r.message.startswith("patient level")
+                   and "subtype" in r.message)
+    assert "Kruskal–Wallis is not reported: a group has fewer than 5 patients" in finding.message

@@ -29,6 +29,10 @@ stats = lazy_import("scipy.stats")
 FACTORS = ("subtype", "magnification")
 TUKEY_TOP = 3
 TUKEY_ALPHA = 0.05
+KW_MIN_GROUP = 5
+"""Smallest group for which Kruskal–Wallis' chi² approximation is used; with fewer patients per group
+(BreakHis subtypes at patient level: 2 to 10 patients) it cannot reach significance, and the test
+is not reported."""
 NEAR_CONSTANT = 1e-9  # within-group over total sum of squares below which f_oneway's own constant-group rules apply
 
 
@@ -81,7 +85,10 @@ def one_way(view: LevelView, factor: str, cache: RankCache | None = None) -> pd.
     varying = np.flatnonzero(np.ptp(x, axis=0) > 0)
     x = x if len(varying) == x.shape[1] else x[:, varying]
     f, p, eta_sq = f_test(x, codes, len(present))
-    h, p_kw = (v[varying] for v in kruskal_wallis((cache or RankCache()).ranks(view.x, keep), codes, len(present)))
+    if np.bincount(codes).min() >= KW_MIN_GROUP:
+        h, p_kw = (v[varying] for v in kruskal_wallis((cache or RankCache()).ranks(view.x, keep), codes, len(present)))
+    else:  # too few rows per group for the chi² approximation: not reported (a finding says so)
+        h = p_kw = np.full(len(varying), np.nan)
     return pd.DataFrame({
         "factor": factor, "level": view.level, "feature": varying, "n_groups": len(present), "n": len(x),
         "f": f, "p_val": p, "q_val": bh_qvalues(p), "eta_sq": eta_sq, "h": h, "p_val_kw": p_kw,
@@ -211,10 +218,12 @@ def _factor_results(metadata: pd.DataFrame, x: np.ndarray, factor: str, top_k: i
         if best.size:  # post-hoc pairs only for features that passed the FDR correction
             posthoc.append(tukey(view, factor, best))
         n_sig = int((table["q_val"] < FDR_ALPHA).sum())
+        kw = (f"{int((table['q_val_kw'] < FDR_ALPHA).sum())} by Kruskal–Wallis." if table["p_val_kw"].notna().any() else
+              f"Kruskal–Wallis is not reported: a group has fewer than {KW_MIN_GROUP} {view.level}s, too few for "
+              "its chi² approximation.")
         findings.append(Finding(
             f"{view.level} level: {n_sig} of {len(table)} features differ across {int(table['n_groups'].iloc[0])} "
-            f"{factor} groups at q < {FDR_ALPHA} (one-way ANOVA, Benjamini–Hochberg); "
-            f"{int((table['q_val_kw'] < FDR_ALPHA).sum())} by Kruskal–Wallis.",
+            f"{factor} groups at q < {FDR_ALPHA} (one-way ANOVA, Benjamini–Hochberg); {kw}",
             detail={"factor": factor, "level": view.level, "n_significant": n_sig, "n_tested": len(table)}))
     return tables, posthoc, repeated, findings
 
