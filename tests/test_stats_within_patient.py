@@ -103,3 +103,30 @@ def test_kruskal_wallis_is_not_reported_for_groups_of_few_patients():
     finding = next(r for r in results if isinstance(r, Finding) and r.message.startswith("patient level")
                    and "subtype" in r.message)
     assert "Kruskal–Wallis is not reported: a group has fewer than 5 patients" in finding.message
+
+
+def test_an_image_content_counts_once_and_conflicting_contents_are_left_out():
+    """Issue #16, item 8: the same file bytes under two subtypes (BreakHis 14-13412, DC and LC) entered
+    image-level tests twice. Each content counts once per group; one filed under two groups is left out."""
+    from toolkit.plugins.analyses.ttest import ttest
+
+    context = synthetic_context(n_patients=12, per_patient=8, dim=6)
+    meta = context.metadata
+    copies = meta.iloc[:3].copy()  # the first three contents again, same labels and subtypes
+    copies["image_id"] += 10_000
+    conflict = meta.iloc[[3]].copy()  # the fourth content again, under another subtype
+    conflict["image_id"] += 20_000
+    conflict["subtype"] = "other_subtype"
+    context.metadata = pd.concat([meta, copies, conflict], ignore_index=True)
+    x = np.asarray(context.embeddings)
+    context.embeddings = np.vstack([x, x[:3], x[[3]]])
+    main = next(r.data for r in ttest(context) if isinstance(r, Table) and r.name == "main")
+    image = main[main["level"] == "image"].iloc[0]
+    assert image["n_a"] + image["n_b"] == len(meta)  # the three copies counted once
+    results = anova(context)
+    subtype = next(r.data for r in results if isinstance(r, Table) and r.name == "main")
+    subtype = subtype[(subtype["factor"] == "subtype") & (subtype["level"] == "image")].iloc[0]
+    assert subtype["n"] == len(meta) - 1  # the content under two subtypes is left out
+    note = next(r for r in results if isinstance(r, Finding) and r.message.startswith("Tests of subtype"))
+    assert "3 images with the same content as another of the same subtype counted once" in note.message
+    assert "1 content filed under two or more subtype values left out" in note.message

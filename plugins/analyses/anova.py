@@ -17,7 +17,7 @@ from toolkit import hookimpl
 from toolkit.plugin.settings import Setting
 from toolkit.plugin.types import Analysis, AnalysisContext, Needs
 from toolkit.analysis.stats import (FDR_ALPHA, Blocks, ColumnRanks, LevelView, RankCache, bh_qvalues,
-                                    embeddings_f64, group_codes, group_sums, level_views, patient_blocks,
+                                    duplicate_note, embeddings_f64, group_codes, group_sums, level_views, patient_blocks,
                                     patient_note, valid_groups, within_patient)
 from toolkit.plugin.results import Finding, SkipAnalysis, Table
 from toolkit.lazy import lazy_import
@@ -201,6 +201,8 @@ def _within_patient_results(view: LevelView, factor: str) -> tuple[pd.DataFrame 
 def _factor_results(metadata: pd.DataFrame, x: np.ndarray, factor: str, top_k: int,
                     cache: RankCache) -> tuple[list[pd.DataFrame], list[pd.DataFrame], list[pd.DataFrame], list[Finding]]:
     tables, posthoc, repeated, findings = [], [], [], []
+    duplicates = duplicate_note(metadata, factor)
+    findings += [duplicates] if duplicates else []
     within = within_patient(metadata, factor)
     for view in level_views(metadata, x, factor):
         if view.level == "patient" and within:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from toolkit.analysis.stats import (FDR_ALPHA, ColumnRanks, LevelView, bh_qvalues, column_ranks,
-                                                   embeddings_f64, level_views, patient_note, top_rows,
+                                                   duplicate_note, embeddings_f64, level_views, patient_note, top_rows,
                                                    valid_groups)
 from toolkit import hookimpl
 from toolkit.analysis.figures import PALETTE, colour_for, new_figure, to_svg
@@ -146,6 +146,8 @@ def ttest(context: AnalysisContext) -> list:
     x = embeddings_f64(context)
     group_a, group_b = _two_groups(context.metadata[grouping], grouping)
     tables, findings = [], [patient_note(context.metadata)]
+    duplicates = duplicate_note(context.metadata, grouping)
+    findings += [duplicates] if duplicates else []
     for view in level_views(context.metadata, x, grouping):
         if min((view.groups == group_a).sum(), (view.groups == group_b).sum()) < 2:
             findings.append(Finding(f"No {view.level}-level test: each group needs at least 2 {view.level}s.",

@@ -198,8 +198,43 @@ def patient_note(metadata: pd.DataFrame) -> Finding:
                    "Image-level p-values assume independent images.", "warning")
 
 
+def _content_rows(metadata: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """Which rows repeat an earlier row's content and ``column`` value, and which belong to a content
+    filed under two or more values of ``column``."""
+    values = metadata[column].astype(object).where(metadata[column].notna(), None)
+    repeats = pd.DataFrame({"sha256": metadata["sha256"], "value": values}).duplicated().to_numpy()
+    conflicting = (values.groupby(metadata["sha256"]).transform("nunique") > 1).to_numpy()
+    return repeats, conflicting
+
+
+def distinct_contents(metadata: pd.DataFrame, column: str) -> np.ndarray:
+    """Rows to test ``column`` on: each image content (sha256) once per value, and no content that
+    appears under two values (BreakHis files patient 14-13412's images under two subtypes)."""
+    repeats, conflicting = _content_rows(metadata, column)
+    return ~repeats & ~conflicting
+
+
+def duplicate_note(metadata: pd.DataFrame, column: str) -> Finding | None:
+    """What :func:`distinct_contents` left out of the tests of ``column``, or None when nothing."""
+    repeats, conflicting_rows = _content_rows(metadata, column)
+    repeated = int((repeats & ~conflicting_rows).sum())
+    conflicting = int(metadata["sha256"][conflicting_rows].nunique())
+    if not repeated and not conflicting:
+        return None
+    parts = ([f"{repeated} image{'s' if repeated != 1 else ''} with the same content as another of the same "
+              f"{column} counted once"] if repeated else [])
+    parts += ([f"{conflicting} content{'s' if conflicting != 1 else ''} filed under two or more {column} values "
+               "left out (see the integrity checks)"] if conflicting else [])
+    return Finding(f"Tests of {column}: " + "; ".join(parts) + ".", "warning",
+                   {"column": column, "n_repeated": repeated, "n_conflicting_contents": conflicting})
+
+
 def level_views(metadata: pd.DataFrame, x: np.ndarray, column: str) -> list[LevelView]:
-    """The image-level view of ``column`` and, when :func:`has_patients`, the patient-level view."""
+    """The image-level view of ``column`` and, when :func:`has_patients`, the patient-level view, on
+    :func:`distinct_contents` (an image counted once, whatever the number of its files)."""
+    keep = distinct_contents(metadata, column)
+    if not keep.all():
+        metadata, x = metadata[keep].reset_index(drop=True), x[keep]
     views = [LevelView("image", x, metadata[column].reset_index(drop=True))]
     return views + [patient_means(x, metadata, column)] if has_patients(metadata) else views
 
