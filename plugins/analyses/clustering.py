@@ -2,7 +2,7 @@
 
 Silhouettes are computed on the full embedding (no PCA, no scaling), over every image, with
 Euclidean and with cosine distance, for the label partition and for the Ward cuts. No distance
-matrix is ever held whole: one float32 Gram matrix gives both distances a strip of rows at a time,
+matrix is ever held whole: one float64 Gram matrix gives both distances a strip of rows at a time,
 for Ward's condensed input and for the per-cluster distance sums that every silhouette needs.
 """
 
@@ -29,11 +29,17 @@ STRIP_ROWS = 256  # rows of distances held at a time: 256 x 10,000 float64 is 20
 
 
 def upper_gram(x: np.ndarray) -> np.ndarray:
-    """``x @ x.T`` in float32 with only the upper triangle (diagonal included) filled; the lower one is
-    zero. A symmetric rank-k update does half the work of a full product and gives the same values."""
-    from scipy.linalg.blas import ssyrk
+    """``x @ x.T`` in float64 with only the upper triangle (diagonal included) filled; the lower one is
+    zero. A symmetric rank-k update does half the work of a full product and gives the same values.
 
-    return ssyrk(1.0, np.asarray(x, dtype=np.float32).T, trans=1, lower=1).T
+    float64, because distances from a float32 Gram matrix (|a|² + |b|² − 2 a·b) lose the digits that
+    order Ward's near-tied merges: on 300 to 600 random non-negative images float32 reordered 38 to
+    99 merges against ``linkage(pdist(x))``, float64 none. It costs twice the memory (10,000 images:
+    800 MB) and about three times the time of the float32 product (1.2 s against 0.4 s for 4,000
+    images of 1,920 features)."""
+    from scipy.linalg.blas import dsyrk
+
+    return dsyrk(1.0, np.asarray(x, dtype=np.float64).T, trans=1, lower=1).T
 
 
 def distance_strip(gram: np.ndarray, rows: slice) -> tuple[np.ndarray, np.ndarray]:
