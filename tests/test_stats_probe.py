@@ -7,8 +7,8 @@ import pytest
 from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_score
 
 from tests.test_stats_common import synthetic_context
-from toolkit.analysis.evaluation import (OutOfFold, confusion_counts, confusion_metrics, metric_rows, patient_resamples,
-                                         weighted_auc)
+from toolkit.analysis.evaluation import (SOLVER_TOL, OutOfFold, confusion_counts, confusion_metrics, metric_rows,
+                                         patient_resamples, weighted_auc)
 from toolkit.plugins.analyses.probe import probe
 from toolkit.plugin.results import SkipAnalysis, Table
 
@@ -164,7 +164,7 @@ def test_parallel_probe_matches_a_plain_scikit_learn_cross_validation():
         problems.append((y, len(classes), folds))
         proba = np.zeros((len(y), len(classes)))
         for train, test in folds:
-            model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=1000)).fit(x[train], y[train])
+            model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, tol=SOLVER_TOL, max_iter=1000)).fit(x[train], y[train])
             proba[np.ix_(test, model.classes_)] = model.predict_proba(x[test])
         expected.append(proba)
     for ours, theirs in zip(cross_validate(x, problems, c=0.1), expected):
@@ -236,3 +236,23 @@ def test_a_perfect_result_gets_an_exact_interval_not_a_point():
     assert np.isclose(ba["ci_low"], beta.ppf(0.025, 8, 1)) and ba["ci_high"] == 1.0  # exact, 8 patients
     sensitivity = rows[rows["metric"] == "sensitivity"].iloc[0]
     assert np.isclose(sensitivity["ci_low"], beta.ppf(0.025, 4, 1))  # the 4 malignant patients
+
+
+def test_probe_fits_converge_and_record_their_tolerance():
+    """Issue #16, item 11: the solver's default tolerance moved out-of-fold probabilities by up to 0.016;
+    a fold's probabilities now equal a fully converged fit's to 1e-4, and the tolerance is stored."""
+    import toolkit.analysis.evaluation as evaluation
+
+    context = synthetic_context(n_patients=60, per_patient=10, dim=512, signal=0.3)
+    x = np.asarray(context.embeddings, dtype=np.float64)
+    y = (context.metadata["label"] == "malignant").to_numpy().astype(int)
+    train, test = np.flatnonzero(np.arange(len(y)) % 5 != 0), np.flatnonzero(np.arange(len(y)) % 5 == 0)
+    fitted = evaluation.fold_proba(x, y, train, test, 2, 0.1)
+    from sklearn.linear_model import LogisticRegression
+
+    fit_rows, test_rows = x[train].copy(), x[test].copy()
+    evaluation.standardise(fit_rows, test_rows)
+    converged = LogisticRegression(C=0.1, tol=1e-12, max_iter=100_000).fit(fit_rows, y[train]).predict_proba(test_rows)
+    assert np.abs(fitted - converged).max() < 1e-4
+    main = next(r.data for r in probe(synthetic_context(dim=24, settings={"bootstrap": 50})) if getattr(r, "name", "") == "main")
+    assert set(main["solver_tol"]) == {evaluation.SOLVER_TOL}

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from toolkit import hookimpl
-from toolkit.analysis.evaluation import (C_DEFAULT, N_BOOTSTRAP, OutOfFold, confusion_counts, cross_validate,
+from toolkit.analysis.evaluation import (C_DEFAULT, N_BOOTSTRAP, SOLVER_TOL, OutOfFold, confusion_counts, cross_validate,
                                          fold_indices, metric_rows, patient_classes, patient_resamples,
                                          percentile_ci, prediction_rows, probe_metrics)
 from toolkit.analysis.figures import PALETTE, new_figure, to_svg
@@ -72,7 +72,8 @@ def probe(context: AnalysisContext) -> list:
         raise SkipAnalysis("; ".join(skipped))
     patients, _ = group_codes(context.metadata["patient_id"])
     n_bootstrap = int(context.settings.get("bootstrap", N_BOOTSTRAP))
-    metrics = pd.concat([metric_rows(oof, patients, n_bootstrap, context.seed) for oof in fitted], ignore_index=True)
+    metrics = pd.concat([metric_rows(oof, patients, n_bootstrap, context.seed) for oof in fitted],
+                        ignore_index=True).assign(solver_tol=SOLVER_TOL)
     image_ids = context.metadata["image_id"].to_numpy()
     predictions = pd.concat([prediction_rows(oof, image_ids) for oof in fitted], ignore_index=True)
     results: list = [Table("main", metrics, "Linear probe metrics with patient-bootstrap 95% CIs"),

@@ -24,6 +24,10 @@ pd = lazy_import("pandas")
 N_SPLITS = 5
 N_BOOTSTRAP = 1000
 C_DEFAULT = 0.1
+SOLVER_TOL = 1e-6
+"""lbfgs tolerance of every probe fit: scikit-learn's default (1e-4) left out-of-fold probabilities up
+to 0.05 from the converged fit (80 patients, 1,280 features); 1e-6 leaves about 1e-7, in the same time."""
+SOLVER_MAX_ITER = 1000
 STANDARDISE_ROWS = 1024  # rows per block when summing squared deviations: 1024 x 2048 float64 is 16 MB
 
 
@@ -87,7 +91,7 @@ def fold_proba(x: np.ndarray, y: np.ndarray, train: np.ndarray, test: np.ndarray
     fit_rows, test_rows = x[train], x[test]
     standardise(fit_rows, test_rows)
     space = RowSpace().fit(fit_rows)
-    model = LogisticRegression(C=c, max_iter=1000).fit(space.transform(fit_rows), y[train])
+    model = LogisticRegression(C=c, tol=SOLVER_TOL, max_iter=SOLVER_MAX_ITER).fit(space.transform(fit_rows), y[train])
     proba = np.zeros((len(test), n_classes))
     proba[:, model.classes_] = model.predict_proba(space.transform(test_rows))
     return proba

@@ -17,7 +17,7 @@ from toolkit.errors import TkError
 from toolkit.plugin.types import Backbone
 from toolkit.plugin.registry import Registry
 from toolkit.store import EmbeddingSet, Store
-from toolkit.analysis.evaluation import C_DEFAULT
+from toolkit.analysis.evaluation import C_DEFAULT, SOLVER_MAX_ITER, SOLVER_TOL
 from toolkit.extract.weights import build_model, request_for
 from toolkit.models.variants import find_backbone
 
@@ -47,7 +47,7 @@ def fit_head(embeddings: np.ndarray, labels: np.ndarray, seed: int = 0) -> Head:
     if len(classes) < 2:
         raise TkError("the classifier needs at least two labels among the run's images")
     scaler = StandardScaler().fit(embeddings)
-    model = LogisticRegression(C=C_DEFAULT, max_iter=1000, random_state=seed)
+    model = LogisticRegression(C=C_DEFAULT, tol=SOLVER_TOL, max_iter=SOLVER_MAX_ITER, random_state=seed)
     model.fit(scaler.transform(embeddings), np.asarray(labels, dtype=str))
     coef, intercept = model.coef_, model.intercept_
     if len(classes) == 2:  # sigmoid(z) == softmax([0, z])
