@@ -44,3 +44,39 @@ def test_an_exporter_writing_outside_out_is_refused(tmp_path, breakhis):
     con = duckdb.connect(str(store), read_only=True)
     assert con.execute("SELECT exporter FROM exports").fetchall() == [("html",)]  # the escaped path is not recorded
     assert list(out.glob("tk-report-*.html"))  # the other exporter still ran
+
+
+CORE_NAMED = '''
+import pandas as pd
+from toolkit import hookimpl
+from toolkit.plugin.results import Table
+from toolkit.plugin.types import Analysis
+
+
+@hookimpl
+def register_analyses(register):
+    register(Analysis(name="findings", run=lambda context: [Table("main", pd.DataFrame({"extra": [1.0]}))]))
+'''
+
+
+def _columns(store, table):
+    con = duckdb.connect(str(store), read_only=True)
+    try:
+        return [r[0] for r in con.execute("SELECT column_name FROM information_schema.columns WHERE table_name = ? "
+                                          "ORDER BY ordinal_position", [table]).fetchall()]
+    finally:
+        con.close()
+
+
+def test_an_analysis_named_like_a_core_table_is_refused_and_the_store_stays_usable(tmp_path, breakhis):
+    plugin, store = tmp_path / "core_named.py", tmp_path / "tk.duckdb"
+    plugin.write_text(CORE_NAMED)
+    args = ["run", breakhis, "--backbone", "tiny", "--store", store, "--export", "none", "--plugin", TINY]
+    refused = run_tk(*args, "--analysis", "findings", "--plugin", plugin)
+    assert refused.exit_code == 1
+    assert refused.stderr.strip().splitlines() == [
+        f"error: plugin {plugin}: analysis name 'findings' would store its results in tk's core table "
+        "results_findings; rename the analysis"]
+    later = run_tk(*args, "--analysis", "pca")
+    assert later.exit_code == 0, later.stderr
+    assert _columns(store, "results_findings") == ["run_id", "backbone", "analysis", "severity", "message", "detail"]

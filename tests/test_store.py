@@ -226,3 +226,17 @@ def test_sigkill_while_writing_results_then_rerun_equals_clean_run(tmp_path, bre
         assert con.execute("SELECT count(*), count(DISTINCT path) FROM images").fetchall() == [(32, 32)]
         assert con.execute("SELECT count(*), count(DISTINCT sha256) FROM emb_tiny__random_seed0").fetchall() == [(32, 32)]
         con.close()
+
+
+def test_analysis_results_never_alter_a_core_table(tmp_path):
+    import pandas as pd
+
+    from toolkit.errors import PluginError
+    from toolkit.plugin.results import Table
+
+    with Store.open(tmp_path / "tk.duckdb") as store:
+        before = store.query_df("DESCRIBE results_figures")
+        with pytest.raises(PluginError, match="core table results_figures"):
+            store.save_results("r1", "figures", "tiny", "ok", "", 0.0, [Table("main", pd.DataFrame({"x": [1]}))])
+        assert store.query_df("DESCRIBE results_figures").equals(before)
+        assert store.run_analyses("r1") == []
