@@ -240,3 +240,18 @@ def test_analysis_results_never_alter_a_core_table(tmp_path):
             store.save_results("r1", "figures", "tiny", "ok", "", 0.0, [Table("main", pd.DataFrame({"x": [1]}))])
         assert store.query_df("DESCRIBE results_figures").equals(before)
         assert store.run_analyses("r1") == []
+
+
+def test_a_nan_or_infinite_vector_is_never_stored(tmp_path):
+    import numpy as np
+
+    from toolkit.errors import TkError
+    from toolkit.store import EmbeddingSet
+
+    embedding_set = EmbeddingSet("tiny", "random_seed0", 2)
+    with Store.open(tmp_path / "tk.duckdb") as store:
+        store.ensure_set(embedding_set, "random", None, None)
+        for bad in (np.nan, np.inf):
+            with pytest.raises(TkError, match=r"tiny \(fp32\) gave NaN or infinite embeddings; they are never stored"):
+                store.write_batch("r1", [], {embedding_set: (["a", "b"], np.array([[1.0, 2.0], [bad, 0.0]]))})
+        assert store.missing(embedding_set, ["a", "b"]) == {"a", "b"}
