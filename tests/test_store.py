@@ -169,6 +169,8 @@ def test_sql_reads_only_the_files_allowed_and_writes_none(tmp_path):
     assert _files(tmp_path) == before
     both = run_tk("sql", "SELECT 1", "--store", store, "--write", "--allow-files", inbox)
     assert both.exit_code == 1 and "--allow-files" in both.stderr
+    missing = run_tk("sql", "SELECT 1", "--store", store, "--allow-files", tmp_path / "nowhere")
+    assert missing.exit_code == 1 and "no such file or folder" in missing.stderr
     assert "--allow-files" in run_tk("sql", "--help").stdout
 
 

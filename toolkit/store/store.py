@@ -58,6 +58,9 @@ class Store(Images, Embeddings, Runs, Results, DeclaredTables):
         """
         if write and readable:
             raise TkError("--allow-files only reads files; run the writing statement without it")
+        missing = [str(p) for p in readable if not p.exists()]
+        if missing:
+            raise TkError(f"--allow-files {', '.join(missing)}: no such file or folder; name files that exist")
         store = cls.open(path, read_only=not write)
         confine(store.con, read_only=not write, readable=readable)
         return store
