@@ -44,3 +44,60 @@ def test_an_exporter_writing_outside_out_is_refused(tmp_path, breakhis):
     con = duckdb.connect(str(store), read_only=True)
     assert con.execute("SELECT exporter FROM exports").fetchall() == [("html",)]  # the escaped path is not recorded
     assert list(out.glob("tk-report-*.html"))  # the other exporter still ran
+
+
+CORE_NAMED = '''
+import pandas as pd
+from toolkit import hookimpl
+from toolkit.plugin.results import Table
+from toolkit.plugin.types import Analysis
+
+
+@hookimpl
+def register_analyses(register):
+    register(Analysis(name="findings", run=lambda context: [Table("main", pd.DataFrame({"extra": [1.0]}))]))
+'''
+
+
+def _columns(store, table):
+    con = duckdb.connect(str(store), read_only=True)
+    try:
+        return [r[0] for r in con.execute("SELECT column_name FROM information_schema.columns WHERE table_name = ? "
+                                          "ORDER BY ordinal_position", [table]).fetchall()]
+    finally:
+        con.close()
+
+
+def test_an_analysis_named_like_a_core_table_is_refused_and_the_store_stays_usable(tmp_path, breakhis):
+    plugin, store = tmp_path / "core_named.py", tmp_path / "tk.duckdb"
+    plugin.write_text(CORE_NAMED)
+    args = ["run", breakhis, "--backbone", "tiny", "--store", store, "--export", "none", "--plugin", TINY]
+    refused = run_tk(*args, "--analysis", "findings", "--plugin", plugin)
+    assert refused.exit_code == 1
+    assert refused.stderr.strip().splitlines() == [
+        f"error: plugin {plugin}: analysis name 'findings' would store its results in tk's core table "
+        "results_findings; rename the analysis"]
+    later = run_tk(*args, "--analysis", "pca")
+    assert later.exit_code == 0, later.stderr
+    assert _columns(store, "results_findings") == ["run_id", "backbone", "analysis", "severity", "message", "detail"]
+
+
+NAN = PLUGINS / "nan_backbone.py"
+
+
+def test_a_backbone_giving_nan_fails_and_stores_no_vector(tmp_path, breakhis):
+    store = tmp_path / "tk.duckdb"
+    args = ["run", breakhis, "--backbone", "tiny,nan", "--store", store, "--analysis", "pca", "--export", "none",
+            "--batch-size", "8", "--plugin", TINY, "--plugin", NAN]
+    for attempt in range(2):  # nothing bad is stored, so nothing bad is reused: the second run fails the same way
+        result = run_tk(*args)
+        assert result.exit_code == 3, result.stderr
+        said = [line for line in result.stderr.splitlines() if "backbone nan" in line]
+        assert said == ["error: backbone nan (fp32) gave NaN or infinite embeddings for 8 of 8 images in a batch; "
+                        "none is stored and the backbone stops (check its model and weights)"], result.stderr
+    con = duckdb.connect(str(store), read_only=True)
+    backbones = dict(((b, s) for b, s in con.execute("SELECT backbone, status FROM run_backbones").fetchall()))
+    assert backbones == {"tiny": "ok", "nan": "failed"}
+    stored = [r[0] for r in con.execute("SELECT table_name FROM embedding_sets WHERE backbone = 'nan'").fetchall()]
+    assert all(con.execute(f"SELECT count(*) FROM {t}").fetchall() == [(0,)] for t in stored)
+    assert {b for (b,) in con.execute("SELECT DISTINCT backbone FROM analysis_runs WHERE analysis = 'pca'").fetchall()} == {"tiny"}

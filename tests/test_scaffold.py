@@ -89,3 +89,12 @@ def test_refusals_are_one_line_errors(tmp_path):
     wrong_kind = run_tk("new-plugin", "thing", "--kind", "model", "--dir", tmp_path)
     assert wrong_kind.exit_code == 1 and "--kind 'model' is not one of analysis, backbone, exporter" in wrong_kind.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tk-dup"]
+
+
+def test_new_plugin_refuses_a_name_whose_results_would_be_a_core_table(tmp_path):
+    refused = run_tk("new-plugin", "findings", "--dir", tmp_path)
+    assert refused.exit_code == 1
+    assert refused.stderr.strip().splitlines() == [
+        "error: analysis name 'findings' would store its results in tk's core table results_findings; "
+        "choose another name"]
+    assert not any(tmp_path.iterdir())

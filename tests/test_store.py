@@ -103,6 +103,77 @@ def test_sql_is_read_only_by_default(tmp_path, breakhis):
     assert run_tk("sql", "SELECT count(*) AS n FROM images", "--store", store, "--format", "csv").stdout.splitlines() == ["n", "32"]
 
 
+def _store_with_one_image(path):
+    """A migrated store whose ``images`` table holds one row."""
+    with Store.open(path) as store:
+        store.con.execute("INSERT INTO images (path, relpath, sha256) VALUES ('a.png', 'a.png', 'x')")
+
+
+def _image_count(path):
+    con = duckdb.connect(str(path), read_only=True)
+    try:
+        return con.execute("SELECT count(*) FROM images").fetchall()[0][0]
+    finally:
+        con.close()
+
+
+def _files(folder):
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_sql_reaches_no_file_but_the_store(tmp_path):
+    """Neither read-only nor --write `tk sql` attaches, writes or reads another file (issue #20)."""
+    store, other, victim = tmp_path / "tk.duckdb", tmp_path / "other.duckdb", tmp_path / "victim.duckdb"
+    _store_with_one_image(store)
+    _store_with_one_image(other)
+    victim.write_bytes(b"keep me")
+    before = _files(tmp_path)
+    attacks = [
+        f"ATTACH '{other}' AS other (READ_WRITE); DELETE FROM other.images",
+        f"COPY (SELECT 'x') TO '{victim}'",
+        f"EXPORT DATABASE '{tmp_path / 'exported'}'",
+        "SELECT * FROM read_text('/etc/passwd')",
+        f"SELECT * FROM read_csv('{victim}')",
+        "SELECT * FROM glob('/etc/*')",
+        "SET enable_external_access = true",
+        "SET lock_configuration = false",
+    ]
+    store_itself = (f"ATTACH ':memory:' AS scratch; USE scratch; DETACH tk; ATTACH '{store}' AS tk2 (READ_WRITE); "
+                    "DELETE FROM tk2.images")  # changing the store is what --write is for
+    for mode, tried in (((), [*attacks, store_itself]), (("--write",), attacks)):
+        for attack in tried:
+            result = run_tk("sql", attack, "--store", store, *mode)
+            assert result.exit_code == 1, (mode, attack, result.stdout)
+            assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert _files(tmp_path) == before
+    assert _image_count(store) == 1 and _image_count(other) == 1
+    written = run_tk("sql", "DELETE FROM images", "--store", store, "--write")
+    assert written.exit_code == 0, written.stderr
+    assert _image_count(store) == 0
+
+
+def test_sql_reads_only_the_files_allowed_and_writes_none(tmp_path):
+    store, inbox = tmp_path / "tk.duckdb", tmp_path / "inbox"
+    _store_with_one_image(store)
+    inbox.mkdir()
+    (inbox / "labels.csv").write_text("relpath,label\na.png,benign\n")
+    read = run_tk("sql", f"SELECT i.relpath, l.label FROM images i JOIN read_csv('{inbox / 'labels.csv'}') l "
+                  "USING (relpath)", "--store", store, "--format", "csv", "--allow-files", inbox)
+    assert read.exit_code == 0, read.stderr
+    assert read.stdout.splitlines() == ["relpath,label", "a.png,benign"]
+    before = _files(tmp_path)
+    for attack in [f"COPY (SELECT 'x') TO '{inbox / 'labels.csv'}'", f"ATTACH '{inbox / 'new.duckdb'}' AS n",
+                   "SELECT * FROM read_text('/etc/passwd')"]:
+        result = run_tk("sql", attack, "--store", store, "--allow-files", inbox)
+        assert result.exit_code == 1 and result.stderr.startswith("error: "), (attack, result.stderr)
+    assert _files(tmp_path) == before
+    both = run_tk("sql", "SELECT 1", "--store", store, "--write", "--allow-files", inbox)
+    assert both.exit_code == 1 and "--allow-files" in both.stderr
+    missing = run_tk("sql", "SELECT 1", "--store", store, "--allow-files", tmp_path / "nowhere")
+    assert missing.exit_code == 1 and "no such file or folder" in missing.stderr
+    assert "--allow-files" in run_tk("sql", "--help").stdout
+
+
 def test_migrations_apply_once(tmp_path):
     path = tmp_path / "s.duckdb"
     with Store.open(path):
@@ -157,3 +228,32 @@ def test_sigkill_while_writing_results_then_rerun_equals_clean_run(tmp_path, bre
         assert con.execute("SELECT count(*), count(DISTINCT path) FROM images").fetchall() == [(32, 32)]
         assert con.execute("SELECT count(*), count(DISTINCT sha256) FROM emb_tiny__random_seed0").fetchall() == [(32, 32)]
         con.close()
+
+
+def test_analysis_results_never_alter_a_core_table(tmp_path):
+    import pandas as pd
+
+    from toolkit.errors import PluginError
+    from toolkit.plugin.results import Table
+
+    with Store.open(tmp_path / "tk.duckdb") as store:
+        before = store.query_df("DESCRIBE results_figures")
+        with pytest.raises(PluginError, match="core table results_figures"):
+            store.save_results("r1", "figures", "tiny", "ok", "", 0.0, [Table("main", pd.DataFrame({"x": [1]}))])
+        assert store.query_df("DESCRIBE results_figures").equals(before)
+        assert store.run_analyses("r1") == []
+
+
+def test_a_nan_or_infinite_vector_is_never_stored(tmp_path):
+    import numpy as np
+
+    from toolkit.errors import TkError
+    from toolkit.store import EmbeddingSet
+
+    embedding_set = EmbeddingSet("tiny", "random_seed0", 2)
+    with Store.open(tmp_path / "tk.duckdb") as store:
+        store.ensure_set(embedding_set, "random", None, None)
+        for bad in (np.nan, np.inf):
+            with pytest.raises(TkError, match=r"tiny \(fp32\) gave NaN or infinite embeddings; they are never stored"):
+                store.write_batch("r1", [], {embedding_set: (["a", "b"], np.array([[1.0, 2.0], [bad, 0.0]]))})
+        assert store.missing(embedding_set, ["a", "b"]) == {"a", "b"}

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from toolkit import hookimpl
 from toolkit.errors import TkError
 from toolkit.plugin.registry import PLUGIN_NAME
+from toolkit.plugin.results import core_table_taken_by
 
 KINDS = ("analysis", "backbone", "exporter")
 if TYPE_CHECKING:
@@ -46,6 +47,9 @@ def render_plugin(name: str, kind: str, parent: Path) -> Path:
                       "starting with a letter (at most 41 characters)")
     if kind not in KINDS:
         raise TkError(f"--kind {kind!r} is not one of {', '.join(KINDS)}")
+    core = core_table_taken_by(name) if kind == "analysis" else None
+    if core:
+        raise TkError(f"analysis name {name!r} would store its results in tk's core table {core}; choose another name")
     target = parent / f"tk-{name.replace('_', '-')}"
     if target.exists():
         raise TkError(f"{target} already exists; choose another NAME or --dir, or remove it")

@@ -37,6 +37,12 @@ def split_plugin_args(argv: list[str]) -> tuple[list[str], list[str]]:
     return plugins, rest
 
 
+SQL_HELP = ("Query the store with SQL. Read-only by default: no file is created or changed. --write allows "
+            "statements that change the store itself. Other files are never written: ATTACH, COPY, EXPORT DATABASE, "
+            "INSTALL and LOAD are refused, and no file outside the store is read unless named with --allow-files "
+            "(then only SELECT statements run).")
+
+
 def _print_table(frame, fmt: str) -> None:
     if fmt == "csv":
         frame.to_csv(sys.stdout, index=False)
@@ -134,23 +140,20 @@ def build_app(plugins: list[str]) -> typer.Typer:
         if settings:
             _print_table(pd.DataFrame(settings), "table")
 
-    @app.command()
+    @app.command(help=SQL_HELP)
     def sql(
         query: str = typer.Argument(..., help="SQL to run against the store."),
         store: Path = typer.Option(Path("tk.duckdb"), "--store"),
         fmt: str = typer.Option("table", "--format", help="table | csv | json"),
-        write: bool = typer.Option(False, "--write", help="Allow statements that change the store."),
+        write: bool = typer.Option(False, "--write", help="Allow statements that change the store (no other file)."),
+        allow_files: Optional[List[Path]] = typer.Option(
+            None, "--allow-files", help="A file or folder SELECT may also read (repeatable); never written."),
     ) -> None:
-        """Query the store with SQL (read-only unless --write)."""
-        import duckdb
-
+        """Query the store with SQL (see SQL_HELP)."""
         from toolkit.store import Store
 
-        with Store.open(store, read_only=not write) as opened:
-            try:
-                frame = opened.con.execute(query).df()
-            except duckdb.Error as exc:
-                raise TkError(f"SQL error: {str(exc).splitlines()[0]}") from exc
+        with Store.open_for_sql(store, write=write, readable=allow_files or ()) as opened:
+            frame = opened.run_user_sql(query, select_only=bool(allow_files))
         _print_table(frame, fmt)
 
     @app.command()

@@ -35,6 +35,7 @@ class BackboneJob:
     seconds: float = 0.0
     embedded: int = 0
     extract: Callable[[Any], Any] | None = field(default=None, repr=False)
+    error: str | None = None  # set when the backbone failed during extraction; it then embeds nothing more
 
 
 def make_extractor(backbone: Backbone, model: Any, batch_size: int,
@@ -60,6 +61,17 @@ def make_extractor(backbone: Backbone, model: Any, batch_size: int,
         return tf.cast(model(preprocess(tf.cast(batch, tf.float32)), training=False), tf.float32)
 
     return lambda batch: extract(tf.constant(batch)).numpy()
+
+
+def non_finite_error(job: BackboneJob, out: np.ndarray) -> str | None:
+    """Why a batch of embeddings must not be stored (some are NaN or infinite), or None when all are finite."""
+    bad = int((~np.isfinite(out)).any(axis=1).sum())
+    if not bad:
+        return None
+    precision = job.embedding_set.precision
+    hint = "check its model and weights" if precision == "fp32" else f"{precision} may overflow; try --precision fp32"
+    return (f"backbone {job.backbone.name} ({precision}) gave NaN or infinite embeddings for {bad} of {len(out)} "
+            f"images in a batch; none is stored and the backbone stops ({hint})")
 
 
 def _pad(batch: np.ndarray, size: int) -> np.ndarray:
@@ -118,7 +130,8 @@ def extract(images: list[ScannedImage], jobs: list[BackboneJob], writer: Embeddi
             batch_size: int = BATCH_SIZE, threads: int | None = None) -> list[ScannedImage]:
     """Embed every image some job needs, writing each batch (images + vectors) in one transaction.
 
-    ``images`` holds one entry per distinct content; returns the images that decoded.
+    ``images`` holds one entry per distinct content; returns the images that decoded. A job whose
+    batch holds a NaN or infinite vector stores none of it, gets its ``error`` and embeds no more.
     """
     threads = threads or max(2, os.cpu_count() or 2)
     sizes = sorted({job.backbone.input_size for job in jobs})
@@ -137,12 +150,15 @@ def extract(images: list[ScannedImage], jobs: list[BackboneJob], writer: Embeddi
         vectors: dict[EmbeddingSet, tuple[list[str], np.ndarray]] = {}
         for job in jobs:
             rows = [k for k, image in enumerate(batch_images) if ok[k] and image.sha256 in job.needed]
-            if not rows:
+            if not rows or job.error:
                 continue
             pixels = pixel_batches[sizes.index(job.backbone.input_size)][rows]
             started = time.perf_counter()
             out = job.extract(_pad(pixels, batch_size))[: len(rows)]
             job.seconds += time.perf_counter() - started
+            job.error = non_finite_error(job, out)
+            if job.error:
+                continue
             job.embedded += len(rows)
             vectors[job.embedding_set] = ([batch_images[k].sha256 for k in rows], out)
         writer.write_batch(run_id, good_images, vectors)

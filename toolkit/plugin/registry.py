@@ -26,6 +26,7 @@ import pluggy
 from toolkit import __version__
 from toolkit.plugin import hookspecs
 from toolkit.errors import PluginError
+from toolkit.plugin.results import core_table_taken_by
 from toolkit.plugin.types import Analysis, Backbone, Exporter
 
 BUILTIN_GROUP = "tk.builtins"
@@ -68,6 +69,10 @@ class Register(Generic[T]):
                 f"plugin {self._plugin_name()}: {kind_name.lower()} name {item.name!r} must be "
                 "lower-case letters, digits and underscores, starting with a letter"
             )
+        core = core_table_taken_by(item.name) if self.kind is Analysis else None
+        if core:
+            raise PluginError(f"plugin {self._plugin_name()}: analysis name {item.name!r} would store its results "
+                              f"in tk's core table {core}; rename the analysis")
         if item.name in self.items:
             raise PluginError(
                 f"{kind_name.lower()} {item.name!r} is registered twice: by "

@@ -110,6 +110,16 @@ def validate_results(analysis: str, results: Any) -> list[Result]:
     return checked
 
 
+#: Core tables inside the ``results_`` namespace of analysis results; no result table may take their names.
+CORE_RESULT_TABLES = ("results_findings", "results_figures")
+
+
 def table_name(analysis: str, table: str) -> str:
     """SQL name of a stored result table."""
     return f"results_{analysis}" if table == "main" else f"results_{analysis}_{table}"
+
+
+def core_table_taken_by(analysis: str) -> str | None:
+    """The core table one of ``analysis``' result tables would be named like, or None when it is free."""
+    main = table_name(analysis, "main")
+    return next((core for core in CORE_RESULT_TABLES if core == main or core.startswith(f"{main}_")), None)

@@ -116,11 +116,17 @@ def embed_missing(store: Store, planned: list[PlannedBackbone], scanned: list[Sc
 
 
 def record_backbones(store: Store, run_id: str, planned: list[PlannedBackbone], settings: RunSettings,
-                     shas: set[str]) -> dict[str, EmbeddingSet]:
-    """Point each backbone's view at its set and record what it did; returns the run's sets by backbone."""
+                     shas: set[str], log: RunLog) -> dict[str, EmbeddingSet]:
+    """Point each backbone's view at its set and record what it did (a failure during extraction is
+    the run's failure); returns the run's sets by backbone, those that failed left out."""
     sets: dict[str, EmbeddingSet] = {}
     for plan in planned:
         job, resolved = plan.job, plan.resolved
+        if job.error:
+            log.fail(job.error)
+            store.record_backbone(run_id, job.backbone.name, status="failed", error=job.error, dim=job.backbone.dim,
+                                  precision=settings.precision)
+            continue
         store.point_view(job.embedding_set)
         rate = job.embedded / job.seconds if job.seconds else None
         parity = plan.parity or (store.last_parity(job.embedding_set) if settings.precision != "fp32" else {})

@@ -91,7 +91,7 @@ def _embed_and_analyse(store: Store, registry: Registry, settings: RunSettings, 
         log.warn(slow)
     planned = plan_backbones(store, backbones, settings, run_id, scanned, log)
     n_unreadable = embed_missing(store, planned, scanned, run_id, settings.batch_size)
-    sets = record_backbones(store, run_id, planned, settings, {image.sha256 for image in scanned})
+    sets = record_backbones(store, run_id, planned, settings, {image.sha256 for image in scanned}, log)
     if analyses and sets:
         _analyse(store, registry, settings, run_id, sets, analyses, chosen, log)
     return _Progress(store.run_image_count(run_id), len(skipped) + n_unreadable, log.failures, log.warnings)

@@ -106,10 +106,14 @@ class Embeddings(Connection):
 
     def write_batch(self, run_id: str, images: list[ScannedImage],
                     vectors: dict[EmbeddingSet, tuple[list[str], np.ndarray]]) -> None:
+        """Write images and their embeddings in one transaction; a NaN or infinite vector writes nothing."""
         with self.transaction():
             for embedding_set, (shas, array) in vectors.items():
                 if not shas:
                     continue
+                if not np.isfinite(array).all():  # keyed by content, a bad vector would be reused by every run
+                    raise TkError(f"{embedding_set.backbone} ({embedding_set.precision}) gave NaN or infinite "
+                                  "embeddings; they are never stored")
                 with arrow_view(self.con, _vectors_to_arrow(shas, array)) as batch:
                     self.con.execute(f"INSERT OR IGNORE INTO {embedding_set.table} (sha256, vector, run_id) "
                                      f"SELECT sha256, vector::FLOAT[{int(embedding_set.dim)}], ? FROM {batch}", [run_id])

@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from toolkit.errors import PluginError
 from toolkit.lazy import lazy_import
 from toolkit.plugin.results import Figure, Finding, Table, table_name
 from toolkit.store.connection import Connection
 from toolkit.store.sql import arrow_view, identifier
+from toolkit.store.tables import CORE_TABLES
 
 pa = lazy_import("pyarrow")
 pd = lazy_import("pandas")
@@ -80,7 +82,11 @@ class Results(Connection):
             self.con.execute(f"DELETE FROM {table} WHERE run_id = ? AND analysis = ? AND backbone = ?", key)
 
     def _save_table(self, run_id: str, analysis: str, backbone: str, table: Table) -> None:
+        """Append a result table to ``results_<analysis>[_<table>]``, adding new columns; never to a core table."""
         name = table_name(identifier(analysis), identifier(table.name))
+        if name in CORE_TABLES:
+            raise PluginError(f"analysis {analysis!r} would store its table {table.name!r} in tk's core table {name}; "
+                              "rename the analysis")
         frame = table.data.copy()
         frame.columns = [identifier(str(c)) for c in frame.columns]
         frame.insert(0, "backbone", backbone)

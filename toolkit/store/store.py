@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any, Sequence
 
 from toolkit.errors import StoreBusy, TkError
 from toolkit.lazy import lazy_import
@@ -16,6 +17,7 @@ from toolkit.store.images import Images
 from toolkit.store.migrations import migrate
 from toolkit.store.results import Results
 from toolkit.store.runs import Runs
+from toolkit.store.sandbox import confine, refuse_all_but_select
 from toolkit.store.tables import DeclaredTables
 
 duckdb = lazy_import("duckdb")
@@ -46,6 +48,31 @@ class Store(Images, Embeddings, Runs, Results, DeclaredTables):
             migrate(con)
             store._mark_interrupted_runs()
         return store
+
+    @classmethod
+    def open_for_sql(cls, path: Path | str, write: bool = False, readable: Sequence[Path] = ()) -> Store:
+        """The store for a user's own SQL (`tk sql`), confined to itself (see ``toolkit.store.sandbox``).
+
+        :param write: open read-write; statements may change the store, still no other file.
+        :param readable: files and folders a read-only query may also read.
+        """
+        if write and readable:
+            raise TkError("--allow-files only reads files; run the writing statement without it")
+        missing = [str(p) for p in readable if not p.exists()]
+        if missing:
+            raise TkError(f"--allow-files {', '.join(missing)}: no such file or folder; name files that exist")
+        store = cls.open(path, read_only=not write)
+        confine(store.con, read_only=not write, readable=readable)
+        return store
+
+    def run_user_sql(self, query: str, select_only: bool = False) -> Any:
+        """A user's query as a DataFrame; ``select_only`` refuses every statement but SELECT first."""
+        if select_only:
+            refuse_all_but_select(self.con, query)
+        try:
+            return self.con.execute(query).df()
+        except duckdb.Error as exc:
+            raise TkError(f"SQL error: {str(exc).splitlines()[0]}") from exc
 
     def reader(self) -> Store:
         """A store on its own cursor of the same connection, for a plugin to read from."""

@@ -12,6 +12,7 @@ from typing import Any, Iterable
 
 from toolkit.errors import PluginError
 from toolkit.lazy import lazy_import
+from toolkit.plugin.results import CORE_RESULT_TABLES
 from toolkit.store.connection import Connection
 from toolkit.store.sql import arrow_view
 
@@ -21,7 +22,7 @@ pa = lazy_import("pyarrow")
 NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 COLUMN_TYPE = re.compile(r"[A-Z][A-Z0-9_]*( DEFAULT [A-Za-z_]+)?")
 CORE_TABLES = frozenset({"images", "runs", "run_images", "skipped_files", "embedding_sets", "run_backbones",
-                         "analysis_runs", "result_tables", "exports", "_migrations"})
+                         "analysis_runs", "result_tables", "exports", "_migrations", *CORE_RESULT_TABLES})
 RESERVED_PREFIXES = ("results_", "emb_", "embeddings_", "_")
 
 
