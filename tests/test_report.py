@@ -121,3 +121,19 @@ def test_tk_report_re_renders_the_same_file_from_the_store(tmp_path, tiny_run):
     again = run_tk("report", "--store", tiny_run.store, "--out", tmp_path / "b", "--plugin", TINY)
     assert again.exit_code == 0, again.stderr
     assert _report(tiny_run.out).read_text() == _report(tmp_path / "b").read_text()
+
+
+def test_tk_report_never_shows_a_failed_run_as_finished_and_says_why_when_named(tmp_path, breakhis):
+    store = tmp_path / "tk.duckdb"
+    failed = run_tk("run", breakhis, "--backbone", "tiny", "--weights", "imagenet", "--store", store,
+                    "--out", tmp_path / "run", "--plugin", TINY)
+    assert failed.exit_code == 1 and "tiny has no ImageNet weights" in failed.stderr
+    latest = run_tk("report", "--store", store, "--out", tmp_path / "latest", "--plugin", TINY)
+    assert latest.exit_code == 1, latest.stdout
+    assert "no finished run" in latest.stderr and "tiny has no ImageNet weights" in latest.stderr
+    assert not (tmp_path / "latest").exists()
+    run_id = duckdb.connect(str(store), read_only=True).execute("SELECT run_id FROM runs").fetchall()[0][0]
+    named = run_tk("report", run_id, "--store", store, "--out", tmp_path / "named", "--plugin", TINY)
+    assert named.exit_code == 0, named.stderr
+    html = _report(tmp_path / "named").read_text()
+    assert 'id="unfinished-run"' in html and "This run failed" in html and "tiny has no ImageNet weights" in html

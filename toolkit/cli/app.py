@@ -175,7 +175,7 @@ def build_app(plugins: list[str]) -> typer.Typer:
 
     @app.command()
     def report(
-        run_id: Optional[str] = typer.Argument(None, help="Run to render (default: the latest)."),
+        run_id: Optional[str] = typer.Argument(None, help="Run to render (default: the latest finished run; a failed run is rendered only when named, with why it failed)."),
         store: Path = typer.Option(Path("tk.duckdb"), "--store"),
         out: Path = typer.Option(Path("reports"), "--out"),
         reveal_ids: bool = typer.Option(False, "--reveal-ids", help="Show real patient ids."),
@@ -192,7 +192,7 @@ def build_app(plugins: list[str]) -> typer.Typer:
     def export_command(
         backbone: str = typer.Option(..., "--backbone", "-b", help="Backbone whose classifier to export."),
         fmt: str = typer.Option("tflite", "--format", "-f", help="tflite | tflite-fp16 | tflite-dynamic | tflite-int8 | savedmodel (comma list allowed)."),
-        run_id: Optional[str] = typer.Option(None, "--run", help="Run whose embeddings train the head (default: the latest)."),
+        run_id: Optional[str] = typer.Option(None, "--run", help="Run whose embeddings train the head (default: the latest finished run)."),
         store: Path = typer.Option(Path("tk.duckdb"), "--store"),
         out: Path = typer.Option(Path("exports"), "--out", help="Folder for the exported models."),
         seed: int = typer.Option(0, "--seed"),
@@ -222,7 +222,7 @@ def build_app(plugins: list[str]) -> typer.Typer:
     def explain(
         image: Path = typer.Argument(..., help="Image to explain."),
         backbone: str = typer.Option(..., "--backbone", "-b"),
-        run_id: Optional[str] = typer.Option(None, "--run", help="Run whose embeddings train the head (default: the latest)."),
+        run_id: Optional[str] = typer.Option(None, "--run", help="Run whose embeddings train the head (default: the latest finished run)."),
         store: Path = typer.Option(Path("tk.duckdb"), "--store"),
         out: Path = typer.Option(Path("explanations"), "--out", help="Folder for the overlay PNG."),
         plugin: Optional[List[str]] = PluginOption,

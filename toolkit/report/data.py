@@ -44,6 +44,21 @@ def composition(images: pd.DataFrame) -> dict[str, Any]:
     return {"magnifications": magnifications, "rows": rows}
 
 
+UNFINISHED = {"failed": "This run failed", "interrupted": "This run was interrupted",
+              "running": "This run has not finished"}
+
+
+def unfinished(run: dict[str, Any]) -> dict[str, str] | None:
+    """For a run that did not finish (failed, interrupted, still running): a title and why, for the
+    report's banner; None for a finished run (ok or partial)."""
+    title = UNFINISHED.get(run["status"])
+    if title is None:
+        return None
+    error = run.get("error")
+    why = error if isinstance(error, str) and error else "no reason was recorded"
+    return {"title": f"{title}: the results below are incomplete or empty.", "why": why}
+
+
 def table_record(name: str, description: str, frame: pd.DataFrame, n_rows: int) -> dict[str, Any]:
     """A table as the report's ``result_table`` macro shows it (first rows only)."""
     shown = frame.head(MAX_TABLE_ROWS)
@@ -90,6 +105,7 @@ def gather(store: Store, run_id: str, registry: Registry, reveal_ids: bool = Fal
     analyses = store.run_analyses(run_id)
     return {
         "run": run,
+        "unfinished": unfinished(run),
         "n_images": len(images),
         "n_patients": int(images["patient_id"].nunique()),
         "labels": images["label"].value_counts().sort_index().to_dict(),
