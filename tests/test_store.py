@@ -131,6 +131,16 @@ def test_a_store_with_only_a_failed_run_says_why(tmp_path):
             store.run()
 
 
+@pytest.mark.parametrize("command", [("similar", "x.png", "--backbone", "tiny"), ("export", "--backbone", "tiny"),
+                                     ("explain", "x.png", "--backbone", "tiny"), ("report",), ("sql", "SELECT 1")])
+def test_commands_that_read_a_store_refuse_a_missing_one_and_create_none(tmp_path, command):
+    (tmp_path / "x.png").write_bytes(b"not read")
+    result = run_tk(*command, "--plugin", TINY, cwd=tmp_path)
+    assert result.exit_code == 1, result.stdout
+    assert "store tk.duckdb does not exist; run `tk run` first or pass --store" in result.stderr
+    assert not (tmp_path / "tk.duckdb").exists()
+
+
 def test_a_file_that_is_not_a_store_is_refused(tmp_path):
     path = tmp_path / "notes.duckdb"
     path.write_text("hello")

@@ -169,7 +169,7 @@ def build_app(plugins: list[str]) -> typer.Typer:
         from toolkit.store import Store
 
         registry = load_registry(plugins)
-        with Store.open(store) as opened:
+        with Store.open(store, must_exist=True) as opened:  # writes a new query image's embedding
             frame = find_similar(opened, find_backbone(registry.backbones, backbone), image, k)
         _print_table(frame, fmt)
 
@@ -206,7 +206,7 @@ def build_app(plugins: list[str]) -> typer.Typer:
 
         registry = load_registry(plugins)
         exporters = select(registry.exporters, fmt, "exporter")
-        with Store.open(store) as opened:
+        with Store.open(store, must_exist=True) as opened:  # records the exports' parity
             context = ExportContext(opened.run(run_id)["run_id"], opened, {"backbones": [backbone], "seed": seed},
                                     registry=registry)
             for exporter in exporters:
