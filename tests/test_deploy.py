@@ -137,3 +137,32 @@ def test_the_serving_graph_runs_plugin_preprocessing_as_is(caplog):
     with caplog.at_level(logging.WARNING):
         serving_function(backbone, model).get_concrete_function()
     assert not [r for r in caplog.records if "AutoGraph could not transform" in r.getMessage()]
+
+
+def test_an_export_far_from_the_keras_model_warns_as_tk_run_precision_does(tmp_path, monkeypatch):
+    """The int8 export's centred cosine below PARITY_WARNING_BELOW gives the same warning as
+    `tk run --precision int8`, on the console and in the report's "Exported models" section."""
+    from types import SimpleNamespace
+
+    from toolkit.extract.precision import PARITY_WARNING_BELOW
+    from toolkit.plugin.types import ExportContext
+    from toolkit.plugins.exporters import deployment
+    from toolkit.store import Store
+
+    rng = np.random.default_rng(0)
+    reference = {"embedding": rng.normal(size=(8, 4)), "probabilities": np.full((8, 2), 0.5)}
+    far = {"embedding": reference["embedding"] + rng.normal(size=(8, 4)), "probabilities": reference["probabilities"]}
+    classifier = SimpleNamespace(backbone=SimpleNamespace(name="tiny"), predict=lambda pixels: reference)
+    warned = []
+    monkeypatch.setattr("toolkit.console.warn", warned.append)
+    model = tmp_path / "tiny-int8.tflite"
+    model.write_bytes(b"model")
+    with Store.open(tmp_path / "s.duckdb") as store:
+        row = deployment.measure(ExportContext("r1", store), classifier, lambda pixels: far, "tflite-int8", model,
+                                 "uint8 RGB 0..255", np.zeros((8, 2, 2, 3), np.uint8))
+        assert row["centred_cosine_mean"] < PARITY_WARNING_BELOW
+        assert len(warned) == 1 and "tiny tflite-int8 embeddings differ from the Keras model" in warned[0]
+        assert f"below {PARITY_WARNING_BELOW}" in warned[0]
+        context = SimpleNamespace(run_id="r1", store=store)
+        [section] = deployment.report_sections(context)
+        assert section.data["parity_warnings"] == warned
