@@ -99,7 +99,7 @@ def test_predict_and_explain(exported, tmp_path):
         result = run_tk("predict", *images, "--model", model)
         assert result.exit_code == 0, result.stderr
         lines = result.stdout.strip().splitlines()
-        assert lines[0] == "image\tclass\tprobability\tlatency_ms" and len(lines) == 3
+        assert lines[0] == "image\tclass\tprobability\tlatency_ms\tweights" and len(lines) == 3
         assert all(line.split("\t")[1] in ("benign", "malignant") for line in lines[1:])
     explained = run_tk("explain", images[0], "--backbone", "tiny", "--store", store, "--out", tmp_path,
                        "--plugin", TINY)
@@ -109,6 +109,25 @@ def test_predict_and_explain(exported, tmp_path):
     from PIL import Image
 
     assert Image.open(overlay).size == (32, 32)
+
+
+def test_predict_and_explain_say_the_weights_are_random(exported, tmp_path):
+    """A model from a --weights random run answers with confident-looking probabilities; the output,
+    stderr and the overlay PNG's caption say that its weights are random."""
+    from PIL import Image
+
+    data, store, out = exported
+    image = sorted(data.rglob("*.png"))[0]
+    for model in (out / "tflite" / "tiny" / "tiny-int8.tflite", out / "tiny_classifier" / "1"):
+        result = run_tk("predict", image, "--model", model)
+        assert result.exit_code == 0, result.stderr
+        assert result.stdout.strip().splitlines()[1].endswith("\trandom")
+        assert "weights are random" in result.stderr
+    explained = run_tk("explain", image, "--backbone", "tiny", "--store", store, "--out", tmp_path, "--plugin", TINY)
+    assert explained.exit_code == 0, explained.stderr
+    assert explained.stdout.strip().endswith("random weights") and "weights are random" in explained.stderr
+    caption = Image.open(tmp_path / f"{image.stem}.gradcam-tiny.png").text["Description"]
+    assert caption.startswith("Grad-CAM of tiny for ") and "weights are random" in caption
 
 
 def test_predict_on_a_missing_model_is_one_line(tmp_path):

@@ -7,12 +7,15 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
 from toolkit import __version__
 from toolkit.errors import TkError
+
+if TYPE_CHECKING:
+    from toolkit.models.explain import Prediction
 
 PLUGIN_HELP = "Load a plugin .py file or a folder of them (repeatable; accepted by every command)."
 PluginOption = typer.Option(None, "--plugin", help=PLUGIN_HELP, metavar="FILE")  # read by main() before parsing
@@ -59,6 +62,14 @@ def _cell(value: object) -> str:
 
     text = f"{value:.6g}" if isinstance(value, float) else str(value)
     return escape(text if len(text) < 80 else text[:77] + "...")
+
+
+def _warn_notes(predictions: list[Prediction]) -> None:
+    """Each distinct warning of ``predictions`` (random weights) once, on stderr."""
+    from toolkit import console
+
+    for note in dict.fromkeys(p.note for p in predictions if p.note):
+        console.warn(note)
 
 
 def build_app(plugins: list[str]) -> typer.Typer:
@@ -236,7 +247,8 @@ def build_app(plugins: list[str]) -> typer.Typer:
         with Store.open(store, read_only=True) as opened:
             classifier = load_classifier(opened, load_registry(plugins), backbone, run_id)
         prediction = explain_image(classifier, image, out)
-        print(f"{prediction.overlay}\t{prediction.label}\t{prediction.probability:.3f}")
+        print(f"{prediction.overlay}\t{prediction.label}\t{prediction.probability:.3f}\t{prediction.weights_kind} weights")
+        _warn_notes([prediction])
 
     @app.command()
     def predict(
@@ -250,10 +262,11 @@ def build_app(plugins: list[str]) -> typer.Typer:
         """Classify images with an exported model: class, probability and latency."""
         from toolkit.models.explain import predict as predict_images
 
-        print("image\tclass\tprobability\tlatency_ms")
+        print("image\tclass\tprobability\tlatency_ms\tweights")
         predictions = predict_images(model, images)
         for p in predictions:
-            print(f"{p.image}\t{p.label}\t{p.probability:.4f}\t{p.latency_ms:.1f}")
+            print(f"{p.image}\t{p.label}\t{p.probability:.4f}\t{p.latency_ms:.1f}\t{p.weights_kind}")
+        _warn_notes(predictions)
         if explain_with:
             from toolkit.models.classifier import load_classifier
             from toolkit.models.explain import explain as explain_image, load_exported
