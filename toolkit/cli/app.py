@@ -95,6 +95,7 @@ def build_app(plugins: list[str]) -> typer.Typer:
         store: Path = typer.Option(Path("tk.duckdb"), "--store", help="DuckDB file that keeps every embedding and result."),
         out: Path = typer.Option(Path("reports"), "--out", help="Folder for the report and other exports."),
         source: str = typer.Option("auto", "--source", help="auto | breakhis | folders | manifest."),
+        patient_from: Optional[str] = typer.Option(None, "--patient-from", metavar="REGEX", help="Take each image's patient id from its path (relative to DATA): the regex's first group, or its whole match; an image whose path does not match has no patient id."),
         analysis: str = typer.Option("all", "--analysis", help="all, none, or a comma list of analyses."),
         export: Optional[str] = typer.Option(None, "--export", help="Comma list of exporters (default: the HTML report); none for no export."),
         seed: int = typer.Option(0, "--seed", help="Seed for random weights and analyses."),
@@ -114,8 +115,8 @@ def build_app(plugins: list[str]) -> typer.Typer:
         if weights not in ("auto", "imagenet", "random") and not Path(weights).expanduser().exists():
             raise TkError(f"--weights {weights}: no such file; use auto, imagenet, random or the path of a weights file")
         settings = RunSettings(data=data, backbones=backbone, weights=weights, store=store, out=out,
-                               plugins=plugins, source=source, analyses=analysis, exports=export, seed=seed,
-                               batch_size=batch_size, precision=precision, reveal_ids=reveal_ids, template_dir=template_dir,
+                               plugins=plugins, source=source, patient_from=patient_from, analyses=analysis,
+                               exports=export, seed=seed, batch_size=batch_size, precision=precision, reveal_ids=reveal_ids, template_dir=template_dir,
                                analysis_timeout=analysis_timeout, analysis_settings=list(set_values or []))
         summary = execute_run(settings)
         for path in summary.outputs:

@@ -44,7 +44,7 @@ def execute_run(settings: RunSettings, command: str | None = None) -> RunSummary
 
         data = demo_dataset()
         console.info(f"no DATA given: using the bundled demo dataset ({data})")
-    kind, root, records, skipped = find_images(Path(data), settings.source)
+    kind, root, records, skipped = find_images(Path(data), settings.source, settings.patient_from)
 
     with Store.open(settings.store) as store:
         run_id = new_run_id()
