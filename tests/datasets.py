@@ -48,3 +48,15 @@ def make_breakhis(root: Path, patients: int = 2, magnifications: tuple[int, ...]
                     tile(rng, label == "malignant").save(path)
                     paths.append(path)
     return paths
+
+
+def make_class_folders(root: Path, patients: int = 3, per_patient: int = 2, seed: int = 0) -> Path:
+    """``root/<class>/patient_<n>/<k>.png``: one folder per class, the patient only in the path."""
+    rng = np.random.default_rng(seed)
+    for label in ("benign", "malignant"):
+        for patient in range(patients):
+            folder = root / label / f"patient_{label[0]}{patient}"
+            folder.mkdir(parents=True)
+            for k in range(per_patient):
+                tile(rng, label == "malignant").save(folder / f"{k}.png")
+    return root

@@ -139,3 +139,12 @@ def test_editing_a_helper_module_changes_the_cache_key(tmp_path, monkeypatch):
 def test_an_upstream_change_invalidates_its_dependants():
     assert cache_key(READER, "data", {}, 0, ["producer-key-1"]) != cache_key(READER, "data", {}, 0, ["producer-key-2"])
 
+
+
+def test_an_analysis_that_needs_patients_says_how_to_give_patient_ids():
+    from toolkit.analysis.runner import unmet_need
+
+    metadata = pd.DataFrame({"label": ["benign", "malignant"] * 5, "patient_id": [None] * 10})
+    message = unmet_need(Needs(labels=True, patients=True), metadata)
+    assert message.startswith("needs a patient id for every image; 10 have none")
+    assert "CSV manifest that has a patient_id column" in message and "--patient-from REGEX" in message

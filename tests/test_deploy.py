@@ -99,7 +99,7 @@ def test_predict_and_explain(exported, tmp_path):
         result = run_tk("predict", *images, "--model", model)
         assert result.exit_code == 0, result.stderr
         lines = result.stdout.strip().splitlines()
-        assert lines[0] == "image\tclass\tprobability\tlatency_ms" and len(lines) == 3
+        assert lines[0] == "image\tclass\tprobability\tlatency_ms\tweights" and len(lines) == 3
         assert all(line.split("\t")[1] in ("benign", "malignant") for line in lines[1:])
     explained = run_tk("explain", images[0], "--backbone", "tiny", "--store", store, "--out", tmp_path,
                        "--plugin", TINY)
@@ -109,6 +109,25 @@ def test_predict_and_explain(exported, tmp_path):
     from PIL import Image
 
     assert Image.open(overlay).size == (32, 32)
+
+
+def test_predict_and_explain_say_the_weights_are_random(exported, tmp_path):
+    """A model from a --weights random run answers with confident-looking probabilities; the output,
+    stderr and the overlay PNG's caption say that its weights are random."""
+    from PIL import Image
+
+    data, store, out = exported
+    image = sorted(data.rglob("*.png"))[0]
+    for model in (out / "tflite" / "tiny" / "tiny-int8.tflite", out / "tiny_classifier" / "1"):
+        result = run_tk("predict", image, "--model", model)
+        assert result.exit_code == 0, result.stderr
+        assert result.stdout.strip().splitlines()[1].endswith("\trandom")
+        assert "weights are random" in result.stderr
+    explained = run_tk("explain", image, "--backbone", "tiny", "--store", store, "--out", tmp_path, "--plugin", TINY)
+    assert explained.exit_code == 0, explained.stderr
+    assert explained.stdout.strip().endswith("random weights") and "weights are random" in explained.stderr
+    caption = Image.open(tmp_path / f"{image.stem}.gradcam-tiny.png").text["Description"]
+    assert caption.startswith("Grad-CAM of tiny for ") and "weights are random" in caption
 
 
 def test_predict_on_a_missing_model_is_one_line(tmp_path):
@@ -137,3 +156,32 @@ def test_the_serving_graph_runs_plugin_preprocessing_as_is(caplog):
     with caplog.at_level(logging.WARNING):
         serving_function(backbone, model).get_concrete_function()
     assert not [r for r in caplog.records if "AutoGraph could not transform" in r.getMessage()]
+
+
+def test_an_export_far_from_the_keras_model_warns_as_tk_run_precision_does(tmp_path, monkeypatch):
+    """The int8 export's centred cosine below PARITY_WARNING_BELOW gives the same warning as
+    `tk run --precision int8`, on the console and in the report's "Exported models" section."""
+    from types import SimpleNamespace
+
+    from toolkit.extract.precision import PARITY_WARNING_BELOW
+    from toolkit.plugin.types import ExportContext
+    from toolkit.plugins.exporters import deployment
+    from toolkit.store import Store
+
+    rng = np.random.default_rng(0)
+    reference = {"embedding": rng.normal(size=(8, 4)), "probabilities": np.full((8, 2), 0.5)}
+    far = {"embedding": reference["embedding"] + rng.normal(size=(8, 4)), "probabilities": reference["probabilities"]}
+    classifier = SimpleNamespace(backbone=SimpleNamespace(name="tiny"), predict=lambda pixels: reference)
+    warned = []
+    monkeypatch.setattr("toolkit.console.warn", warned.append)
+    model = tmp_path / "tiny-int8.tflite"
+    model.write_bytes(b"model")
+    with Store.open(tmp_path / "s.duckdb") as store:
+        row = deployment.measure(ExportContext("r1", store), classifier, lambda pixels: far, "tflite-int8", model,
+                                 "uint8 RGB 0..255", np.zeros((8, 2, 2, 3), np.uint8))
+        assert row["centred_cosine_mean"] < PARITY_WARNING_BELOW
+        assert len(warned) == 1 and "tiny tflite-int8 embeddings differ from the Keras model" in warned[0]
+        assert f"below {PARITY_WARNING_BELOW}" in warned[0]
+        context = SimpleNamespace(run_id="r1", store=store)
+        [section] = deployment.report_sections(context)
+        assert section.data["parity_warnings"] == warned

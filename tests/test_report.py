@@ -14,7 +14,7 @@ import pytest
 
 from tests.browser import open_page
 from tests.conftest import TINY, run_tk
-from tests.datasets import make_breakhis, tile
+from tests.datasets import make_breakhis, make_class_folders, tile
 
 PAYLOAD_LABEL = "<script>console.log('XSS-LABEL')</script>"
 PAYLOAD_SUBTYPE = "<img src=x onerror=console.log('XSS-SUBTYPE')>"
@@ -121,3 +121,31 @@ def test_tk_report_re_renders_the_same_file_from_the_store(tmp_path, tiny_run):
     again = run_tk("report", "--store", tiny_run.store, "--out", tmp_path / "b", "--plugin", TINY)
     assert again.exit_code == 0, again.stderr
     assert _report(tiny_run.out).read_text() == _report(tmp_path / "b").read_text()
+
+
+def test_tk_report_never_shows_a_failed_run_as_finished_and_says_why_when_named(tmp_path, breakhis):
+    store = tmp_path / "tk.duckdb"
+    failed = run_tk("run", breakhis, "--backbone", "tiny", "--weights", "imagenet", "--store", store,
+                    "--out", tmp_path / "run", "--plugin", TINY)
+    assert failed.exit_code == 1 and "tiny has no ImageNet weights" in failed.stderr
+    latest = run_tk("report", "--store", store, "--out", tmp_path / "latest", "--plugin", TINY)
+    assert latest.exit_code == 1, latest.stdout
+    assert "no finished run" in latest.stderr and "tiny has no ImageNet weights" in latest.stderr
+    assert not (tmp_path / "latest").exists()
+    run_id = duckdb.connect(str(store), read_only=True).execute("SELECT run_id FROM runs").fetchall()[0][0]
+    named = run_tk("report", run_id, "--store", store, "--out", tmp_path / "named", "--plugin", TINY)
+    assert named.exit_code == 0, named.stderr
+    html = _report(tmp_path / "named").read_text()
+    assert 'id="unfinished-run"' in html and "This run failed" in html and "tiny has no ImageNet weights" in html
+
+
+def test_class_folders_without_patient_ids_say_patient_unknown_and_how_to_give_ids(tmp_path):
+    data = make_class_folders(tmp_path / "slides")
+    result = run_tk("run", data, "--backbone", "tiny", "--weights", "random", "--analysis", "integrity,probe",
+                    "--store", tmp_path / "tk.duckdb", "--out", tmp_path / "out", "--plugin", TINY)
+    assert result.exit_code == 0, result.stderr
+    text = " ".join(unescape(re.sub(r"<[^>]+>", " ", _report(tmp_path / "out").read_text())).split())
+    assert "We analysed 12 images , patient unknown (6 benign, 6 malignant)" in text
+    assert "0 patients" not in text and "nan%" not in text
+    assert "different patients" not in text and "pairs of images of" not in text
+    assert "a CSV manifest that has a patient_id column, or with tk run --patient-from REGEX" in text

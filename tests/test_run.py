@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from tests.conftest import TINY, run_tk, run_tk_reporting_tensorflow
-from tests.datasets import image_path, make_breakhis, tile
+from tests.datasets import image_path, make_breakhis, make_class_folders, tile
 
 
 def _messy_tree(root):
@@ -121,3 +121,25 @@ def test_missing_data_folder_is_one_clear_line(tmp_path):
     result = run_tk("run", tmp_path / "nowhere", "--backbone", "tiny", "--plugin", TINY, "--store", tmp_path / "s.duckdb")
     assert result.exit_code == 1
     assert "nowhere does not exist" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_patient_from_takes_patient_ids_from_the_paths_of_class_folders(tmp_path):
+    data = make_class_folders(tmp_path / "slides")
+    store = tmp_path / "tk.duckdb"
+    result = run_tk("run", data, "--patient-from", r"patient_(\w+)", "--backbone", "tiny", "--weights", "random",
+                    "--analysis", "none", "--export", "none", "--store", store, "--plugin", TINY)
+    assert result.exit_code == 0, result.stderr
+    con = duckdb.connect(str(store), read_only=True)
+    rows = con.execute("SELECT DISTINCT label, patient_id FROM images ORDER BY patient_id").fetchall()
+    assert rows == [("benign", "b0"), ("benign", "b1"), ("benign", "b2"),
+                    ("malignant", "m0"), ("malignant", "m1"), ("malignant", "m2")]
+
+
+def test_patient_from_with_an_invalid_regex_is_one_line(tmp_path):
+    data = make_class_folders(tmp_path / "slides")
+    result = run_tk("run", data, "--patient-from", "patient_(", "--backbone", "tiny", "--plugin", TINY,
+                    "--store", tmp_path / "s.duckdb")
+    assert result.exit_code == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("error: --patient-from 'patient_(' is not a valid regular expression")
+    assert not (tmp_path / "s.duckdb").exists()

@@ -73,6 +73,26 @@ def test_class_folders(tmp_path):
     assert [s.relpath for s in skipped] == ["stray.png"]
 
 
+def test_patient_from_takes_the_first_group_or_the_whole_match_of_the_path(tmp_path):
+    rng = __import__("numpy").random.default_rng(0)
+    for relpath in ("benign/patient_7/a.png", "benign/patient_7/b.png", "malignant/patient_12/a.png",
+                    "malignant/loose.png"):
+        (tmp_path / relpath).parent.mkdir(parents=True, exist_ok=True)
+        tile(rng, False).save(tmp_path / relpath)
+    _, _, records, _ = find_images(tmp_path, patient_from=r"patient_(\d+)")
+    assert {r.relpath: r.patient_id for r in records} == {
+        "benign/patient_7/a.png": "7", "benign/patient_7/b.png": "7", "malignant/patient_12/a.png": "12",
+        "malignant/loose.png": None}
+    _, _, records, _ = find_images(tmp_path, patient_from=r"patient_\d+")
+    assert records[0].patient_id == "patient_7"
+
+
+def test_patient_from_with_an_invalid_regex_is_one_clear_line(tmp_path):
+    with pytest.raises(TkError, match=r"--patient-from 'patient_\(' is not a valid regular expression") as raised:
+        find_images(tmp_path, patient_from="patient_(")
+    assert "\n" not in str(raised.value)
+
+
 def test_manifest(tmp_path):
     rng = __import__("numpy").random.default_rng(0)
     (tmp_path / "img").mkdir()

@@ -147,3 +147,22 @@ def test_integrity_finds_conflicts_and_near_duplicates():
     messages = " ".join(r.message for r in results if hasattr(r, "severity"))
     assert "14-" not in messages, messages
     assert "conflicting patient_id and subtype" in messages
+
+
+def test_integrity_of_class_folders_without_patient_ids_or_magnifications_speaks_of_neither():
+    """Class folders give no patient id and no magnification: no "different patients", no nan%."""
+    context = synthetic_context(dim=16)
+    meta = context.metadata
+    meta["patient_id"] = None
+    meta["magnification"] = None
+    x = np.array(context.embeddings)
+    x[5] = x[3] * 1.001
+    context.embeddings = x
+    results = integrity(context)
+    messages = " ".join(r.message for r in results if hasattr(r, "severity"))
+    assert "patient" not in messages.lower() and "nan%" not in messages, messages
+    assert "1 pairs of different images have embedding cosine" in messages
+    assert "benign 33%–33% of images" in messages
+    tables = {r.name: r for r in results if isinstance(r, Table)}
+    assert "n_patients" not in tables["balance"].data.columns
+    assert "patient" not in tables["near_duplicates"].description + tables["balance"].description

@@ -14,6 +14,7 @@ import time
 import duckdb
 from tests.conftest import PLUGINS, TINY, run_tk
 from tests.datasets import make_breakhis
+from toolkit.errors import TkError
 from toolkit.store import MIGRATIONS, Store
 
 SLOW = PLUGINS / "slow_backbone.py"
@@ -181,6 +182,34 @@ def test_migrations_apply_once(tmp_path):
     with Store.open(path) as store:
         names = [r[0] for r in store.con.execute("SELECT name FROM _migrations").fetchall()]
     assert names == [m.__name__ for m in MIGRATIONS]
+
+
+def test_the_default_run_is_the_latest_finished_one_and_a_failed_run_keeps_its_error(tmp_path):
+    with Store.open(tmp_path / "s.duckdb") as store:
+        store.start_run("a", "tk run", {}, {})
+        store.update_run("a", status="ok")
+        store.start_run("b", "tk run", {}, {})
+        store.update_run("b", status="failed", error="resnet50 has no ImageNet weights")
+        assert store.run()["run_id"] == "a"
+        assert store.run("b")["error"] == "resnet50 has no ImageNet weights"
+
+
+def test_a_store_with_only_a_failed_run_says_why(tmp_path):
+    with Store.open(tmp_path / "s.duckdb") as store:
+        store.start_run("b", "tk run", {}, {})
+        store.update_run("b", status="failed", error="resnet50 has no ImageNet weights")
+        with pytest.raises(TkError, match="no finished run .*b, failed: resnet50 has no ImageNet weights"):
+            store.run()
+
+
+@pytest.mark.parametrize("command", [("similar", "x.png", "--backbone", "tiny"), ("export", "--backbone", "tiny"),
+                                     ("explain", "x.png", "--backbone", "tiny"), ("report",), ("sql", "SELECT 1")])
+def test_commands_that_read_a_store_refuse_a_missing_one_and_create_none(tmp_path, command):
+    (tmp_path / "x.png").write_bytes(b"not read")
+    result = run_tk(*command, "--plugin", TINY, cwd=tmp_path)
+    assert result.exit_code == 1, result.stdout
+    assert "store tk.duckdb does not exist; run `tk run` first or pass --store" in result.stderr
+    assert not (tmp_path / "tk.duckdb").exists()
 
 
 def test_a_file_that_is_not_a_store_is_refused(tmp_path):

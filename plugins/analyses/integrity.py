@@ -32,19 +32,27 @@ def conflicting_files(metadata: pd.DataFrame) -> pd.DataFrame:
     return rows[columns].join(reason, on="sha256").sort_values(["sha256", "image_id"]).reset_index(drop=True)
 
 
+def patients_known(metadata: pd.DataFrame) -> bool:
+    """Whether every image has a patient id (class folders have none unless ``--patient-from``)."""
+    return bool(metadata["patient_id"].notna().all())
+
+
 def near_duplicates(x: np.ndarray, metadata: pd.DataFrame, threshold: float = NEAR_DUPLICATE_COSINE) -> pd.DataFrame:
-    """Pairs of different files of different patients with embedding cosine ≥ ``threshold``:
-    image_id_a, image_id_b, cosine, label_a, label_b, same_label."""
+    """Pairs of different files, not known to be of one patient (their patients differ, or one is
+    unknown), with embedding cosine ≥ ``threshold``: image_id_a, image_id_b, cosine, label_a,
+    label_b, same_label."""
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     unit = (x / np.where(norms == 0, 1, norms)).astype(np.float32)
-    patients = metadata["patient_id"].to_numpy()
+    known = metadata["patient_id"].notna().to_numpy()
+    patients = metadata["patient_id"].astype(str).to_numpy()
     shas = metadata["sha256"].to_numpy()
     firsts, seconds, values = [], [], []
     for start in range(0, len(unit), BLOCK_ROWS):
         block = unit[start:start + BLOCK_ROWS] @ unit[start:].T
         rows, cols = np.nonzero(block >= threshold)
         rows, cols = rows + start, cols + start
-        keep = (cols > rows) & (patients[rows] != patients[cols]) & (shas[rows] != shas[cols])
+        same_patient = known[rows] & known[cols] & (patients[rows] == patients[cols])
+        keep = (cols > rows) & ~same_patient & (shas[rows] != shas[cols])
         firsts.append(rows[keep])
         seconds.append(cols[keep])
         values.append(block[rows[keep] - start, cols[keep] - start])
@@ -56,17 +64,22 @@ def near_duplicates(x: np.ndarray, metadata: pd.DataFrame, threshold: float = NE
 
 
 def balance(metadata: pd.DataFrame) -> pd.DataFrame:
-    """Images and patients per magnification and label: magnification, label, n_images,
-    n_patients, share_of_images (within the magnification)."""
+    """Images and patients per magnification (empty when unknown) and label: magnification, label,
+    n_images, n_patients (only when every image has a patient id), share_of_images (within the
+    magnification)."""
     frame = metadata.assign(magnification=metadata["magnification"].astype("Int64"),
                             label=metadata["label"].fillna("unlabelled"))
-    table = (frame.groupby(["magnification", "label"], dropna=False)
-             .agg(n_images=("image_id", "size"), n_patients=("patient_id", "nunique")).reset_index())
-    table["share_of_images"] = table["n_images"] / table.groupby("magnification")["n_images"].transform("sum")
+    counts = {"n_images": ("image_id", "size")}
+    if patients_known(metadata):
+        counts["n_patients"] = ("patient_id", "nunique")
+    table = frame.groupby(["magnification", "label"], dropna=False).agg(**counts).reset_index()
+    per_magnification = table.groupby("magnification", dropna=False)["n_images"].transform("sum")
+    table["share_of_images"] = table["n_images"] / per_magnification
     return table
 
 
-def _findings(conflicts: pd.DataFrame, pairs: pd.DataFrame, counts: pd.DataFrame) -> list[Finding]:
+def _findings(conflicts: pd.DataFrame, pairs: pd.DataFrame, counts: pd.DataFrame, patients: bool) -> list[Finding]:
+    """The integrity findings; they speak of patients only when ``patients`` (every image has an id)."""
     findings = []
     if len(conflicts):
         kinds = sorted({k for value in conflicts["conflict"] for k in value.split(", ")})
@@ -75,10 +88,13 @@ def _findings(conflicts: pd.DataFrame, pairs: pd.DataFrame, counts: pd.DataFrame
             f"{' and '.join(kinds)} (see results_integrity_conflicts); count each once or drop them.", "warning",
             detail={"files": int(conflicts["sha256"].nunique()), "rows": len(conflicts), "conflicts": kinds}))
     if len(pairs):
+        what, leak = (("images of different patients", "possible duplicates across patients, which leak between "
+                       "patient-level folds") if patients else
+                      ("different images", "possible duplicates, which leak between cross-validation folds"))
         findings.append(Finding(
-            f"{len(pairs)} pairs of images of different patients have embedding cosine ≥ {NEAR_DUPLICATE_COSINE} "
-            f"({int((~pairs['same_label']).sum())} of them with different labels): possible duplicates across "
-            "patients, which leak between patient-level folds.", "warning", detail={"pairs": len(pairs)}))
+            f"{len(pairs)} pairs of {what} have embedding cosine ≥ {NEAR_DUPLICATE_COSINE} "
+            f"({int((~pairs['same_label']).sum())} of them with different labels): {leak}.", "warning",
+            detail={"pairs": len(pairs)}))
     share = counts.groupby("label")["share_of_images"].agg(["min", "max"])
     findings.append(Finding(
         "Class balance per magnification: " + "; ".join(f"{label} {row['min']:.0%}–{row['max']:.0%} of images"
@@ -94,10 +110,13 @@ def integrity(context: AnalysisContext) -> list:
     conflicts = conflicting_files(meta)
     pairs = near_duplicates(np.asarray(context.embeddings), meta)
     counts = balance(meta)
+    patients = patients_known(meta)
+    pairs_of = "different patients" if patients else "different images"
     tables = [Table("conflicts", conflicts, "Identical files with conflicting labels, subtypes or patients"),
-              Table("near_duplicates", pairs, f"Image pairs of different patients with cosine ≥ {NEAR_DUPLICATE_COSINE}")]
-    return [*[t for t in tables if len(t.data)], Table("balance", counts, "Images and patients per magnification and label"),
-            *_findings(conflicts, pairs, counts)]
+              Table("near_duplicates", pairs, f"Image pairs of {pairs_of} with cosine ≥ {NEAR_DUPLICATE_COSINE}")]
+    counted = "Images and patients" if patients else "Images"
+    return [*[t for t in tables if len(t.data)], Table("balance", counts, f"{counted} per magnification and label"),
+            *_findings(conflicts, pairs, counts, patients)]
 
 
 @hookimpl

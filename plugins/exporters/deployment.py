@@ -15,7 +15,8 @@ from toolkit.extract.conversion import calibration_sample
 from toolkit.plugin.types import ExportContext
 from toolkit.extract.litert import median_ms
 from toolkit.extract.parity import parity
-from toolkit import hookimpl
+from toolkit.extract.precision import parity_warning
+from toolkit import console, hookimpl
 from toolkit.plugin.sections import ReportContext, ReportSection
 from toolkit.store import TableSpec
 
@@ -27,6 +28,8 @@ PARITY = TableSpec("export_parity", {
     "max_probability_diff": "DOUBLE", "n_images": "INTEGER", "created_at": "TIMESTAMP DEFAULT current_timestamp"},
     summary=("format", "input_type", "size_bytes", "latency_single_ms", "centred_cosine_mean", "prediction_agreement"))
 """Size, latency and parity with the Keras model of every exported model, per run, backbone and format."""
+EXPORT_PARITY_ADVICE = ("its predictions may not match the Keras model's: check them before you deploy it, or "
+                        "export tflite or tflite-fp16")
 N_CALIBRATION = 64
 N_PARITY = 32
 BATCH = 32
@@ -65,7 +68,15 @@ def measure(context: ExportContext, classifier: Classifier, exported: Any, fmt: 
     }
     key = {"run_id": context.run_id, "backbone": classifier.backbone.name, "format": fmt}
     context.store.replace_rows(PARITY, [{**key, **row}], where=key)
+    far = export_parity_warning(classifier.backbone.name, fmt, found)
+    if far:
+        console.warn(far)
     return row
+
+
+def export_parity_warning(backbone: str, fmt: str, found: dict[str, Any]) -> str | None:
+    """The warning ``tk run --precision`` gives below the same parity, for an exported model."""
+    return parity_warning(backbone, fmt, found, reference="the Keras model", advice=EXPORT_PARITY_ADVICE)
 
 
 def _size(path: Path) -> int:
@@ -86,5 +97,7 @@ def report_sections(context: ReportContext) -> list[ReportSection]:
     rows = context.store.rows(PARITY, where={"run_id": context.run_id}, order_by=("backbone", "format"))
     if rows.empty:
         return []
+    records = rows.to_dict("records")
+    warnings = [export_parity_warning(r["backbone"], r["format"], r) for r in records]
     return [ReportSection("Exported models", slot="models", order=20, anchor="deployment", template=TEMPLATE,
-                          data={"deployment": rows.to_dict("records")})]
+                          data={"deployment": records, "parity_warnings": [w for w in warnings if w]})]

@@ -35,6 +35,10 @@ class Outcome:
     reused_from: str | None = None  # the run whose stored results were reused
 
 
+HOW_TO_GIVE_PATIENT_IDS = ("Give them with a CSV manifest that has a patient_id column, or with "
+                           "tk run --patient-from REGEX, which takes the id from each image's path (see the README)")
+
+
 def unmet_need(needs: Needs, metadata: pd.DataFrame) -> str | None:
     """Why the data cannot support an analysis with ``needs``, or None when it can."""
     if len(metadata) < needs.min_samples:
@@ -48,7 +52,8 @@ def unmet_need(needs: Needs, metadata: pd.DataFrame) -> str | None:
     if needs.patients:
         patients = metadata["patient_id"]
         if patients.isna().any():
-            return f"needs a patient_id for every image; {int(patients.isna().sum())} have none"
+            return (f"needs a patient id for every image; {int(patients.isna().sum())} have none. "
+                    f"{HOW_TO_GIVE_PATIENT_IDS}")
         if patients.nunique() < 2:
             return "needs at least 2 patients"
     return None

@@ -7,12 +7,15 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
 from toolkit import __version__
 from toolkit.errors import TkError
+
+if TYPE_CHECKING:
+    from toolkit.models.explain import Prediction
 
 PLUGIN_HELP = "Load a plugin .py file or a folder of them (repeatable; accepted by every command)."
 PluginOption = typer.Option(None, "--plugin", help=PLUGIN_HELP, metavar="FILE")  # read by main() before parsing
@@ -67,6 +70,14 @@ def _cell(value: object) -> str:
     return escape(text if len(text) < 80 else text[:77] + "...")
 
 
+def _warn_notes(predictions: list[Prediction]) -> None:
+    """Each distinct warning of ``predictions`` (random weights) once, on stderr."""
+    from toolkit import console
+
+    for note in dict.fromkeys(p.note for p in predictions if p.note):
+        console.warn(note)
+
+
 def build_app(plugins: list[str]) -> typer.Typer:
     """The Typer application with core commands and those plugins add."""
     app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -90,6 +101,7 @@ def build_app(plugins: list[str]) -> typer.Typer:
         store: Path = typer.Option(Path("tk.duckdb"), "--store", help="DuckDB file that keeps every embedding and result."),
         out: Path = typer.Option(Path("reports"), "--out", help="Folder for the report and other exports."),
         source: str = typer.Option("auto", "--source", help="auto | breakhis | folders | manifest."),
+        patient_from: Optional[str] = typer.Option(None, "--patient-from", metavar="REGEX", help="Take each image's patient id from its path (relative to DATA): the regex's first group, or its whole match; an image whose path does not match has no patient id."),
         analysis: str = typer.Option("all", "--analysis", help="all, none, or a comma list of analyses."),
         export: Optional[str] = typer.Option(None, "--export", help="Comma list of exporters (default: the HTML report); none for no export."),
         seed: int = typer.Option(0, "--seed", help="Seed for random weights and analyses."),
@@ -109,8 +121,8 @@ def build_app(plugins: list[str]) -> typer.Typer:
         if weights not in ("auto", "imagenet", "random") and not Path(weights).expanduser().exists():
             raise TkError(f"--weights {weights}: no such file; use auto, imagenet, random or the path of a weights file")
         settings = RunSettings(data=data, backbones=backbone, weights=weights, store=store, out=out,
-                               plugins=plugins, source=source, analyses=analysis, exports=export, seed=seed,
-                               batch_size=batch_size, precision=precision, reveal_ids=reveal_ids, template_dir=template_dir,
+                               plugins=plugins, source=source, patient_from=patient_from, analyses=analysis,
+                               exports=export, seed=seed, batch_size=batch_size, precision=precision, reveal_ids=reveal_ids, template_dir=template_dir,
                                analysis_timeout=analysis_timeout, analysis_settings=list(set_values or []))
         summary = execute_run(settings)
         for path in summary.outputs:
@@ -172,13 +184,13 @@ def build_app(plugins: list[str]) -> typer.Typer:
         from toolkit.store import Store
 
         registry = load_registry(plugins)
-        with Store.open(store) as opened:
+        with Store.open(store, must_exist=True) as opened:  # writes a new query image's embedding
             frame = find_similar(opened, find_backbone(registry.backbones, backbone), image, k)
         _print_table(frame, fmt)
 
     @app.command()
     def report(
-        run_id: Optional[str] = typer.Argument(None, help="Run to render (default: the latest)."),
+        run_id: Optional[str] = typer.Argument(None, help="Run to render (default: the latest finished run; a failed run is rendered only when named, with why it failed)."),
         store: Path = typer.Option(Path("tk.duckdb"), "--store"),
         out: Path = typer.Option(Path("reports"), "--out"),
         reveal_ids: bool = typer.Option(False, "--reveal-ids", help="Show real patient ids."),
@@ -195,7 +207,7 @@ def build_app(plugins: list[str]) -> typer.Typer:
     def export_command(
         backbone: str = typer.Option(..., "--backbone", "-b", help="Backbone whose classifier to export."),
         fmt: str = typer.Option("tflite", "--format", "-f", help="tflite | tflite-fp16 | tflite-dynamic | tflite-int8 | savedmodel (comma list allowed)."),
-        run_id: Optional[str] = typer.Option(None, "--run", help="Run whose embeddings train the head (default: the latest)."),
+        run_id: Optional[str] = typer.Option(None, "--run", help="Run whose embeddings train the head (default: the latest finished run)."),
         store: Path = typer.Option(Path("tk.duckdb"), "--store"),
         out: Path = typer.Option(Path("exports"), "--out", help="Folder for the exported models."),
         seed: int = typer.Option(0, "--seed"),
@@ -209,7 +221,7 @@ def build_app(plugins: list[str]) -> typer.Typer:
 
         registry = load_registry(plugins)
         exporters = select(registry.exporters, fmt, "exporter")
-        with Store.open(store) as opened:
+        with Store.open(store, must_exist=True) as opened:  # records the exports' parity
             context = ExportContext(opened.run(run_id)["run_id"], opened, {"backbones": [backbone], "seed": seed},
                                     registry=registry)
             for exporter in exporters:
@@ -225,7 +237,7 @@ def build_app(plugins: list[str]) -> typer.Typer:
     def explain(
         image: Path = typer.Argument(..., help="Image to explain."),
         backbone: str = typer.Option(..., "--backbone", "-b"),
-        run_id: Optional[str] = typer.Option(None, "--run", help="Run whose embeddings train the head (default: the latest)."),
+        run_id: Optional[str] = typer.Option(None, "--run", help="Run whose embeddings train the head (default: the latest finished run)."),
         store: Path = typer.Option(Path("tk.duckdb"), "--store"),
         out: Path = typer.Option(Path("explanations"), "--out", help="Folder for the overlay PNG."),
         plugin: Optional[List[str]] = PluginOption,
@@ -239,7 +251,8 @@ def build_app(plugins: list[str]) -> typer.Typer:
         with Store.open(store, read_only=True) as opened:
             classifier = load_classifier(opened, load_registry(plugins), backbone, run_id)
         prediction = explain_image(classifier, image, out)
-        print(f"{prediction.overlay}\t{prediction.label}\t{prediction.probability:.3f}")
+        print(f"{prediction.overlay}\t{prediction.label}\t{prediction.probability:.3f}\t{prediction.weights_kind} weights")
+        _warn_notes([prediction])
 
     @app.command()
     def predict(
@@ -253,10 +266,11 @@ def build_app(plugins: list[str]) -> typer.Typer:
         """Classify images with an exported model: class, probability and latency."""
         from toolkit.models.explain import predict as predict_images
 
-        print("image\tclass\tprobability\tlatency_ms")
+        print("image\tclass\tprobability\tlatency_ms\tweights")
         predictions = predict_images(model, images)
         for p in predictions:
-            print(f"{p.image}\t{p.label}\t{p.probability:.4f}\t{p.latency_ms:.1f}")
+            print(f"{p.image}\t{p.label}\t{p.probability:.4f}\t{p.latency_ms:.1f}\t{p.weights_kind}")
+        _warn_notes(predictions)
         if explain_with:
             from toolkit.models.classifier import load_classifier
             from toolkit.models.explain import explain as explain_image, load_exported

@@ -180,14 +180,18 @@ def _int8(backbone: Backbone, model: Any, resolved: ResolvedWeights, calibration
                    converted=converted, notes=notes)
 
 
-def parity_warning(backbone: str, precision: str, parity: dict[str, float]) -> str | None:
-    """A warning for the run and its report when lowered embeddings are far from fp32, else None."""
+RUN_PARITY_ADVICE = "statistics on them may not match an fp32 run: use --precision fp32 for results you report"
+
+
+def parity_warning(backbone: str, precision: str, parity: dict[str, float], reference: str = "fp32",
+                   advice: str = RUN_PARITY_ADVICE) -> str | None:
+    """A warning when embeddings at ``precision`` (a ``--precision`` or an export format) are far
+    from ``reference`` (centred cosine mean below PARITY_WARNING_BELOW), else None."""
     mean = parity.get("centred_cosine_mean")
     if mean is None or mean >= PARITY_WARNING_BELOW:
         return None
-    return (f"{backbone} {precision} embeddings differ from fp32 (centred cosine {mean:.3f} mean on "
-            f"{parity.get('n_images')} held-out images, below {PARITY_WARNING_BELOW}); statistics on them may not "
-            "match an fp32 run: use --precision fp32 for results you report")
+    return (f"{backbone} {precision} embeddings differ from {reference} (centred cosine {mean:.3f} mean on "
+            f"{parity.get('n_images')} held-out images, below {PARITY_WARNING_BELOW}); {advice}")
 
 
 def parity_against(backbone: Backbone, model: Any, extract: Extract, pixels: np.ndarray,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import csv
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -177,8 +177,32 @@ def detect_source(data: Path) -> str:
     return "folders"
 
 
-def find_images(data: Path, source: str = "auto") -> tuple[str, Path, list[ImageRecord], list[SkippedFile]]:
-    """Find the images of a dataset: returns (source kind, dataset root, records, skipped files)."""
+def patient_pattern(regex: str) -> re.Pattern[str]:
+    """``--patient-from REGEX`` compiled; an invalid one is a one-line error."""
+    try:
+        return re.compile(regex)
+    except re.error as exc:
+        raise TkError(f"--patient-from {regex!r} is not a valid regular expression ({exc}); "
+                      "e.g. --patient-from 'patient_(\\d+)' takes the digits after patient_") from exc
+
+
+def patient_from_path(relpath: str, pattern: re.Pattern[str]) -> str | None:
+    """The patient id ``pattern`` finds in ``relpath``: its first capture group, or the whole match
+    when it has none; None when it does not match (or the group is empty)."""
+    match = pattern.search(relpath)
+    if match is None:
+        return None
+    return (match.group(1) if pattern.groups else match.group(0)) or None
+
+
+def find_images(data: Path, source: str = "auto", patient_from: str | None = None
+                ) -> tuple[str, Path, list[ImageRecord], list[SkippedFile]]:
+    """Find the images of a dataset: returns (source kind, dataset root, records, skipped files).
+
+    With ``patient_from`` (a regex), every image's patient id is taken from its path relative to the
+    dataset root (see :func:`patient_from_path`), replacing what the source says.
+    """
+    pattern = patient_pattern(patient_from) if patient_from is not None else None
     data = data.expanduser().resolve()
     kind = detect_source(data) if source == "auto" else source
     readers = {"breakhis": breakhis_records, "folders": folder_records, "manifest": manifest_records}
@@ -189,4 +213,6 @@ def find_images(data: Path, source: str = "auto") -> tuple[str, Path, list[Image
     root = data.parent if kind == "manifest" else data
     if not records and not skipped:
         raise TkError(f"{data}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    if pattern is not None:
+        records = [replace(r, patient_id=patient_from_path(r.relpath, pattern)) for r in records]
     return kind, root, records, skipped

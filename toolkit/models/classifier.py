@@ -69,6 +69,17 @@ def build_classifier(base: Any, head: Head) -> Any:
                        name=f"{base.name}_classifier")
 
 
+RANDOM_WEIGHTS_NOTE = ("the backbone's weights are random, not pretrained: these classes and probabilities only show "
+                       "that the software runs, not anything about the tissue; use a run with --weights imagenet "
+                       "or a weights file")
+
+
+def weights_note(weights_kind: str | None) -> str | None:
+    """What to say next to a prediction of a model whose backbone has ``weights_kind`` weights:
+    a warning for random weights, else None."""
+    return RANDOM_WEIGHTS_NOTE if weights_kind == "random" else None
+
+
 @dataclass
 class Classifier:
     """Everything needed to export, explain or predict with one backbone of a run."""
@@ -78,11 +89,13 @@ class Classifier:
     head: Head
     run_id: str
     weights_id: str
+    weights_kind: str
 
     def metadata(self) -> dict[str, Any]:
+        """What an exported model's JSON says about it (read back by ``tk predict``)."""
         height, width = self.backbone.input_size
         return {"backbone": self.backbone.name, "classes": self.head.classes, "run_id": self.run_id,
-                "weights_id": self.weights_id, "input": {"height": height, "width": width,
+                "weights_id": self.weights_id, "weights_kind": self.weights_kind, "input": {"height": height, "width": width,
                                                          "channels": 3, "range": "RGB 0..255"}}
 
     def predict(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
@@ -108,4 +121,4 @@ def load_classifier(store: Store, registry: Registry, backbone_name: str, run_id
     head = fit_head(embeddings, metadata["label"].to_numpy(), seed)
     request, weights_seed = request_for(kind, weights_id, store.weights_path(backbone_name, weights_id))
     base, _ = build_model(backbone, request, weights_seed)
-    return Classifier(backbone, build_classifier(base, head), head, run["run_id"], weights_id)
+    return Classifier(backbone, build_classifier(base, head), head, run["run_id"], weights_id, kind)

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from toolkit.models.classifier import Classifier
+from toolkit.models.classifier import Classifier, weights_note
 from toolkit.errors import TkError
 from toolkit.models.gradcam import gradcam, overlay_png
 from toolkit.ingest.images import read_image
@@ -25,6 +25,12 @@ class Prediction:
     probability: float
     latency_ms: float
     overlay: Path | None = None
+    weights_kind: str = "unknown"
+
+    @property
+    def note(self) -> str | None:
+        """A warning to show with the prediction (random weights), else None."""
+        return weights_note(self.weights_kind)
 
 
 def explain(classifier: Classifier, image: Path, out_dir: Path) -> Prediction:
@@ -38,9 +44,17 @@ def explain(classifier: Classifier, image: Path, out_dir: Path) -> Prediction:
     latency = (time.perf_counter() - started) * 1000
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / f"{image.stem}.gradcam-{classifier.backbone.name}.png"
-    target.write_bytes(overlay_png(pixels, heatmaps[0]))
     best = int(probabilities[0].argmax())
-    return Prediction(image, classifier.head.classes[best], float(probabilities[0, best]), latency, target)
+    prediction = Prediction(image, classifier.head.classes[best], float(probabilities[0, best]), latency, target,
+                            classifier.weights_kind)
+    target.write_bytes(overlay_png(pixels, heatmaps[0], caption=caption(prediction, classifier.backbone.name)))
+    return prediction
+
+
+def caption(prediction: Prediction, backbone: str) -> str:
+    """The overlay PNG's caption: what it shows, and the weights warning when there is one."""
+    text = f"Grad-CAM of {backbone} for {prediction.label} (probability {prediction.probability:.3f})"
+    return f"{text}. Warning: {prediction.note}" if prediction.note else text
 
 
 def load_exported(model: Path) -> tuple[Callable[[np.ndarray], dict[str, np.ndarray]], dict[str, Any]]:
@@ -75,5 +89,6 @@ def predict(model: Path, images: list[Path]) -> list[Prediction]:
         probabilities = run(pixels)["probabilities"][0]
         latency = (time.perf_counter() - started) * 1000
         best = int(np.argmax(probabilities))
-        predictions.append(Prediction(image, meta["classes"][best], float(probabilities[best]), latency))
+        predictions.append(Prediction(image, meta["classes"][best], float(probabilities[best]), latency,
+                                      weights_kind=meta.get("weights_kind", "unknown")))
     return predictions

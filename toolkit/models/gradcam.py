@@ -48,13 +48,18 @@ def upsample(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(image.resize((size[1], size[0]), Image.Resampling.BILINEAR))
 
 
-def overlay_png(pixels: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45) -> bytes:
-    """The image with the heatmap blended on top (viridis, colour-blind safe), as PNG bytes."""
+def overlay_png(pixels: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45, caption: str | None = None) -> bytes:
+    """The image with the heatmap blended on top (viridis, colour-blind safe), as PNG bytes; a
+    ``caption`` is kept as the PNG's ``Description`` text."""
     from matplotlib import colormaps
+    from PIL.PngImagePlugin import PngInfo
 
     heat = upsample(heatmap, pixels.shape[:2])
     colours = colormaps["viridis"](np.clip(heat, 0, 1))[..., :3] * 255
     blended = (1 - alpha * heat[..., None]) * pixels.astype(np.float64) + alpha * heat[..., None] * colours
     buffer = io.BytesIO()
-    Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8)).save(buffer, format="PNG")
+    info = PngInfo()
+    if caption:
+        info.add_text("Description", caption)
+    Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8)).save(buffer, format="PNG", pnginfo=info)
     return buffer.getvalue()

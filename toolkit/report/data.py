@@ -32,16 +32,38 @@ def redact(text: str, replacements: dict[str, str]) -> str:
     return pattern.sub(lambda m: replacements[m.group(0)], text)
 
 
+def known_patients(patient_ids: pd.Series) -> int | None:
+    """How many patients the images come from; None when no image has a patient id (the report
+    says "patient unknown" then, never 0)."""
+    known = patient_ids.dropna()
+    return int(known.nunique()) if len(known) else None
+
+
 def composition(images: pd.DataFrame) -> dict[str, Any]:
-    """Images (and patients) per class and subtype, by magnification."""
+    """Images (and patients: None when unknown) per class and subtype, by magnification."""
     images = images.fillna({"label": "unlabelled", "subtype": "—"})
     magnifications = sorted(int(m) for m in images["magnification"].dropna().unique())
     rows = []
     for (label, subtype), group in images.groupby(["label", "subtype"], sort=True):
         cells = [int((group["magnification"] == m).sum()) for m in magnifications]
         rows.append({"label": label, "subtype": subtype, "cells": cells, "images": len(group),
-                     "patients": int(group["patient_id"].nunique())})
+                     "patients": known_patients(group["patient_id"])})
     return {"magnifications": magnifications, "rows": rows}
+
+
+UNFINISHED = {"failed": "This run failed", "interrupted": "This run was interrupted",
+              "running": "This run has not finished"}
+
+
+def unfinished(run: dict[str, Any]) -> dict[str, str] | None:
+    """For a run that did not finish (failed, interrupted, still running): a title and why, for the
+    report's banner; None for a finished run (ok or partial)."""
+    title = UNFINISHED.get(run["status"])
+    if title is None:
+        return None
+    error = run.get("error")
+    why = error if isinstance(error, str) and error else "no reason was recorded"
+    return {"title": f"{title}: the results below are incomplete or empty.", "why": why}
 
 
 def table_record(name: str, description: str, frame: pd.DataFrame, n_rows: int) -> dict[str, Any]:
@@ -90,8 +112,10 @@ def gather(store: Store, run_id: str, registry: Registry, reveal_ids: bool = Fal
     analyses = store.run_analyses(run_id)
     return {
         "run": run,
+        "unfinished": unfinished(run),
         "n_images": len(images),
-        "n_patients": int(images["patient_id"].nunique()),
+        "n_patients": known_patients(images["patient_id"]),
+        "n_patient_unknown": int(images["patient_id"].isna().sum()),
         "labels": images["label"].value_counts().sort_index().to_dict(),
         "subtypes": sorted(images["subtype"].dropna().unique()),
         "magnifications": sorted(int(m) for m in images["magnification"].dropna().unique()),

@@ -44,7 +44,7 @@ def execute_run(settings: RunSettings, command: str | None = None) -> RunSummary
 
         data = demo_dataset()
         console.info(f"no DATA given: using the bundled demo dataset ({data})")
-    kind, root, records, skipped = find_images(Path(data), settings.source)
+    kind, root, records, skipped = find_images(Path(data), settings.source, settings.patient_from)
 
     with Store.open(settings.store) as store:
         run_id = new_run_id()
@@ -66,12 +66,21 @@ def execute_run(settings: RunSettings, command: str | None = None) -> RunSummary
                              n_images=summary.n_images, n_skipped=summary.n_skipped, warnings=summary.warnings,
                              status="ok" if not summary.failures else "partial", finished_at=utcnow())
             outputs = _export(store, registry, settings, run_id, exporters, summary.failures)
-        except BaseException:
-            store.update_run(run_id, status="failed", finished_at=utcnow())
+        except BaseException as exc:
+            store.update_run(run_id, status="failed", error=failure_reason(exc), finished_at=utcnow())
             raise
         status = "ok" if not summary.failures else "partial"
         store.update_run(run_id, status=status)
     return RunSummary(run_id, status, summary.n_images, summary.n_skipped, outputs, summary.failures)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The one line a failed run keeps to say why it stopped."""
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted by the user"
+    if isinstance(exc, TkError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
 
 
 @dataclass

@@ -31,6 +31,7 @@ class RunSettings:
     out: Path = Path("reports")
     plugins: list[str] = field(default_factory=list)
     source: str = "auto"
+    patient_from: str | None = None  # regex: the patient id from each image's path (--patient-from)
     analyses: str = "all"
     exports: str | None = None
     seed: int = 0

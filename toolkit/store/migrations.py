@@ -151,9 +151,14 @@ def m005_precision(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE run_backbones ADD COLUMN parity_n_images INTEGER")
 
 
+def m006_run_error(con: duckdb.DuckDBPyConnection) -> None:
+    """A failed run keeps the error that stopped it, for ``tk report`` to say why."""
+    con.execute("ALTER TABLE runs ADD COLUMN error VARCHAR")
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_create_tables, m002_export_parity,
                                                                   m003_training, m004_analysis_cache_key,
-                                                                  m005_precision]
+                                                                  m005_precision, m006_run_error]
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> None:

@@ -11,6 +11,9 @@ from toolkit.errors import TkError
 from toolkit.store.connection import Connection
 from toolkit.store.sql import utcnow
 
+FINISHED = "('ok', 'partial')"
+"""Statuses of runs that finished: the latest of them is the run commands use by default."""
+
 
 class Runs(Connection):
     """The ``runs``, ``run_backbones``, ``skipped_files`` and ``exports`` tables."""
@@ -23,7 +26,7 @@ class Runs(Connection):
 
     def update_run(self, run_id: str, **fields: Any) -> None:
         columns = {"finished_at", "status", "data_root", "source", "dataset_fingerprint", "n_images",
-                   "n_skipped", "warnings"}
+                   "n_skipped", "warnings", "error"}
         unknown = set(fields) - columns
         if unknown:
             raise ValueError(f"unknown run fields {unknown}")
@@ -37,18 +40,29 @@ class Runs(Connection):
                 self.con.execute("UPDATE runs SET status = 'interrupted' WHERE run_id = ?", [run_id])
 
     def run(self, run_id: str | None = None) -> dict[str, Any]:
-        """One run as a dict (the latest when ``run_id`` is None)."""
+        """One run as a dict (the latest finished one, ok or partial, when ``run_id`` is None)."""
         if run_id is None:
-            df = self.query_df("SELECT * FROM runs ORDER BY started_at DESC LIMIT 1")
+            df = self.query_df(f"SELECT * FROM runs WHERE status IN {FINISHED} ORDER BY started_at DESC LIMIT 1")
         else:
             df = self.query_df("SELECT * FROM runs WHERE run_id = ?", [run_id])
         if df.empty:
             raise TkError(f"no run {run_id!r} in {self.path}; list runs with: tk sql \"SELECT run_id, started_at FROM runs\""
-                          if run_id else f"store {self.path} has no runs yet; run `tk run` first")
+                          if run_id else self._no_finished_run())
         row = df.iloc[0].to_dict()
         for key in ("settings", "versions", "warnings"):
             row[key] = json.loads(row[key]) if isinstance(row[key], str) else row[key]
         return row
+
+    def _no_finished_run(self) -> str:
+        """Why there is no latest finished run: no runs at all, or only runs that did not finish."""
+        latest = self.query_df("SELECT * FROM runs ORDER BY started_at DESC LIMIT 1")  # stores before m006 lack error
+        if latest.empty:
+            return f"store {self.path} has no runs yet; run `tk run` first"
+        run = latest.iloc[0]
+        error = run.get("error")
+        why = f": {error}" if isinstance(error, str) and error else ""
+        return (f"store {self.path} has no finished run (the latest, {run['run_id']}, {run['status']}{why}); "
+                "fix that and run `tk run` again")
 
     def record_export(self, run_id: str, exporter: str, path: Path) -> None:
         """Remember a file an exporter wrote for a run."""

@@ -27,9 +27,11 @@ class Store(Images, Embeddings, Runs, Results, DeclaredTables):
     """A tk DuckDB file. Open with ``Store.open(path)``; use as a context manager."""
 
     @classmethod
-    def open(cls, path: Path | str, read_only: bool = False) -> Store:
+    def open(cls, path: Path | str, read_only: bool = False, must_exist: bool = False) -> Store:
+        """Open (and migrate, unless ``read_only``) the store at ``path``. Only a writable store that
+        need not exist (``tk run``) is created; otherwise a missing file is a one-line error."""
         path = Path(path)
-        if read_only and not path.exists():
+        if (read_only or must_exist) and not path.exists():
             raise TkError(f"store {path} does not exist; run `tk run` first or pass --store")
         try:
             con = duckdb.connect(str(path), read_only=read_only)
