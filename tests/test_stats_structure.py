@@ -161,8 +161,24 @@ def test_integrity_of_class_folders_without_patient_ids_or_magnifications_speaks
     results = integrity(context)
     messages = " ".join(r.message for r in results if hasattr(r, "severity"))
     assert "patient" not in messages.lower() and "nan%" not in messages, messages
-    assert "1 pairs of different images have embedding cosine" in messages
+    assert "1 pairs of different images have embeddings with centred cosine" in messages
     assert "benign 33%–33% of images" in messages
     tables = {r.name: r for r in results if isinstance(r, Table)}
     assert "n_patients" not in tables["balance"].data.columns
     assert "patient" not in tables["near_duplicates"].description + tables["balance"].description
+
+
+def test_near_duplicates_are_judged_by_centred_cosine():
+    """Issue #16, item 9: embeddings that share a large mean (random weights, pooled ReLU features) have
+    plain cosine near 1 for every pair; only the planted near-copy is alike once the mean is removed."""
+    context = synthetic_context(n_patients=12, per_patient=8, dim=32)
+    meta = context.metadata
+    rng = np.random.default_rng(1)
+    x = 50.0 + rng.normal(0, 1, (len(meta), 32))
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    assert (unit @ unit.T).min() > 0.999  # plain cosine would call every pair a near-duplicate
+    partner = int(np.flatnonzero(meta["patient_id"] != meta.loc[3, "patient_id"])[0])
+    x[partner] = x[3] + rng.normal(0, 0.001, 32)
+    pairs = near_duplicates(x, meta)
+    assert len(pairs) == 1 and set(pairs[["image_id_a", "image_id_b"]].iloc[0]) == set(meta.loc[[3, partner], "image_id"])
+    assert pairs["centred_cosine"].iloc[0] > 0.999
