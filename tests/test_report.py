@@ -149,3 +149,23 @@ def test_class_folders_without_patient_ids_say_patient_unknown_and_how_to_give_i
     assert "0 patients" not in text and "nan%" not in text
     assert "different patients" not in text and "pairs of images of" not in text
     assert "a CSV manifest that has a patient_id column, or with tk run --patient-from REGEX" in text
+
+
+def test_a_demo_run_says_its_data_are_synthetic(tmp_path):
+    """Issue #17, item 9: the demo's report, with real-looking BreakHis patient ids and 100% scores,
+    says that its images are generated; a report of real data does not."""
+    import json
+
+    from toolkit.plugin.registry import load_registry
+    from toolkit.plugin.types import ExportContext
+    from toolkit.store import Store
+    from toolkit.testing import synthetic_run
+
+    registry = load_registry()
+    with Store.open(tmp_path / "tk.duckdb") as store:
+        run = synthetic_run(store)
+        [real] = registry.exporter("html").export(ExportContext(run.run_id, store, registry=registry), tmp_path / "real")
+        store.con.execute("UPDATE runs SET settings = ?", [json.dumps({"demo": True})])
+        [demo] = registry.exporter("html").export(ExportContext(run.run_id, store, registry=registry), tmp_path / "demo")
+    assert 'id="synthetic-data"' in demo.read_text() and "Synthetic demo data" in demo.read_text()
+    assert 'id="synthetic-data"' not in real.read_text()

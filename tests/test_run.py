@@ -143,3 +143,12 @@ def test_patient_from_with_an_invalid_regex_is_one_line(tmp_path):
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("error: --patient-from 'patient_(' is not a valid regular expression")
     assert not (tmp_path / "s.duckdb").exists()
+
+
+def test_reports_go_to_tk_reports_by_default_not_the_package_folder(tmp_path, breakhis):
+    """Issue #17, item 13: the default output folder was reports/, also a source folder of tk."""
+    result = run_tk("run", breakhis, "--backbone", "tiny", "--weights", "random", "--analysis", "none",
+                    "--plugin", TINY, cwd=tmp_path)
+    assert result.exit_code == 0, result.stderr
+    assert list((tmp_path / "tk-reports").glob("tk-report-*.html"))
+    assert not (tmp_path / "reports").exists()

@@ -17,6 +17,7 @@ from toolkit.errors import TkError
 if TYPE_CHECKING:
     from toolkit.models.explain import Prediction
 
+DEFAULT_REPORTS = Path("tk-reports")  # not reports/, which is also a source folder of the package
 PLUGIN_HELP = "Load a plugin .py file or a folder of them (repeatable; accepted by every command)."
 PluginOption = typer.Option(None, "--plugin", help=PLUGIN_HELP, metavar="FILE")  # read by main() before parsing
 
@@ -99,7 +100,7 @@ def build_app(plugins: list[str]) -> typer.Typer:
         backbone: str = typer.Option("all", "--backbone", "-b", help="all, or a comma list of backbone names."),
         weights: str = typer.Option("auto", "--weights", "-w", help="auto | imagenet | random | PATH to a local weights file."),
         store: Path = typer.Option(Path("tk.duckdb"), "--store", help="DuckDB file that keeps every embedding and result."),
-        out: Path = typer.Option(Path("reports"), "--out", help="Folder for the report and other exports."),
+        out: Path = typer.Option(DEFAULT_REPORTS, "--out", help="Folder for the report and other exports."),
         source: str = typer.Option("auto", "--source", help="auto | breakhis | folders | manifest."),
         patient_from: Optional[str] = typer.Option(None, "--patient-from", metavar="REGEX", help="Take each image's patient id from its path (relative to DATA): the regex's first group, or its whole match; an image whose path does not match has no patient id."),
         analysis: str = typer.Option("all", "--analysis", help="all, none, or a comma list of analyses."),
@@ -192,7 +193,7 @@ def build_app(plugins: list[str]) -> typer.Typer:
     def report(
         run_id: Optional[str] = typer.Argument(None, help="Run to render (default: the latest finished run; a failed run is rendered only when named, with why it failed)."),
         store: Path = typer.Option(Path("tk.duckdb"), "--store"),
-        out: Path = typer.Option(Path("reports"), "--out"),
+        out: Path = typer.Option(DEFAULT_REPORTS, "--out"),
         reveal_ids: bool = typer.Option(False, "--reveal-ids", help="Show real patient ids."),
         template_dir: Optional[Path] = typer.Option(None, "--template-dir"),
         plugin: Optional[List[str]] = PluginOption,

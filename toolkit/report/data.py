@@ -125,6 +125,7 @@ def gather(store: Store, run_id: str, registry: Registry, reveal_ids: bool = Fal
         "skipped": store.skipped_files(run_id),
         "failures": [a for a in analyses if a["status"] == "failed"] + [b for b in backbones if b["status"] != "ok"],
         "random_backbones": [b["backbone"] for b in backbones if b["weights_kind"] == "random"],
+        "demo": bool((run["settings"] or {}).get("demo")),
         "analysis_titles": {name: a.title or name for name, a in registry.analyses.items()},
         "reveal_ids": reveal_ids,
         "redactions": ids,

@@ -51,6 +51,7 @@ def execute_run(settings: RunSettings, command: str | None = None) -> RunSummary
         command = command or "tk " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         recorded = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()}
         recorded["analysis_settings"] = {a.name: resolved(a, chosen) for a in analyses if a.settings}
+        recorded["demo"] = settings.data is None  # the report says the data are synthetic
         store.start_run(run_id, command, recorded, versions())
         console.info(f"run {run_id}: {len(records)} images found ({kind}) in {root}")
         scanned, unreadable = scan(records, store.known_files())

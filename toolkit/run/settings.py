@@ -28,7 +28,7 @@ class RunSettings:
     backbones: str = "all"
     weights: str = "auto"
     store: Path = Path("tk.duckdb")
-    out: Path = Path("reports")
+    out: Path = Path("tk-reports")
     plugins: list[str] = field(default_factory=list)
     source: str = "auto"
     patient_from: str | None = None  # regex: the patient id from each image's path (--patient-from)
