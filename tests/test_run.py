@@ -152,3 +152,17 @@ def test_reports_go_to_tk_reports_by_default_not_the_package_folder(tmp_path, br
     assert result.exit_code == 0, result.stderr
     assert list((tmp_path / "tk-reports").glob("tk-report-*.html"))
     assert not (tmp_path / "reports").exists()
+
+
+def test_progress_fits_80_columns_and_covers_the_analyses(tmp_path, breakhis):
+    """Issue #17, item 10: at 80 columns the progress line kept its count, rate and times, and the
+    analysis phase (minutes on the demo) showed no progress at all."""
+    result = run_tk("run", breakhis, "--backbone", "tiny", "--weights", "random", "--analysis", "pca,ttest",
+                    "--export", "none", "--store", tmp_path / "tk.duckdb", "--plugin", TINY, env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.stderr
+    lines = result.stderr.splitlines()
+    embedding = next(line for line in lines if line.startswith("embedding ━") or line.startswith("embedding ╸"))
+    analysing = next(line for line in lines if line.startswith("analysing"))
+    assert "32/32" in embedding and "img/s" in embedding and embedding.count("0:00:") == 2, embedding
+    assert "2/2" in analysing and "step/s" in analysing, analysing
+    assert max(len(line) for line in (embedding, analysing)) <= 80

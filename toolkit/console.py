@@ -25,10 +25,11 @@ def error(message: str) -> None:
 
 
 @contextmanager
-def progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
-    """A progress bar with images/s; yields ``advance(n)``."""
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[rate]} img/s"),
+def progress(description: str, total: int, unit: str = "img") -> Iterator[Callable[[int], None]]:
+    """A progress bar with a rate in ``unit``/s; yields ``advance(n)``. Keep ``description`` to a word
+    or two: with a 20-character bar, count, rate, elapsed time and ETA fit in 80 columns."""
+    bar = Progress(TextColumn("{task.description}"), BarColumn(bar_width=20), MofNCompleteColumn(),
+                   TextColumn(f"{{task.fields[rate]}} {unit}/s"),
                    TimeElapsedColumn(), TimeRemainingColumn(), console=stderr, transient=False)
     with bar:
         task = bar.add_task(escape(description), total=total, rate="  —")

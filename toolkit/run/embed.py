@@ -106,7 +106,7 @@ def embed_missing(store: Store, planned: list[PlannedBackbone], scanned: list[Sc
 
     started = time.perf_counter()
     console.info(f"embedding {len(to_embed)} images with {names}")
-    with console.progress(f"embedding with {names}", len(to_embed)) as advance:
+    with console.progress("embedding", len(to_embed)) as advance:
         extract(to_embed, working, store, run_id, advance, on_unreadable, batch_size)
     console.info(f"embedded {len(to_embed) - len(bad_shas)} images in {time.perf_counter() - started:.1f} s")
     done_reps = {id(representatives[sha]) for sha in representatives if sha in needed_any and sha not in bad_shas}

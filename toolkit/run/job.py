@@ -122,7 +122,10 @@ def _analyse(store: Store, registry: Registry, settings: RunSettings, run_id: st
             console.info(f"analysis {outcome.analysis} on {outcome.backbone} skipped: {outcome.message}")
 
     console.info(f"running {len(analyses)} analyses on {len(sets)} backbone(s)")
-    run_analyses(store, run_id, sets, analyses, chosen, settings.seed, registry, settings.analysis_timeout, on_outcome)
+    steps = sum(1 if a.needs.all_backbones else len(sets) for a in analyses)
+    with console.progress("analysing", steps, unit="step") as advance:
+        run_analyses(store, run_id, sets, analyses, chosen, settings.seed, registry, settings.analysis_timeout,
+                     lambda outcome: (on_outcome(outcome), advance(1)))
     if reused:
         console.info(f"analyses whose code, data and settings were unchanged reused the results of run(s) "
                      f"{', '.join(sorted(reused))}")
