@@ -78,7 +78,11 @@ def test_imagenet_strict_fails_with_one_line(tmp_path, breakhis):
     result = run_tk("run", breakhis, "--backbone", "offline", "--weights", "imagenet",
                     "--store", tmp_path / "s.duckdb", "--plugin", plugin)
     assert result.exit_code == 1
-    assert result.stderr.strip().splitlines()[-1].startswith("error: download failed: Exception: URL fetch failure")
+    line = result.stderr.strip().splitlines()[-1]  # the fix from the README, not only the raw exception (#17, 11)
+    assert line.startswith("error: ImageNet weights for offline could not be downloaded (offline?); put the "
+                           "official offline *_notop.h5 file in ~/.keras/models/"), line
+    assert "or pass --weights PATH" in line and "(download failed: Exception: URL fetch failure" in line
+    assert "Name or service not known" in line or line.endswith("…)")  # never cut mid-word
 
 
 def test_auto_falls_back_to_random_loudly_and_records_it(tmp_path, breakhis):
@@ -95,6 +99,8 @@ def test_auto_falls_back_to_random_loudly_and_records_it(tmp_path, breakhis):
     assert con.execute("SELECT weights_kind, weights_id FROM run_backbones").fetchall() == [("random", "random-seed0")]
     report = next((tmp_path / "out").glob("*.html")).read_text()
     assert 'id="random-weights"' in report
+    assert report.count("are unavailable (download failed") == 1  # shown with its backbone, not again (#17, 11)
+    assert "~/.keras/models/" in report  # and the note says how to get the real weights
 
 
 def test_wrong_output_shape_is_a_clear_error():

@@ -19,7 +19,25 @@ WEIGHT_CHOICES = ("auto", "imagenet", "random")
 
 
 class WeightsUnavailable(TkError):
-    """ImageNet weights could not be obtained (no network and nothing cached)."""
+    """ImageNet weights could not be obtained (no network and nothing cached).
+
+    :ivar reason: why, in a few words (the message also says how to fix it).
+    """
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason or message
+
+
+OFFLINE_FIX = ("put the official {name} *_notop.h5 file in ~/.keras/models/ (then --weights imagenet works "
+               "offline) or pass --weights PATH with a local weights file")
+
+
+def shortened(text: str, limit: int = 120) -> str:
+    """``text`` cut to at most ``limit`` characters at a word boundary, with an ellipsis."""
+    if len(text) <= limit:
+        return text
+    return text[:limit].rsplit(" ", 1)[0].rstrip(" ,;:-") + "…"
 
 
 @dataclass(frozen=True)
@@ -99,9 +117,9 @@ def build_model(backbone: Backbone, request: str, seed: int = 0) -> tuple[Any, R
             if request == "imagenet":
                 raise
             _seeded(seed)
-            note = (f"ImageNet weights for {backbone.name} are unavailable ({exc}); "
+            note = (f"ImageNet weights for {backbone.name} are unavailable ({exc.reason}); "
                     f"using RANDOM weights (seed {seed}). Embeddings and statistics do not reflect a "
-                    "pretrained network. Use --weights PATH with a local weights file for real results.")
+                    f"pretrained network. For real results, {OFFLINE_FIX.format(name=backbone.name)}.")
             resolved = random_weights(seed)
             return _checked(backbone, backbone.build(None)), ResolvedWeights(
                 resolved.kind, resolved.weights_id, note=note)
@@ -127,7 +145,9 @@ def _build_imagenet(backbone: Backbone) -> Any:
     except Exception as exc:  # Keras raises plain Exception subclasses for download failures
         text = f"{type(exc).__name__}: {exc}".splitlines()[0]
         if any(word in text.lower() for word in ("url", "fetch", "download", "connect", "resolve", "network", "http")):
-            raise WeightsUnavailable(f"download failed: {text[:200]}") from exc
+            reason = f"download failed: {shortened(text)}"
+            raise WeightsUnavailable(f"ImageNet weights for {backbone.name} could not be downloaded (offline?); "
+                                     f"{OFFLINE_FIX.format(name=backbone.name)} ({reason})", reason) from exc
         raise
 
 
