@@ -135,3 +135,22 @@ def test_train_then_run_explain_and_export_the_variant(imbalanced, tmp_path):
     (tmp_path / "tk_models" / f"{variant}.keras").write_bytes(b"tampered")
     tampered = run_tk("explain", image, "--backbone", variant, "--plugin", TINY, "--store", store)
     assert tampered.exit_code != 0 and "changed since training" in tampered.stderr
+
+
+@pytest.mark.slow
+def test_a_report_shows_only_variants_trained_on_its_images_or_used_in_it(imbalanced, tmp_path):
+    """Issue #17, item 2: the report of a run on one dataset showed a variant fine-tuned on another."""
+    from tests.datasets import make_breakhis
+
+    store = tmp_path / "tk.duckdb"
+    other = tmp_path / "other" / "BreaKHis_v1" / "histology_slides" / "breast"
+    make_breakhis(other)
+    trained = run_tk("train", imbalanced, "--backbone", "tiny", "--plugin", TINY, "--weights", "random",
+                     "--epochs", "1", "--unfreeze", "0", "--store", store)
+    assert trained.exit_code == 0, trained.stderr
+    for data, out in ((imbalanced, tmp_path / "same"), (other, tmp_path / "other_report")):
+        ran = run_tk("run", data, "--backbone", "tiny", "--plugin", TINY, "--weights", "random",
+                     "--analysis", "none", "--store", store, "--out", out)
+        assert ran.exit_code == 0, ran.stderr
+    assert 'id="training"' in next((tmp_path / "same").glob("*.html")).read_text()
+    assert 'id="training"' not in next((tmp_path / "other_report").glob("*.html")).read_text()

@@ -86,15 +86,17 @@ def curve_figure(history: pd.DataFrame, variant: str) -> dict[str, Any]:
     return {"mime": "image/svg+xml", "content": to_svg(figure).encode(), "alt": alt}
 
 
-def training_sections(store: Store, run_id: str, backbones: list[str]) -> dict[str, list[dict[str, Any]]]:
-    """``variants``: per trained variant whose base backbone or variant is in the run (latest first),
-    its metrics beside the frozen probe (and the probe on the variant's embeddings, when the run has
+def training_sections(store: Store, run_id: str, backbones: list[str],
+                      dataset_fingerprint: str | None = None) -> dict[str, list[dict[str, Any]]]:
+    """``variants``: per trained variant (latest first) that the run used, or that was trained on the
+    run's images (same ``dataset_fingerprint``) from one of its backbones, its metrics beside the frozen probe (and the probe on the variant's embeddings, when the run has
     them) and its training curve; ``ablations``: the paired differences of their ablations."""
     if not backbones:
         return {"variants": [], "ablations": []}
     bases = {name.split("@")[0] for name in backbones}
     runs = store.rows(RUNS, where={"status": "ok"}, order_by=("started_at",), descending=True)
-    runs = runs[runs["backbone"].isin(bases) | runs["variant"].isin(backbones)].head(MAX_VARIANTS)
+    same_data = runs["backbone"].isin(bases) & (runs["dataset_fingerprint"] == dataset_fingerprint)
+    runs = runs[same_data | runs["variant"].isin(backbones)].head(MAX_VARIANTS)
     probe = store.run_results(run_id, "probe")
     if not probe.empty:
         probe = probe[(probe["target"] == "label") & (probe["split"] == "patient")]
@@ -120,7 +122,8 @@ TEMPLATE = Path(__file__).parent / "templates" / "training.html"
 
 def report_section(context: ReportContext) -> list[ReportSection]:
     """"Fine-tuned backbones", when a variant of one of the run's backbones was trained."""
-    training = training_sections(context.store, context.run_id, context.backbone_names)
+    training = training_sections(context.store, context.run_id, context.backbone_names,
+                                 context.run.get("dataset_fingerprint"))
     if not training["variants"]:
         return []
     return [ReportSection("Fine-tuned backbones", slot="models", order=10, anchor="training", template=TEMPLATE,

@@ -225,7 +225,8 @@ def train_one(store_path: Path, backbone: Backbone, data: TrainingData, settings
 
     train_id = new_train_id()
     name = variant_name(backbone.name, train_id)
-    record_start(store_path, train_id, backbone.name, name, ablation_id, settings, data.classes)
+    record_start(store_path, train_id, backbone.name, name, ablation_id, settings, data.classes,
+                 data.dataset_fingerprint)
     try:
         _seed_everything(settings.seed)
         base, resolved = build_model(backbone, settings.weights, settings.seed)

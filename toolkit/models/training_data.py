@@ -29,6 +29,7 @@ class TrainingData:
     classes: list[str]
     patients: np.ndarray  # patient codes
     val: np.ndarray  # bool mask: images of held-out patients
+    dataset_fingerprint: str = ""  # as tk run records it: which image set this was
 
     @property
     def minority(self) -> int:
@@ -58,6 +59,7 @@ def load_training_data(settings: TrainSettings, size: tuple[int, int]) -> Traini
     from toolkit.ingest.images import load_rgb
     from toolkit.ingest.scan import scan
     from toolkit.ingest.sources import find_images
+    from toolkit.run.settings import dataset_fingerprint
 
     data = settings.data
     if data is None:
@@ -78,7 +80,7 @@ def load_training_data(settings: TrainSettings, size: tuple[int, int]) -> Traini
     with ThreadPoolExecutor(4) as pool:
         pixels = np.stack(list(pool.map(lambda i: load_rgb(i.record.path, size), images)))
     val = patient_split(y, patients, settings.val_fraction, settings.seed)
-    return TrainingData(pixels, y, [str(c) for c in classes], patients, val)
+    return TrainingData(pixels, y, [str(c) for c in classes], patients, val, dataset_fingerprint(images))
 
 
 def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:

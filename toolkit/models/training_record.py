@@ -23,7 +23,8 @@ RUNS = TableSpec("training_runs", {
     "base_weights_kind": "VARCHAR", "ablation_id": "VARCHAR", "settings": "JSON", "classes": "JSON",
     "model_path": "VARCHAR", "model_sha256": "VARCHAR", "n_train_images": "INTEGER", "n_val_images": "INTEGER",
     "n_train_patients": "INTEGER", "n_val_patients": "INTEGER", "started_at": "TIMESTAMP",
-    "finished_at": "TIMESTAMP", "status": "VARCHAR", "error": "VARCHAR"}, key=("train_id",))
+    "finished_at": "TIMESTAMP", "status": "VARCHAR", "error": "VARCHAR", "dataset_fingerprint": "VARCHAR"},
+    key=("train_id",))
 HISTORY = TableSpec("training_history", {
     "train_id": "VARCHAR", "epoch": "INTEGER", "phase": "VARCHAR", "loss": "DOUBLE", "accuracy": "DOUBLE",
     "val_loss": "DOUBLE", "val_accuracy": "DOUBLE", "val_balanced_accuracy": "DOUBLE", "val_roc_auc": "DOUBLE",
@@ -48,11 +49,12 @@ def records(frame: pd.DataFrame, **constant: Any) -> list[dict[str, Any]]:
 
 
 def record_start(store_path: Path, train_id: str, backbone: str, variant: str, ablation_id: str | None,
-                 settings: TrainSettings, classes: list[str]) -> None:
+                 settings: TrainSettings, classes: list[str], dataset_fingerprint: str) -> None:
     with Store.open(store_path) as store:
         store.insert_rows(RUNS, [{"train_id": train_id, "backbone": backbone, "variant": variant,
                                   "ablation_id": ablation_id, "settings": json.dumps(asdict(settings), default=str),
-                                  "classes": json.dumps(classes), "started_at": utcnow(), "status": "running"}])
+                                  "classes": json.dumps(classes), "started_at": utcnow(), "status": "running",
+                                  "dataset_fingerprint": dataset_fingerprint}])
 
 
 def record_failure(store_path: Path, train_id: str, error: str) -> None:

@@ -85,8 +85,14 @@ class DeclaredTables(Connection):
     """Create, write and read plugin-declared tables."""
 
     def ensure_table(self, spec: TableSpec) -> None:
-        """Create ``spec``'s table if the store does not have it yet."""
+        """Create ``spec``'s table if the store does not have it yet, and add the columns a newer
+        version of the plugin declares (a declared table only ever grows)."""
         self.con.execute(spec.ddl())
+        present = {row[0] for row in self.con.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [spec.name]).fetchall()}
+        for column, kind in spec.columns.items():
+            if column not in present:
+                self.con.execute(f"ALTER TABLE {spec.name} ADD COLUMN {quoted(column)} {kind}")
 
     def replace_rows(self, spec: TableSpec, rows: Iterable[dict[str, Any]], where: dict[str, Any]) -> None:
         """Delete the rows matching ``where`` and insert ``rows``, in one transaction."""
@@ -112,7 +118,8 @@ class DeclaredTables(Connection):
 
     def rows(self, spec: TableSpec, where: dict[str, Any] | None = None, order_by: Iterable[str] = (),
              descending: bool = False, limit: int | None = None) -> pd.DataFrame:
-        """The rows matching ``where`` (empty, with the declared columns, when the table does not exist)."""
+        """The rows matching ``where``, with the declared columns (empty when the table does not exist;
+        a column an older store lacks reads as missing values)."""
         if not self.table_exists(spec.name):
             return pd.DataFrame(columns=list(spec.columns))
         clause, params = _where(where or {}, spec)
@@ -124,7 +131,7 @@ class DeclaredTables(Connection):
             sql += " ORDER BY " + ", ".join(f"{quoted(column)}{' DESC' if descending else ''}" for column in order)
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
-        return self.query_df(sql, params)
+        return self.query_df(sql, params).reindex(columns=list(spec.columns))  # columns an old store lacks: empty
 
     def _insert(self, spec: TableSpec, rows: list[dict[str, Any]]) -> None:
         if not rows:
