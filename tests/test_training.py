@@ -154,3 +154,19 @@ def test_a_report_shows_only_variants_trained_on_its_images_or_used_in_it(imbala
         assert ran.exit_code == 0, ran.stderr
     assert 'id="training"' in next((tmp_path / "same").glob("*.html")).read_text()
     assert 'id="training"' not in next((tmp_path / "other_report").glob("*.html")).read_text()
+
+
+def test_two_class_training_metrics_list_sensitivity_and_specificity_once():
+    """Issue #17, item 6 (part): for two classes the report listed sensitivity and specificity of both,
+    so each figure appeared twice (benign's sensitivity is malignant's specificity)."""
+    import pandas as pd
+
+    from toolkit.plugins.commands.train_report import comparison_rows
+
+    metrics = pd.DataFrame([{"metric": m, "class": c, "value": v, "ci_low": v - 0.1, "ci_high": min(v + 0.1, 1.0)}
+                            for m, c, v in (("balanced_accuracy", None, 0.8), ("sensitivity", "benign", 0.7),
+                                            ("sensitivity", "malignant", 0.9), ("specificity", "benign", 0.9),
+                                            ("specificity", "malignant", 0.7))])
+    labels = [row["label"] for row in comparison_rows(metrics, {}, ["benign", "malignant"])]
+    assert [label for label in labels if label.startswith(("Sensitivity", "Specificity"))] == [
+        "Sensitivity, malignant", "Specificity, malignant"]

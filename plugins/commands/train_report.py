@@ -42,11 +42,13 @@ def _per_class(frame: pd.DataFrame, metric: str, cls: str, classes: list[str]) -
 
 
 def comparison_rows(finetuned: pd.DataFrame, probes: dict[str, pd.DataFrame], classes: list[str]) -> list[dict[str, Any]]:
-    """One row per metric (per class for sensitivity and specificity): the fine-tuned estimate and
+    """One row per metric (per class for sensitivity and specificity; for two classes only the
+    second's, since the first's sensitivity is the second's specificity): the fine-tuned estimate and
     each probe's, keyed by column name."""
+    per_class = classes[1:] if len(classes) == 2 else classes
     rows = []
     for metric, label in METRIC_LABELS:
-        for cls in (classes if metric in ("sensitivity", "specificity") else [None]):
+        for cls in (per_class if metric in ("sensitivity", "specificity") else [None]):
             pick = (lambda f: _estimate(f, metric, None)) if cls is None else (  # noqa: E731
                 lambda f: _per_class(f, metric, cls, classes))
             rows.append({"label": f"{label}, {cls}" if cls else label, "finetuned": pick(finetuned),
