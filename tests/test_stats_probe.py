@@ -256,3 +256,24 @@ def test_probe_fits_converge_and_record_their_tolerance():
     assert np.abs(fitted - converged).max() < 1e-4
     main = next(r.data for r in probe(synthetic_context(dim=24, settings={"bootstrap": 50})) if getattr(r, "name", "") == "main")
     assert set(main["solver_tol"]) == {evaluation.SOLVER_TOL}
+
+
+def test_the_breakhis_protocol_probes_40x_images_of_its_four_subtypes_over_repeated_splits():
+    """Issue #16: --set probe.protocol=breakhis-40x-4class gives a number comparable with published
+    linear-probe results, and the store says which protocol made each row."""
+    context = synthetic_context(n_patients=32, per_patient=8, dim=24, signal=2.0, settings={
+        "bootstrap": 50, "protocol": "breakhis-40x-4class"})
+    meta = context.metadata
+    meta["subtype"] = meta["subtype"].replace({"adenosis": "tubular_adenoma", "lobular_carcinoma": "mucinous_carcinoma"})
+    results = probe(context)
+    main = next(r.data for r in results if getattr(r, "name", "") == "main")
+    published = main[main["protocol"] == "breakhis-40x-4class"]
+    assert set(main["protocol"]) == {"patient-cv", "breakhis-40x-4class"}
+    assert len(published) == 1 and published["target"].iloc[0] == "subtype"
+    row = published.iloc[0]
+    assert row["n_repeats"] == 5 and 0 <= row["sd"] < 0.5 and 0.25 < row["value"] <= 1
+    finding = next(r for r in results if getattr(r, "message", "").startswith("Protocol breakhis-40x-4class"))
+    assert "over 5 repeated patient splits" in finding.message
+    meta["magnification"] = 100  # no 40x image: the protocol cannot run, and says so
+    skipped = probe(context)
+    assert any("Not probed under breakhis-40x-4class" in getattr(r, "message", "") for r in skipped)

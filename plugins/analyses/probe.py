@@ -9,6 +9,7 @@ in both training and test folds) is stored beside it for comparison.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from itertools import combinations
 from pathlib import Path
 
@@ -30,6 +31,25 @@ pd = lazy_import("pandas")
 
 TARGETS = ("label", "subtype")
 SPLITS = ("patient", "image")
+PATIENT_CV = "patient-cv"
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A published linear-probe protocol: which images, which classes, how many repeated patient splits."""
+
+    name: str
+    description: str
+    magnification: int
+    subtypes: tuple[str, ...]
+    repeats: int
+
+
+PROTOCOLS = {p.name: p for p in (
+    Protocol("breakhis-40x-4class", "BreakHis, 40x images only, 4 classes (tubular adenoma, mucinous carcinoma, "
+             "fibroadenoma, ductal carcinoma), split by patient, balanced accuracy averaged over repeated splits",
+             40, ("tubular_adenoma", "mucinous_carcinoma", "fibroadenoma", "ductal_carcinoma"), 5),
+)}
 
 
 def _target_problem(meta: pd.DataFrame, target: str) -> str | None:
@@ -64,21 +84,66 @@ def _fit_all(context: AnalysisContext) -> tuple[list[OutOfFold], list[str]]:
     return fitted, skipped
 
 
+def protocol_rows(context: AnalysisContext, protocol: Protocol) -> pd.DataFrame:
+    """The probe under a published protocol: its images and classes only, ``repeats`` patient-grouped
+    cross-validations with different seeds. Columns as :func:`metric_rows` (``value`` the mean over
+    repeats, the interval the patient bootstrap of the first repeat), plus ``sd`` and ``n_repeats``;
+    SkipAnalysis when the run lacks the protocol's images."""
+    meta = context.metadata
+    keep = ((pd.to_numeric(meta["magnification"], errors="coerce") == protocol.magnification)
+            & meta["subtype"].isin(protocol.subtypes) & meta["patient_id"].notna()).to_numpy()
+    if len(set(meta.loc[keep, "subtype"])) < len(protocol.subtypes):
+        missing = sorted(set(protocol.subtypes) - set(meta.loc[keep, "subtype"]))
+        raise SkipAnalysis(f"protocol {protocol.name} needs {protocol.magnification}x images of "
+                           f"{', '.join(protocol.subtypes)}; none of {', '.join(missing)}")
+    y, classes = group_codes(meta.loc[keep, "subtype"].reset_index(drop=True))
+    patients, _ = group_codes(meta.loc[keep, "patient_id"].reset_index(drop=True))
+    x = np.asarray(context.embeddings)[keep]
+    c = float(context.settings.get("c", C_DEFAULT))
+    repeats = [fold_indices(y, patients, "patient", context.seed + r) for r in range(protocol.repeats)]
+    probas = cross_validate(x, [(y, len(classes), folds) for folds in repeats], c)
+    names = [str(k) for k in classes]
+    fitted = [OutOfFold("subtype", "patient", names, y, proba, len(folds)) for proba, folds in zip(probas, repeats)]
+    scores = [float(probe_metrics(oof, patients, np.ones((1, int(patients.max()) + 1)))["balanced_accuracy"][0])
+              for oof in fitted]
+    rows = metric_rows(fitted[0], patients, int(context.settings.get("bootstrap", N_BOOTSTRAP)), context.seed)
+    rows = rows[rows["metric"] == "balanced_accuracy"].assign(value=float(np.mean(scores)), sd=float(np.std(scores)),
+                                                               n_repeats=protocol.repeats)
+    return rows.assign(protocol=protocol.name)
+
+
 def probe(context: AnalysisContext) -> list:
-    """Table ``main`` (see :func:`metric_rows`), table ``predictions`` (see :func:`prediction_rows`),
-    a finding per target comparing the patient and the (leaky) image split, ROC and confusion figures."""
+    """Table ``main`` (see :func:`metric_rows`; ``protocol`` says which protocol made each row: tk's
+    patient-grouped cross-validation, and with the ``protocol`` setting a published one, see
+    :func:`protocol_rows`), table ``predictions`` (see :func:`prediction_rows`), a finding per target
+    comparing the patient and the (leaky) image split, ROC and confusion figures."""
     fitted, skipped = _fit_all(context)
     if not fitted:
         raise SkipAnalysis("; ".join(skipped))
     patients, _ = group_codes(context.metadata["patient_id"])
     n_bootstrap = int(context.settings.get("bootstrap", N_BOOTSTRAP))
-    metrics = pd.concat([metric_rows(oof, patients, n_bootstrap, context.seed) for oof in fitted],
-                        ignore_index=True).assign(solver_tol=SOLVER_TOL)
+    tables = [metric_rows(oof, patients, n_bootstrap, context.seed).assign(protocol=PATIENT_CV) for oof in fitted]
+    protocol_findings = []
+    protocol = PROTOCOLS.get(context.settings.get("protocol", PATIENT_CV))
+    if protocol is not None:
+        try:
+            published = protocol_rows(context, protocol)
+            tables.append(published)
+            row = published.iloc[0]
+            protocol_findings.append(Finding(
+                f"Protocol {protocol.name} ({protocol.description}): balanced accuracy {row['value']:.3f} "
+                f"(sd {row['sd']:.3f} over {protocol.repeats} repeated patient splits), comparable with published "
+                "numbers under the same protocol.", detail={"protocol": protocol.name, "mean": row["value"],
+                                                              "sd": row["sd"]}))
+        except SkipAnalysis as exc:
+            protocol_findings.append(Finding(f"Not probed under {protocol.name}: {exc}", "warning"))
+    metrics = pd.concat(tables, ignore_index=True).assign(solver_tol=SOLVER_TOL)
     image_ids = context.metadata["image_id"].to_numpy()
     predictions = pd.concat([prediction_rows(oof, image_ids) for oof in fitted], ignore_index=True)
     results: list = [Table("main", metrics, "Linear probe metrics with patient-bootstrap 95% CIs"),
                      Table("predictions", predictions, "Out-of-fold class probabilities of every image"),
-                     *_findings(metrics), *[Finding(f"Not probed: {s}", "warning") for s in skipped]]
+                     *_findings(metrics[metrics["protocol"] == PATIENT_CV]), *protocol_findings,
+                     *[Finding(f"Not probed: {s}", "warning") for s in skipped]]
     binary = [oof for oof in fitted if oof.target == "label" and len(oof.classes) == 2]
     if binary:
         results += [_roc_figure(context.backbone, binary), _confusion_figure(context.backbone, binary[0])]
@@ -210,7 +275,9 @@ def register_analyses(register):
     """Register ``probe`` and ``backbone_comparison``."""
     register(Analysis(name="probe", run=probe, needs=Needs(labels=True, patients=True, min_samples=10), order=60,
                       settings=(Setting("c", float, C_DEFAULT, "inverse L2 regularisation of the logistic regression"),
-                                Setting("bootstrap", int, N_BOOTSTRAP, "patient-bootstrap resamples for the CIs")),
+                                Setting("bootstrap", int, N_BOOTSTRAP, "patient-bootstrap resamples for the CIs"),
+                                Setting("protocol", str, PATIENT_CV, "also evaluate under a published protocol",
+                                        choices=(PATIENT_CV, *PROTOCOLS))),
                       title="Linear probe",
                       description="Logistic regression on standardised embeddings, cross-validated by patient "
                                   "(and, for comparison, leakily by image), with patient-bootstrap CIs."))
@@ -239,6 +306,8 @@ def backbone_estimates(context: ReportContext) -> list[dict]:
     metrics = context.store.run_results(context.run_id, "probe")
     if metrics.empty:
         return []
+    if "protocol" in metrics:  # results stored before protocols existed have none: all patient-cv
+        metrics = metrics[metrics["protocol"].fillna(PATIENT_CV) == PATIENT_CV]
     metrics = metrics[(metrics["target"] == "label")
                       & (metrics["class"].isna() | metrics["metric"].isin(["sensitivity", "specificity"]))]
     rows = []
@@ -300,6 +369,9 @@ def report_sections(context: ReportContext) -> list[ReportSection]:
     paired = paired_verdict(context, best)
     column = lambda key: {r["backbone"]: r[key] for r in rows}  # noqa: E731
     highlighted = best["backbone"] if best and not (paired and paired["unclear"]) else None
+    protocol_columns = [ComparisonColumn(f"Balanced accuracy, {name} (mean of {PROTOCOLS[name].repeats} splits)",
+                                         values, order=63, note=f"“{name}”: {PROTOCOLS[name].description}.")
+                        for name, values in protocol_scores(context).items()]
     return [ReportSection(slot="summary", template=SUMMARY_TEMPLATE,
                           data={"best": best, "tied": tied, "paired": paired}, columns=[
         ComparisonColumn("Balanced accuracy, new patients", column("balanced_accuracy"), order=60,
@@ -312,4 +384,14 @@ def report_sections(context: ReportContext) -> list[ReportSection]:
         ComparisonColumn("AUC, new patients", column("roc_auc"), order=61),
         ComparisonColumn("Balanced accuracy, leaky split", column("leaky_balanced_accuracy"), order=62, css="leaky",
                          note="“Leaky split”: images of one patient may sit in both training and test folds, "
-                              "which overstates performance.")])]
+                              "which overstates performance."), *protocol_columns])]
+
+
+def protocol_scores(context: ReportContext) -> dict[str, dict[str, str]]:
+    """Per published protocol the run was probed under: backbone -> "mean ± sd" balanced accuracy."""
+    metrics = context.store.run_results(context.run_id, "probe")
+    if metrics.empty or "protocol" not in metrics:
+        return {}
+    published = metrics[metrics["protocol"].isin(list(PROTOCOLS)) & (metrics["metric"] == "balanced_accuracy")]
+    return {name: {r.backbone: f"{r.value:.2f} ± {r.sd:.2f}" for r in rows.itertuples()}
+            for name, rows in published.groupby("protocol")}
