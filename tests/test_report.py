@@ -67,6 +67,10 @@ def test_report_loads_in_chromium_with_every_section(tmp_path, tiny_run):
         "Balanced accuracy, new patients", "Patient score, new patients", "AUC, new patients", "Balanced accuracy, leaky split", "Images / s"]
     assert "The embeddings that best separate benign from malignant tissue come from" in page.dom  # the probe's
     assert "Integrity checks" in page.dom.split('id="dataset"', 1)[1]
+    card = page.dom.split('id="model-card"', 1)[1].split("</section>", 1)[0]  # issue #16: the model card
+    for item in ("Intended use", "Out of scope", "Data", "How it was tested", "Known limitations", "RANDOM"):
+        assert item in card, item
+    assert "whole patients held out" in card and "balanced accuracy" in card
     assert page.screenshot.stat().st_size > 20_000  # a rendered page, not a blank one
     gallery = page.dom.split('id="section-tiny-gradcam"', 1)[1].split('class="analysis"', 1)[0]
     assert "status-ok" in gallery and 'src="data:image/png;base64,' in gallery  # the Grad-CAM gallery

@@ -198,7 +198,7 @@ def test_backbones_are_compared_on_the_same_patient_resamples():
 
     from toolkit.analysis.runner import run_analyses, with_dependencies
     from toolkit.plugin.registry import load_registry
-    from toolkit.plugins.analyses.probe import clear_winner
+    from toolkit.plugins.analyses.backbone_comparison import clear_winner
     from toolkit.store import Store
     from toolkit.testing import synthetic_run
 

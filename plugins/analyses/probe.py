@@ -8,21 +8,19 @@ in both training and test folds) is stored beside it for comparison.
 
 from __future__ import annotations
 
-import warnings
-from dataclasses import dataclass
-from itertools import combinations
-from pathlib import Path
 
 import numpy as np
 
 from toolkit import hookimpl
 from toolkit.analysis.evaluation import (C_DEFAULT, N_BOOTSTRAP, SOLVER_TOL, OutOfFold, confusion_counts, cross_validate,
-                                         fold_indices, metric_rows, patient_classes, patient_resamples,
-                                         percentile_ci, prediction_rows, probe_metrics)
+                                         fold_indices, metric_rows, prediction_rows, probe_metrics)
 from toolkit.analysis.figures import PALETTE, new_figure, to_svg
 from toolkit.analysis.stats import group_codes
 from toolkit.plugin.results import Figure, Finding, SkipAnalysis, Table
-from toolkit.plugin.sections import ComparisonColumn, ReportContext, ReportSection
+from toolkit.plugin.sections import ReportContext, ReportSection
+from toolkit.plugins.analyses.backbone_comparison import backbone_comparison
+from toolkit.plugins.analyses.probe_report import model_card_section, summary_section
+from toolkit.plugins.analyses.protocols import PATIENT_CV, PROTOCOLS, Protocol
 from toolkit.plugin.settings import Setting
 from toolkit.plugin.types import Analysis, AnalysisContext, Needs
 from toolkit.lazy import lazy_import
@@ -31,27 +29,6 @@ pd = lazy_import("pandas")
 
 TARGETS = ("label", "subtype")
 SPLITS = ("patient", "image")
-PATIENT_CV = "patient-cv"
-
-
-@dataclass(frozen=True)
-class Protocol:
-    """A published linear-probe protocol: which images, which classes, how many repeated patient splits."""
-
-    name: str
-    description: str
-    magnification: int
-    subtypes: tuple[str, ...]
-    repeats: int
-
-
-PROTOCOLS = {p.name: p for p in (
-    Protocol("breakhis-40x-4class", "BreakHis, 40x images only, 4 classes (tubular adenoma, mucinous carcinoma, "
-             "fibroadenoma, ductal carcinoma), split by patient, balanced accuracy averaged over repeated splits",
-             40, ("tubular_adenoma", "mucinous_carcinoma", "fibroadenoma", "ductal_carcinoma"), 5),
-)}
-
-
 def _target_problem(meta: pd.DataFrame, target: str) -> str | None:
     if target not in meta.columns or meta[target].isna().any():
         return f"{target}: needs a value for every image"
@@ -150,73 +127,6 @@ def probe(context: AnalysisContext) -> list:
     return results
 
 
-COMPARED = ("balanced_accuracy", "roc_auc")
-
-
-def out_of_fold(predictions: pd.DataFrame, image_ids: np.ndarray) -> OutOfFold:
-    """The label target's patient-split predictions of one backbone (a ``predictions`` table) as an
-    OutOfFold, rows in the order of ``image_ids``."""
-    rows = predictions[(predictions["target"] == "label") & (predictions["split"] == "patient")]
-    proba = rows.pivot(index="image_id", columns="class", values="probability").reindex(image_ids)
-    classes = [str(c) for c in proba.columns]
-    truth = rows.drop_duplicates("image_id").set_index("image_id")["y_true"].reindex(image_ids)
-    y_true = np.array([classes.index(str(t)) for t in truth])
-    return OutOfFold("label", "patient", classes, y_true, proba.to_numpy(dtype=np.float64), 0)
-
-
-def backbone_comparison(context: AnalysisContext) -> list:
-    """Table ``main``: for every pair of backbones and metric (balanced accuracy, AUC; label target,
-    patient split), the difference a − b with a 95% interval from the same patient resamples applied
-    to both, so the interval reflects the pairing; a finding saying whether one backbone is clearly
-    better (its interval against every other excludes 0)."""
-    meta = context.metadata
-    image_ids = meta["image_id"].to_numpy()
-    fitted = {}
-    for name in sorted(context.all_embeddings):
-        predictions = context.store.result_table(context.run_id, "probe", "predictions", name)
-        if not predictions.empty and ((predictions["target"] == "label") & (predictions["split"] == "patient")).any():
-            fitted[name] = out_of_fold(predictions, image_ids)
-    if len(fitted) < 2:
-        raise SkipAnalysis("needs the probe's patient-split label predictions of at least 2 backbones")
-    patients, _ = group_codes(meta["patient_id"])
-    first = next(iter(fitted.values()))
-    resamples = patient_resamples(patient_classes(first.y_true, patients), int(context.settings.get(
-        "bootstrap", N_BOOTSTRAP)), context.seed)
-    ones = np.ones((1, resamples.shape[1]))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        boot = {name: probe_metrics(oof, patients, resamples) for name, oof in fitted.items()}
-        point = {name: probe_metrics(oof, patients, ones) for name, oof in fitted.items()}
-    rows = []
-    for a, b in combinations(fitted, 2):
-        for metric in COMPARED:
-            low, high = percentile_ci(boot[a][metric] - boot[b][metric])
-            rows.append({"metric": metric, "backbone_a": a, "backbone_b": b, "value_a": float(point[a][metric][0]),
-                         "value_b": float(point[b][metric][0]), "diff": float(point[a][metric][0] - point[b][metric][0]),
-                         "ci_low": low, "ci_high": high})
-    table = pd.DataFrame(rows)
-    winner = clear_winner(table, "balanced_accuracy")
-    verdict = (f"{winner} separates the classes better than every other backbone: the 95% interval of each paired "
-               "difference in balanced accuracy excludes 0." if winner else
-               "No backbone is clearly better on these data: every backbone's paired difference in balanced accuracy "
-               "to the best one has a 95% interval that includes 0.")
-    return [Table("main", table, "Paired differences between backbones, same patient resamples for both"),
-            Finding(verdict, detail={"best": winner})]
-
-
-def clear_winner(comparison: pd.DataFrame, metric: str) -> str | None:
-    """The backbone whose paired difference in ``metric`` to every other backbone has an interval above
-    0, or None when no backbone is clearly better."""
-    rows = comparison[comparison["metric"] == metric]
-    names = set(rows["backbone_a"]) | set(rows["backbone_b"])
-    for name in sorted(names):
-        above = [(r.ci_low > 0) if r.backbone_a == name else (r.ci_high < 0)
-                 for r in rows.itertuples() if name in (r.backbone_a, r.backbone_b)]
-        if above and all(above):
-            return name
-    return None
-
-
 def _findings(metrics: pd.DataFrame) -> list[Finding]:
     rows = metrics[metrics["metric"] == "balanced_accuracy"].set_index(["target", "split"])
     findings = []
@@ -289,109 +199,8 @@ def register_analyses(register):
                                   "from the same patient resamples."))
 
 
-SUMMARY_TEMPLATE = Path(__file__).parent / "templates" / "probe_summary.html"
-
-
-def _estimate(rows: pd.DataFrame, backbone: str, split: str, metric: str) -> dict[str, float] | None:
-    found = rows[(rows["backbone"] == backbone) & (rows["split"] == split) & (rows["metric"] == metric)]
-    if found.empty:
-        return None
-    row = found.iloc[0]
-    return {"value": float(row["value"]), "low": float(row["ci_low"]), "high": float(row["ci_high"])}
-
-
-def backbone_estimates(context: ReportContext) -> list[dict]:
-    """Per backbone of the run: patient-split balanced accuracy, AUC, sensitivity and specificity,
-    and the leaky image-split balanced accuracy (binary label target), each with its interval."""
-    metrics = context.store.run_results(context.run_id, "probe")
-    if metrics.empty:
-        return []
-    if "protocol" in metrics:  # results stored before protocols existed have none: all patient-cv
-        metrics = metrics[metrics["protocol"].fillna(PATIENT_CV) == PATIENT_CV]
-    metrics = metrics[(metrics["target"] == "label")
-                      & (metrics["class"].isna() | metrics["metric"].isin(["sensitivity", "specificity"]))]
-    rows = []
-    for name in context.backbone_names:
-        rows.append({"backbone": name, **{key: _estimate(metrics, name, split, metric) for key, split, metric in (
-            ("balanced_accuracy", "patient", "balanced_accuracy"), ("roc_auc", "patient", "roc_auc"),
-            ("sensitivity", "patient", "sensitivity"), ("specificity", "patient", "specificity"),
-            ("patient_score", "patient", "patient_score"),
-            ("leaky_balanced_accuracy", "image", "balanced_accuracy"))}})
-    return rows
-
-
-def paired_verdict(context: ReportContext, best: dict | None) -> dict | None:
-    """Whether the best backbone is clearly better than the others (``backbone_comparison``): the
-    paired differences in balanced accuracy against it, and ``unclear`` when one interval includes 0.
-    None when there is nothing to compare."""
-    comparison = context.store.run_results(context.run_id, "backbone_comparison")
-    if best is None or comparison.empty:
-        return None
-    rows = comparison[(comparison["metric"] == "balanced_accuracy")
-                      & ((comparison["backbone_a"] == best["backbone"]) | (comparison["backbone_b"] == best["backbone"]))]
-    differences = []
-    for r in rows.itertuples():
-        sign = 1 if r.backbone_a == best["backbone"] else -1
-        low, high = sorted((round(sign * r.ci_low, 6) + 0.0, round(sign * r.ci_high, 6) + 0.0))  # no -0.00
-        differences.append({"other": r.backbone_b if sign == 1 else r.backbone_a,
-                            "value": round(sign * r.diff, 6) + 0.0, "low": low, "high": high})
-    return {"differences": differences, "unclear": any(d["low"] <= 0 for d in differences)}
-
-
-def _silhouettes(context: ReportContext) -> dict[str, float]:
-    """The label silhouette per backbone, when clustering ran (it breaks ties between backbones)."""
-    clustering = context.store.run_results(context.run_id, "clustering")
-    if clustering.empty:
-        return {}
-    labels = clustering[clustering["partition"] == "label"]
-    return dict(zip(labels["backbone"], labels["silhouette_euclidean"].astype(float)))
-
-
-def best_backbone(rows: list[dict], silhouettes: dict[str, float]) -> tuple[dict | None, list[str]]:
-    """The backbone that separates the classes best (patient-split balanced accuracy, then AUC, then
-    silhouette) and the others tied with it on balanced accuracy and AUC."""
-    def separation(row: dict) -> tuple[float, float, float]:
-        value = lambda m: m["value"] if m else float("-inf")  # noqa: E731
-        return value(row["balanced_accuracy"]), value(row["roc_auc"]), silhouettes.get(row["backbone"], float("-inf"))
-
-    ranked = [r for r in rows if r["balanced_accuracy"]]
-    if not ranked:
-        return None, []
-    best = max(ranked, key=separation)
-    return best, [r["backbone"] for r in ranked if r is not best and separation(r)[:2] == separation(best)[:2]]
-
-
 @hookimpl
 def report_sections(context: ReportContext) -> list[ReportSection]:
-    """The summary's verdict on the backbones and the probe's columns of the comparison table."""
-    rows = backbone_estimates(context)
-    best, tied = best_backbone(rows, _silhouettes(context))
-    paired = paired_verdict(context, best)
-    column = lambda key: {r["backbone"]: r[key] for r in rows}  # noqa: E731
-    highlighted = best["backbone"] if best and not (paired and paired["unclear"]) else None
-    protocol_columns = [ComparisonColumn(f"Balanced accuracy, {name} (mean of {PROTOCOLS[name].repeats} splits)",
-                                         values, order=63, note=f"“{name}”: {PROTOCOLS[name].description}.")
-                        for name, values in protocol_scores(context).items()]
-    return [ReportSection(slot="summary", template=SUMMARY_TEMPLATE,
-                          data={"best": best, "tied": tied, "paired": paired}, columns=[
-        ComparisonColumn("Balanced accuracy, new patients", column("balanced_accuracy"), order=60,
-                         best=highlighted,
-                         note="Brackets: 95% confidence intervals from a patient-level bootstrap. “New patients”: "
-                              "cross-validation grouped by patient."),
-        ComparisonColumn("Patient score, new patients", column("patient_score"), order=60.5,
-                         note="“Patient score”: for each held-out patient, the share of their images classified "
-                              "correctly, averaged over patients (balanced accuracy counts images)."),
-        ComparisonColumn("AUC, new patients", column("roc_auc"), order=61),
-        ComparisonColumn("Balanced accuracy, leaky split", column("leaky_balanced_accuracy"), order=62, css="leaky",
-                         note="“Leaky split”: images of one patient may sit in both training and test folds, "
-                              "which overstates performance."), *protocol_columns])]
-
-
-def protocol_scores(context: ReportContext) -> dict[str, dict[str, str]]:
-    """Per published protocol the run was probed under: backbone -> "mean ± sd" balanced accuracy."""
-    metrics = context.store.run_results(context.run_id, "probe")
-    if metrics.empty or "protocol" not in metrics:
-        return {}
-    published = metrics[metrics["protocol"].isin(list(PROTOCOLS)) & (metrics["metric"] == "balanced_accuracy")]
-    return {name: {r.backbone: f"{r.value:.2f} ± {r.sd:.2f}" for r in rows.itertuples()}
-            for name, rows in published.groupby("protocol")}
+    """The summary's verdict on the backbones, the probe's columns of the comparison table and the
+    model card (``probe_report``)."""
+    return [*summary_section(context), *model_card_section(context)]
