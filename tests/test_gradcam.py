@@ -48,3 +48,21 @@ def test_pointing_game():
         top, left = boxes[index]
         hits += top - 2 <= r < top + patch + 2 and left - 2 <= c < left + patch + 2
     assert hits / len(positives) >= 0.8, f"pointing game {hits}/{len(positives)}"
+
+
+def test_the_explanation_keeps_the_aspect_ratio_and_shows_the_original_beside_the_overlay():
+    """Issue #17, item 16: tk explain wrote a bare 224x224 overlay squashed from 700x460."""
+    import io
+
+    from PIL import Image
+
+    from toolkit.models.gradcam import explanation_png
+
+    image = np.zeros((46, 70, 3), dtype=np.uint8)
+    heatmap = np.zeros((7, 7))
+    heatmap[2, 5] = 1.0
+    png = explanation_png(image, heatmap, "tiny: malignant (97%)", caption="Grad-CAM of tiny for malignant")
+    shown = Image.open(io.BytesIO(png))
+    width, height = shown.size
+    assert width / height > 2  # two panels of the image's own 70:46 shape side by side (a squashed square was 1)
+    assert shown.text["Description"] == "Grad-CAM of tiny for malignant"

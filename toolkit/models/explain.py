@@ -12,8 +12,10 @@ import numpy as np
 
 from toolkit.models.classifier import Classifier, weights_note
 from toolkit.errors import TkError
-from toolkit.models.gradcam import gradcam, overlay_png
-from toolkit.ingest.images import read_image
+from toolkit.ingest.images import read_image, read_size
+from toolkit.models.gradcam import explanation_png, gradcam
+
+DISPLAY_MAX = 700  # the longest side of the explanation's panels, in pixels (BreakHis: 700 x 460)
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,8 @@ class Prediction:
 
 
 def explain(classifier: Classifier, image: Path, out_dir: Path) -> Prediction:
-    """Write ``<out>/<image stem>.gradcam-<backbone>.png`` and return the prediction it explains."""
+    """Write ``<out>/<image stem>.gradcam-<backbone>.png`` (the image at its own aspect ratio beside
+    its Grad-CAM overlay, with a colour bar and the predicted class) and return the prediction."""
     layer = classifier.backbone.gradcam_layer
     if not layer:
         raise TkError(f"backbone {classifier.backbone.name} declares no gradcam_layer; Grad-CAM needs one")
@@ -47,7 +50,13 @@ def explain(classifier: Classifier, image: Path, out_dir: Path) -> Prediction:
     best = int(probabilities[0].argmax())
     prediction = Prediction(image, classifier.head.classes[best], float(probabilities[0, best]), latency, target,
                             classifier.weights_kind)
-    target.write_bytes(overlay_png(pixels, heatmaps[0], caption=caption(prediction, classifier.backbone.name)))
+    width, height = read_size(image)
+    scale = min(1.0, DISPLAY_MAX / max(width, height))
+    shown = read_image(image, (max(1, round(height * scale)), max(1, round(width * scale))))
+    title = f"{classifier.backbone.name}: {prediction.label} ({prediction.probability:.0%})"
+    if prediction.note:
+        title += " — RANDOM weights, not evidence"
+    target.write_bytes(explanation_png(shown, heatmaps[0], title, caption(prediction, classifier.backbone.name)))
     return prediction
 
 

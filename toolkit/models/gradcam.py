@@ -48,18 +48,60 @@ def upsample(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(image.resize((size[1], size[0]), Image.Resampling.BILINEAR))
 
 
-def overlay_png(pixels: np.ndarray, heatmap: np.ndarray, alpha: float = 0.45, caption: str | None = None) -> bytes:
-    """The image with the heatmap blended on top (viridis, colour-blind safe), as PNG bytes; a
-    ``caption`` is kept as the PNG's ``Description`` text."""
+ALPHA = 0.45  # how much of the heatmap's colour covers the image where the heatmap is 1
+
+
+def blend(pixels: np.ndarray, heatmap: np.ndarray, alpha: float = ALPHA) -> np.ndarray:
+    """``pixels`` (h, w, 3) with the heatmap, resized to them, blended on top in viridis (colour-blind
+    safe), as uint8."""
     from matplotlib import colormaps
-    from PIL.PngImagePlugin import PngInfo
 
     heat = upsample(heatmap, pixels.shape[:2])
     colours = colormaps["viridis"](np.clip(heat, 0, 1))[..., :3] * 255
     blended = (1 - alpha * heat[..., None]) * pixels.astype(np.float64) + alpha * heat[..., None] * colours
-    buffer = io.BytesIO()
+    return np.clip(blended, 0, 255).astype(np.uint8)
+
+
+def _png_info(caption: str | None) -> Any:
+    """PNG text chunks: ``caption`` as ``Description``."""
+    from PIL.PngImagePlugin import PngInfo
+
     info = PngInfo()
     if caption:
         info.add_text("Description", caption)
-    Image.fromarray(np.clip(blended, 0, 255).astype(np.uint8)).save(buffer, format="PNG", pnginfo=info)
+    return info
+
+
+def overlay_png(pixels: np.ndarray, heatmap: np.ndarray, alpha: float = ALPHA) -> bytes:
+    """The image with the heatmap blended on top, as PNG bytes (the report's gallery)."""
+    buffer = io.BytesIO()
+    Image.fromarray(blend(pixels, heatmap, alpha)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def explanation_png(image: np.ndarray, heatmap: np.ndarray, title: str, caption: str | None = None) -> bytes:
+    """The image at its own aspect ratio beside the same image with the heatmap blended on, a colour
+    bar saying what the colours mean and ``title`` (the predicted class) above, as PNG bytes."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    from toolkit.analysis.figures import new_figure
+
+    height, width = image.shape[:2]
+    panel = 3.2
+    figure, _ = new_figure(2 * panel * width / height + 1.2, panel + 0.8)
+    figure.clf()
+    left, right = figure.subplots(1, 2)
+    for axis, shown, name in ((left, image, "original"), (right, blend(image, heatmap), "Grad-CAM")):
+        axis.imshow(shown)
+        axis.set_title(name, fontsize=9)
+        axis.axis("off")
+    figure.colorbar(ScalarMappable(Normalize(0, 1), "viridis"), ax=[left, right], fraction=0.025, pad=0.02,
+                    label="pushed towards the class (0 not, 1 most)")  # both panels keep one size
+    figure.suptitle(title, fontsize=10)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight", pil_kwargs={"pnginfo": _png_info(caption)})
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
     return buffer.getvalue()
