@@ -112,9 +112,15 @@ def test_new_image_is_added_incrementally(tmp_path, breakhis):
 def test_unknown_backbone_is_one_clear_line(tmp_path, breakhis):
     result = run_tk("run", breakhis, "--backbone", "nope", "--store", tmp_path / "s.duckdb")
     assert result.exit_code == 1
-    assert result.stderr.strip().splitlines() == [
-        "error: unknown backbone nope; available: resnet50, efficientnetb0, densenet201 (see `tk plugins`)"]
+    expected = "error: unknown backbone 'nope'; available: densenet201, efficientnetb0, resnet50 (see `tk plugins`)"
+    assert result.stderr.strip().splitlines() == [expected]
     assert not (tmp_path / "s.duckdb").exists()
+    from toolkit.store import Store
+
+    Store.open(tmp_path / "other.duckdb").close()  # an (empty) store, so that tk similar gets to the backbone
+    image = next(breakhis.rglob("*.png"))
+    similar = run_tk("similar", image, "--backbone", "nope", "--store", tmp_path / "other.duckdb")
+    assert similar.stderr.strip().splitlines()[-1] == expected  # every command words it the same (#17, 14)
 
 
 def test_missing_data_folder_is_one_clear_line(tmp_path):

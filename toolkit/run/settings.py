@@ -70,7 +70,8 @@ def select(items: dict[str, Any], spec: str, kind: str) -> list[Any]:
         items = with_variants(items, names)
     unknown = [n for n in names if n not in items]
     if unknown:
-        raise TkError(f"unknown {kind} {', '.join(unknown)}; available: {', '.join(items) or 'none'} (see `tk plugins`)")
+        raise TkError(f"unknown {kind} {', '.join(map(repr, unknown))}; available: {', '.join(sorted(items)) or 'none'} "
+                      "(see `tk plugins`)")
     return [items[n] for n in dict.fromkeys(names)]
 
 
