@@ -186,3 +186,17 @@ def test_an_export_far_from_the_keras_model_warns_as_tk_run_precision_does(tmp_p
         context = SimpleNamespace(run_id="r1", store=store)
         [section] = deployment.report_sections(context)
         assert section.data["parity_warnings"] == warned
+
+
+def test_export_prints_json_for_machines(exported):
+    """Issue #17, item 12: tk export's parity table had no machine-readable form (and cut its headers)."""
+    import json
+
+    _, store, out = exported
+    result = run_tk("export", "--backbone", "tiny", "--format", "tflite", "--store", store, "--out", out,
+                    "--json", "--plugin", TINY)
+    assert result.exit_code == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert any(path.endswith("tiny-fp32.tflite") for path in document["files"])
+    [row] = [r for r in document["export_parity"] if r["format"] == "tflite"]
+    assert row["backbone"] == "tiny" and 0 < row["centred_cosine_mean"] <= 1.0 + 1e-6

@@ -24,6 +24,11 @@ def test_similar_returns_the_image_itself_first(tmp_path, breakhis):
     assert abs(float(first[5]) - 1.0) < 1e-6
     similarities = [float(line.split(",")[5]) for line in lines[1:]]
     assert similarities == sorted(similarities, reverse=True)
+    table = run_tk("similar", query, "--backbone", "tiny", "-k", "1", "--store", store, "--plugin", TINY,
+                   env={"COLUMNS": "80"})  # issue #17, item 12: the table hid the file behind 'malignant/SOB/…'
+    assert table.exit_code == 0, table.stderr
+    assert max(len(line) for line in table.stdout.splitlines()) <= 80
+    assert query.name.replace("-", "") in "".join(table.stdout.split()).replace("│", "").replace("-", "")
 
 
 def test_similar_embeds_a_new_image(tmp_path, breakhis):

@@ -58,10 +58,10 @@ def _print_table(frame, fmt: str) -> None:
 
         table = Table(show_lines=False)
         for column in frame.columns:
-            table.add_column(str(column))
+            table.add_column(str(column), overflow="fold")  # long paths wrap within the terminal, never cut
         for row in frame.itertuples(index=False):
             table.add_row(*[_cell(v) for v in row])
-        Console(soft_wrap=True).print(table)
+        Console().print(table)
 
 
 def _cell(value: object) -> str:
@@ -212,6 +212,7 @@ def build_app(plugins: list[str]) -> typer.Typer:
         store: Path = typer.Option(Path("tk.duckdb"), "--store"),
         out: Path = typer.Option(Path("exports"), "--out", help="Folder for the exported models."),
         seed: int = typer.Option(0, "--seed"),
+        as_json: bool = typer.Option(False, "--json", help="Print one JSON document: the files and every table row."),
         plugin: Optional[List[str]] = PluginOption,
     ) -> None:
         """Export a backbone + probe-head classifier, with size, latency and parity numbers."""
@@ -225,14 +226,18 @@ def build_app(plugins: list[str]) -> typer.Typer:
         with Store.open(store, must_exist=True) as opened:  # records the exports' parity
             context = ExportContext(opened.run(run_id)["run_id"], opened, {"backbones": [backbone], "seed": seed},
                                     registry=registry)
-            for exporter in exporters:
-                for path in exporter.export(context, out.resolve()):
-                    print(path)
+            files = [str(path) for exporter in exporters for path in exporter.export(context, out.resolve())]
             tables = {spec.name: spec for exporter in exporters for spec in exporter.tables}
-            for spec in tables.values():
-                rows = opened.rows(spec, where={"run_id": context.run_id, "backbone": backbone})
-                if not rows.empty:
-                    _print_table(rows[list(spec.summary or spec.columns)], "table")
+            rows = {name: opened.rows(spec, where={"run_id": context.run_id, "backbone": backbone})
+                    for name, spec in tables.items()}
+        if as_json:
+            print(json.dumps({"files": files, **{name: frame.to_dict("records") for name, frame in rows.items()}},
+                             default=str))
+            return
+        print("\n".join(files))
+        for name, frame in rows.items():
+            if not frame.empty:
+                _print_table(frame[list(tables[name].summary or tables[name].columns)], "table")
 
     @app.command()
     def explain(
