@@ -173,3 +173,22 @@ def test_a_demo_run_says_its_data_are_synthetic(tmp_path):
         [demo] = registry.exporter("html").export(ExportContext(run.run_id, store, registry=registry), tmp_path / "demo")
     assert 'id="synthetic-data"' in demo.read_text() and "Synthetic demo data" in demo.read_text()
     assert 'id="synthetic-data"' not in real.read_text()
+
+
+def test_numbers_and_figures_read_for_people():
+    """Issue #17, item 15: '1.66e+03', 'p_adj 0' and '7.1e-05 s' in the report; subtype boxes
+    alphabetical, mixing benign and malignant; an integrity warning repeated per backbone unnamed."""
+    import jinja2
+
+    from toolkit.plugins.analyses.ttest import by_class
+    from toolkit.report.environment import format_number, make_environment
+
+    assert format_number(1660.3) == "1,660" and format_number(0.25) == "0.25"
+    env = make_environment(None)
+    template = env.from_string('{% import "macros.html" as m %}{{ m.result_table(t) }}')
+    html = template.render(t={"table_name": "results_x", "description": "", "columns": ["feature", "p_adj", "meandiff"],
+                              "rows": [[1, 0.0, 0.0]], "n_rows": 1})
+    assert "&lt; 1e-300" in html and html.count("<td") == 3
+    assert by_class(np.array(["ductal", "adenosis", "lobular", "fibro"]),
+                    np.array(["malignant", "benign", "malignant", "benign"])) == ["adenosis", "fibro", "ductal", "lobular"]
+    assert isinstance(env, jinja2.Environment)

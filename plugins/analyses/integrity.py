@@ -137,10 +137,16 @@ INTEGRITY_TEMPLATE = Path(__file__).parent / "templates" / "integrity.html"
 
 @hookimpl
 def report_sections(context: ReportContext) -> list[ReportSection]:
-    """The integrity findings, once each, in the Dataset section."""
-    findings = {(f["severity"], f["message"]) for f in context.store.run_findings(context.run_id, "integrity")}
-    if not findings:
+    """The integrity findings in the Dataset section: once each, and naming the backbones a finding
+    holds for when it does not hold for all (near-duplicates depend on the embeddings)."""
+    found = context.store.run_findings(context.run_id, "integrity")
+    if not found:
         return []
-    ordered = sorted(findings, key=lambda f: (f[0] != "warning", f[1]))  # warnings first, as severity DESC
-    return [ReportSection("Integrity checks", slot="dataset", template=INTEGRITY_TEMPLATE,
-                          data={"findings": [{"severity": s, "message": m} for s, m in ordered]})]
+    backbones: dict[tuple[str, str], set[str]] = {}
+    for f in found:
+        backbones.setdefault((f["severity"], f["message"]), set()).add(f["backbone"])
+    every = {f["backbone"] for f in found}
+    ordered = sorted(backbones, key=lambda f: (f[0] != "warning", f[1]))  # warnings first, as severity DESC
+    return [ReportSection("Integrity checks", slot="dataset", template=INTEGRITY_TEMPLATE, data={"findings": [
+        {"severity": severity, "message": message if backbones[(severity, message)] == every
+         else f"{', '.join(sorted(backbones[(severity, message)]))}: {message}"} for severity, message in ordered]})]

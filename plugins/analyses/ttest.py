@@ -195,6 +195,14 @@ def _bar_figure(backbone: str | None, top: pd.DataFrame) -> Figure:
 BOXPLOT_FEATURES = 4
 
 
+def by_class(values: np.ndarray, classes: np.ndarray) -> list[str]:
+    """The distinct ``values`` (subtypes) ordered by the class most of their images have, then by
+    name: benign subtypes together before malignant ones, not interleaved alphabetically."""
+    frame = pd.DataFrame({"value": values, "cls": classes})
+    majority = frame.groupby("value")["cls"].agg(lambda c: c.value_counts().index[0])
+    return sorted(majority.index, key=lambda v: (majority[v], v))
+
+
 def _boxplots(context: AnalysisContext, x: np.ndarray, features: list[int], grouping: str) -> Figure:
     """Boxplots of the top features' values by ``grouping`` (top row) and by subtype (bottom row)."""
     meta = context.metadata
@@ -204,7 +212,7 @@ def _boxplots(context: AnalysisContext, x: np.ndarray, features: list[int], grou
     grid = figure.subplots(len(rows), max(len(features), 1), squeeze=False)
     for r, column in enumerate(rows):
         values = meta[column].astype(object).where(meta[column].notna(), "missing").astype(str).to_numpy()
-        groups = sorted(set(values))
+        groups = by_class(values, meta[grouping].astype(str).to_numpy()) if column != grouping else sorted(set(values))
         for c, feature in enumerate(features):
             axis = grid[r, c]
             parts = axis.boxplot([x[values == g, feature] for g in groups], patch_artist=True, widths=0.6,
@@ -218,6 +226,7 @@ def _boxplots(context: AnalysisContext, x: np.ndarray, features: list[int], grou
             axis.set_ylabel("value (embedding units)" if c == 0 else "", fontsize=7)
     figure.suptitle(f"{context.backbone}: the {len(features)} features with the largest effect, by {' and by '.join(rows)}",
                     fontsize=9)
+    figure.set_layout_engine("constrained")  # keeps offset texts (1e-5) and titles of two rows apart
     return Figure("top_feature_boxplots", to_svg(figure),
                   alt=f"Boxplots of the {len(features)} embedding features with the largest Hedges' g, "
                       f"split by {' and by '.join(rows)}; boxes span the middle half of the images, whiskers 1.5 IQR.",

@@ -81,6 +81,8 @@ def format_number(value: object, digits: int = 3) -> str:
     if isinstance(value, float):
         if value != value:
             return "—"
+        if 1e3 <= abs(value) < 1e6:  # 1,660 rather than 1.66e+03
+            return f"{value:,.0f}"
         if value == 0 or 1e-3 <= abs(value) < 1e6:
             return f"{value:.{digits}g}"
         return f"{value:.{digits - 1}e}"
