@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import duckdb
+import numpy as np
 import pytest
 
 from tests.bad_inputs import make_corpus
@@ -39,3 +40,22 @@ def test_pixel_limit_refuses_before_decoding(corpus_run):
     cases, result, _ = corpus_run
     bomb = next(line for line in result.stderr.splitlines() if cases["decompression bomb"][0] in line)
     assert "pixel" in bomb and "limit" in bomb or "decompression-bomb" in bomb
+
+
+def test_a_file_replaced_after_scanning_is_not_embedded_under_the_old_hash(tmp_path):
+    """The pipeline decodes only bytes that hash to the scanned sha256 (issue #20, item 4)."""
+    from tests.datasets import tile
+    from toolkit.extract.pipeline import decoded_batches
+    from toolkit.ingest.scan import scan
+    from toolkit.ingest.sources import ImageRecord
+
+    rng = np.random.default_rng(0)
+    path = tmp_path / "benign" / "a.png"
+    path.parent.mkdir()
+    tile(rng, False).save(path)
+    scanned, _ = scan([ImageRecord(path, "benign/a.png", "folders", "benign")], {})
+    tile(rng, True).save(path)  # replaced between scanning and reading
+    dataset, errors = decoded_batches(scanned, [(32, 32)], batch_size=1, threads=1)
+    [(index, ok, _pixels)] = list(dataset.as_numpy_iterator())
+    assert not ok.any()
+    assert errors[int(index[0])] == "changed since it was scanned; run again"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import warnings
 from pathlib import Path
 
@@ -70,11 +72,27 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image
 
 
-def load_rgb(path: Path | str, size: tuple[int, int]) -> np.ndarray:
-    """Decode ``path`` and resize it to ``size`` = (height, width); uint8 array (h, w, 3)."""
-    height, width = size
+def read_verified(path: Path | str, sha256: str) -> bytes:
+    """The bytes of ``path``, read once, provided they still hash to ``sha256`` (the scanned content).
+
+    Decoding these same bytes guarantees a vector always belongs to the content it was computed from,
+    even when the file is replaced between scanning and reading.
+    """
     try:
-        with Image.open(path) as image:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UnreadableImage(f"cannot read file ({exc.strerror or exc})") from exc
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise UnreadableImage("changed since it was scanned; run again")
+    return data
+
+
+def load_rgb(path: Path | str | bytes, size: tuple[int, int]) -> np.ndarray:
+    """Decode ``path`` (or a file's bytes) and resize it to ``size`` = (height, width); uint8 array (h, w, 3)."""
+    height, width = size
+    source = io.BytesIO(path) if isinstance(path, bytes) else path
+    try:
+        with Image.open(source) as image:
             if image.format == "JPEG":
                 image.draft("RGB", (width, height))
             image.load()
