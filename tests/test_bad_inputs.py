@@ -59,3 +59,23 @@ def test_a_file_replaced_after_scanning_is_not_embedded_under_the_old_hash(tmp_p
     [(index, ok, _pixels)] = list(dataset.as_numpy_iterator())
     assert not ok.any()
     assert errors[int(index[0])] == "changed since it was scanned; run again"
+
+
+def test_control_characters_in_file_names_never_reach_the_terminal(tmp_path):
+    """ANSI/OSC sequences and newlines in names are escaped; each warning stays one line (issue #20, item 6)."""
+    from tests.datasets import tile
+
+    root = tmp_path / "data"
+    (root / "benign").mkdir(parents=True)
+    tile(np.random.default_rng(0), False).save(root / "benign" / "good.png")
+    (root / "benign" / "bad\x1b[2J.png").write_text("not an image")
+    (root / "benign" / "title\x1b]0;pwned\x07.png").write_text("not an image")
+    (root / "benign" / "new\nline.png").write_bytes(b"")
+    result = run_tk("run", root, "--backbone", "tiny", "--weights", "random", "--store", tmp_path / "tk.duckdb",
+                    "--analysis", "none", "--export", "none", "--plugin", TINY, timeout=300)
+    assert result.exit_code == 0, result.stderr
+    assert "\x1b" not in result.stderr and "\x07" not in result.stderr
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert any("benign/bad\\x1b[2J.png: not an image file" in line for line in warnings), warnings
+    assert any("benign/title\\x1b]0;pwned\\x07.png" in line for line in warnings), warnings
+    assert any("benign/new\\x0aline.png: empty file" in line for line in warnings), warnings

@@ -48,27 +48,43 @@ SQL_HELP = ("Query the store with SQL. Read-only by default: no file is created 
 
 
 def _print_table(frame, fmt: str) -> None:
+    """Print ``frame`` as csv, json or a table; control characters in names and values are escaped
+    (json escapes them itself), so that no query result can drive the terminal."""
+    from toolkit.console import printable
+
     if fmt == "csv":
-        frame.to_csv(sys.stdout, index=False)
+        text_cell = lambda value: printable(value) if isinstance(value, str) else value  # noqa: E731
+        frame.rename(columns=lambda column: printable(str(column))).map(text_cell).to_csv(sys.stdout, index=False)
     elif fmt == "json":
         print(frame.to_json(orient="records", default_handler=str))
     else:
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
 
         table = Table(show_lines=False)
         for column in frame.columns:
-            table.add_column(str(column))
+            table.add_column(escape(printable(str(column))))
         for row in frame.itertuples(index=False):
             table.add_row(*[_cell(v) for v in row])
         Console(soft_wrap=True).print(table)
 
 
 def _cell(value: object) -> str:
+    """One table cell: a float to 6 significant digits, control characters escaped, cut at 80 characters."""
     from rich.markup import escape
 
-    text = f"{value:.6g}" if isinstance(value, float) else str(value)
+    from toolkit.console import printable
+
+    text = printable(f"{value:.6g}" if isinstance(value, float) else str(value))
     return escape(text if len(text) < 80 else text[:77] + "...")
+
+
+def _print_fields(*fields: object) -> None:
+    """One tab-separated line on stdout, control characters in each field escaped."""
+    from toolkit.console import printable
+
+    print("\t".join(printable(str(field)) for field in fields))
 
 
 def _warn_notes(predictions: list[Prediction]) -> None:
@@ -252,7 +268,8 @@ def build_app(plugins: list[str]) -> typer.Typer:
         with Store.open(store, read_only=True) as opened:
             classifier = load_classifier(opened, load_registry(plugins), backbone, run_id)
         prediction = explain_image(classifier, image, out)
-        print(f"{prediction.overlay}\t{prediction.label}\t{prediction.probability:.3f}\t{prediction.weights_kind} weights")
+        _print_fields(prediction.overlay, prediction.label, f"{prediction.probability:.3f}",
+                      f"{prediction.weights_kind} weights")
         _warn_notes([prediction])
 
     @app.command()
@@ -270,7 +287,7 @@ def build_app(plugins: list[str]) -> typer.Typer:
         print("image\tclass\tprobability\tlatency_ms\tweights")
         predictions = predict_images(model, images)
         for p in predictions:
-            print(f"{p.image}\t{p.label}\t{p.probability:.4f}\t{p.latency_ms:.1f}\t{p.weights_kind}")
+            _print_fields(p.image, p.label, f"{p.probability:.4f}", f"{p.latency_ms:.1f}", p.weights_kind)
         _warn_notes(predictions)
         if explain_with:
             from toolkit.models.classifier import load_classifier
@@ -282,7 +299,7 @@ def build_app(plugins: list[str]) -> typer.Typer:
             with Store.open(store, read_only=True) as opened:
                 classifier = load_classifier(opened, load_registry(plugins), meta["backbone"], meta["run_id"])
             for image in images:
-                print(explain_image(classifier, image, out).overlay)
+                _print_fields(explain_image(classifier, image, out).overlay)
 
     from toolkit.plugin.registry import load_registry
     from toolkit.plugin.types import CliContext
