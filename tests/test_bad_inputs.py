@@ -79,3 +79,27 @@ def test_control_characters_in_file_names_never_reach_the_terminal(tmp_path):
     assert any("benign/bad\\x1b[2J.png: not an image file" in line for line in warnings), warnings
     assert any("benign/title\\x1b]0;pwned\\x07.png" in line for line in warnings), warnings
     assert any("benign/new\\x0aline.png: empty file" in line for line in warnings), warnings
+
+
+def test_a_non_utf8_file_name_is_skipped_with_one_line_and_the_run_finishes(tmp_path):
+    """Names that are not UTF-8 (latin-1 bytes) are skipped, escaped, on every run (issue #20, item 10)."""
+    import os
+
+    from tests.datasets import tile
+
+    root = tmp_path / "data"
+    (root / "benign").mkdir(parents=True)
+    tile(np.random.default_rng(0), False).save(root / "benign" / "good.png")
+    tile(np.random.default_rng(1), False).save(os.fsdecode(bytes(root / "benign") + b"/caf\xe9.png"))
+    open(os.fsdecode(bytes(root / "benign") + b"/empty\xff.png"), "wb").close()
+    store = tmp_path / "tk.duckdb"
+    for _ in range(2):  # the re-run, too
+        result = run_tk("run", root, "--backbone", "tiny", "--weights", "random", "--store", store,
+                        "--analysis", "none", "--export", "none", "--plugin", TINY, timeout=300)
+        assert result.exit_code == 0, result.stderr
+        warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+        assert sorted(warnings) == [f"warning: benign/{name}: file name is not valid UTF-8; rename it "
+                                    "(e.g. convmv -f latin1 -t utf8) — skipped" for name in ("caf\\xe9.png", "empty\\xff.png")]
+    con = duckdb.connect(str(store), read_only=True)
+    assert {r[0] for r in con.execute("SELECT status FROM runs").fetchall()} == {"ok"}
+    assert con.execute("SELECT relpath FROM images").fetchall() == [("benign/good.png",)]

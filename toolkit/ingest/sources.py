@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
+from toolkit.console import printable
 from toolkit.errors import TkError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
@@ -213,6 +214,19 @@ def find_images(data: Path, source: str = "auto", patient_from: str | None = Non
     root = data.parent if kind == "manifest" else data
     if not records and not skipped:
         raise TkError(f"{data}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    records = [r for r in records if _utf8_name(r, skipped)]
     if pattern is not None:
         records = [replace(r, patient_id=patient_from_path(r.relpath, pattern)) for r in records]
     return kind, root, records, skipped
+
+
+def _utf8_name(record: ImageRecord, skipped: list[SkippedFile]) -> bool:
+    """Whether ``record``'s path is valid UTF-8 (the store keeps text); otherwise it is skipped, named in an
+    escaped form (``bad\\xff.png``) that the store and the terminal can hold."""
+    try:
+        str(record.path).encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        skipped.append(SkippedFile(printable(record.relpath),
+                                   "file name is not valid UTF-8; rename it (e.g. convmv -f latin1 -t utf8)"))
+        return False

@@ -54,13 +54,12 @@ def execute_run(settings: RunSettings, command: str | None = None) -> RunSummary
         recorded["demo"] = settings.data is None  # the report says the data are synthetic
         store.start_run(run_id, command, recorded, versions())
         console.info(f"run {run_id}: {len(records)} images found ({kind}) in {root}")
-        scanned, unreadable = scan(records, store.known_files())
-        skipped += unreadable
-        for item in skipped:
-            console.warn(f"{item.relpath}: {item.reason} — skipped")
-            store.record_skipped(run_id, item.relpath, item.reason)
-
         try:
+            scanned, unreadable = scan(records, store.known_files())
+            skipped += unreadable
+            for item in skipped:
+                console.warn(f"{item.relpath}: {item.reason} — skipped")
+                store.record_skipped(run_id, item.relpath, item.reason)
             summary = _embed_and_analyse(store, registry, settings, run_id, backbones, analyses, chosen, scanned,
                                          skipped)
             store.update_run(run_id, data_root=str(root), source=kind, dataset_fingerprint=dataset_fingerprint(scanned),
