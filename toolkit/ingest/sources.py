@@ -148,8 +148,14 @@ def manifest_records(csv_path: Path, skipped: list[SkippedFile]) -> Iterator[Ima
         if not raw:
             skipped.append(SkippedFile(f"{csv_path.name}:{line}", "empty path; fill in the path column"))
             continue
-        path = (root / raw).resolve() if not Path(raw).is_absolute() else Path(raw)
-        if not path.is_file():
+        try:  # a symlink loop, a too long name or a NUL byte skips this row only
+            path = (root / raw).resolve() if not Path(raw).is_absolute() else Path(raw)
+            found = path.is_file()
+        except (OSError, RuntimeError, ValueError) as exc:
+            skipped.append(SkippedFile(f"{csv_path.name}:{line}", f"{printable(raw)[:80]} cannot be opened "
+                                       f"({_path_problem(exc)}); fix the path (relative to the CSV's folder)"))
+            continue
+        if not found:
             skipped.append(SkippedFile(f"{csv_path.name}:{line}", f"{raw} does not exist; fix the path (relative to the CSV's folder)"))
             continue
         magnification = (row.get("magnification") or "").strip().rstrip("xX")
@@ -162,6 +168,15 @@ def manifest_records(csv_path: Path, skipped: list[SkippedFile]) -> Iterator[Ima
         yield ImageRecord(path, rel, "manifest", (row.get("label") or "").strip() or None,
                           (row.get("subtype") or "").strip() or None, mag,
                           (row.get("patient_id") or "").strip() or None)
+
+
+def _path_problem(exc: Exception) -> str:
+    """A few words on why a manifest path cannot be used."""
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    if isinstance(exc, RuntimeError):
+        return "symlink loop"
+    return str(exc)  # ValueError: "embedded null byte"
 
 
 def detect_source(data: Path) -> str:
