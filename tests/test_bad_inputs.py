@@ -103,3 +103,24 @@ def test_a_non_utf8_file_name_is_skipped_with_one_line_and_the_run_finishes(tmp_
     con = duckdb.connect(str(store), read_only=True)
     assert {r[0] for r in con.execute("SELECT status FROM runs").fetchall()} == {"ok"}
     assert con.execute("SELECT relpath FROM images").fetchall() == [("benign/good.png",)]
+
+
+def test_exif_orientation_is_applied_as_every_viewer_shows_it(tmp_path):
+    """A phone JPEG with orientation 6 is embedded upright, not turned 90 degrees (issue #20, item 12)."""
+    from PIL import Image, ImageOps
+
+    from toolkit.ingest.images import load_rgb, read_size
+
+    pixels = np.zeros((48, 64, 3), np.uint8)
+    pixels[:, 32:] = 255  # stored: left half black, right half white
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(pixels).save(path, quality=95, exif=exif)
+    with Image.open(path) as stored:
+        shown = np.asarray(ImageOps.exif_transpose(stored).convert("RGB"), np.int16)
+    assert shown.shape == (64, 48, 3)
+    assert read_size(path) == (48, 64)
+    embedded = load_rgb(path, (64, 48)).astype(np.int16)
+    assert np.abs(embedded - shown).mean() < 2
+    assert load_rgb(path.read_bytes(), (64, 48)).tolist() == embedded.tolist()

@@ -8,7 +8,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from toolkit.errors import TkError
 
@@ -21,8 +21,18 @@ Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
+EXIF_ORIENTATION = 0x0112
+"""The EXIF tag saying how a viewer turns the stored pixels; 5 to 8 swap width and height."""
+
+
 class UnreadableImage(Exception):
     """The file is not an image tk can embed; the message says why in a few words."""
+
+
+def orientation(image: Image.Image) -> int:
+    """The image's EXIF orientation (1 to 8; 1, the default, means as stored)."""
+    value = image.getexif().get(EXIF_ORIENTATION, 1)
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
 def read_size(path: Path) -> tuple[int, int]:
@@ -32,6 +42,8 @@ def read_size(path: Path) -> tuple[int, int]:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 width, height = image.size
+                if orientation(image) >= 5:  # as every viewer shows it: turned a quarter
+                    width, height = height, width
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise UnreadableImage(_describe(exc)) from exc
     except (OSError, SyntaxError, ValueError) as exc:
@@ -88,15 +100,17 @@ def read_verified(path: Path | str, sha256: str) -> bytes:
 
 
 def load_rgb(path: Path | str | bytes, size: tuple[int, int]) -> np.ndarray:
-    """Decode ``path`` (or a file's bytes) and resize it to ``size`` = (height, width); uint8 array (h, w, 3)."""
+    """Decode ``path`` (or a file's bytes), turned as its EXIF orientation says (as every viewer shows it),
+    and resize it to ``size`` = (height, width); uint8 array (h, w, 3)."""
     height, width = size
     source = io.BytesIO(path) if isinstance(path, bytes) else path
     try:
         with Image.open(source) as image:
+            turn = orientation(image)
             if image.format == "JPEG":
-                image.draft("RGB", (width, height))
+                image.draft("RGB", (height, width) if turn >= 5 else (width, height))
             image.load()
-            rgb = to_rgb(image)
+            rgb = to_rgb(ImageOps.exif_transpose(image) if turn != 1 else image)
             if rgb.size != (width, height):
                 rgb = rgb.resize((width, height), Image.Resampling.BILINEAR)
             return np.asarray(rgb, dtype=np.uint8)
