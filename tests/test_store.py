@@ -184,6 +184,17 @@ def test_migrations_apply_once(tmp_path):
     assert names == [m.__name__ for m in MIGRATIONS]
 
 
+@pytest.mark.parametrize("read_only", [False, True])
+def test_a_store_from_a_newer_tk_is_refused_with_upgrade_tk(tmp_path, read_only):
+    """A schema migration this tk does not know means a newer tk wrote the store (issue #20, item 14)."""
+    path = tmp_path / "s.duckdb"
+    with Store.open(path) as store:
+        store.con.execute("INSERT INTO _migrations VALUES ('m999_from_the_future', current_timestamp)")
+    with pytest.raises(TkError, match=r"store .*s.duckdb was written by a newer tk \(schema m999_from_the_future\); "
+                                      r"upgrade tk"):
+        Store.open(path, read_only=read_only)
+
+
 def test_the_default_run_is_the_latest_finished_one_and_a_failed_run_keeps_its_error(tmp_path):
     with Store.open(tmp_path / "s.duckdb") as store:
         store.start_run("a", "tk run", {}, {})
