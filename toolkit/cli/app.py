@@ -233,11 +233,12 @@ def build_app(plugins: list[str]) -> typer.Typer:
         """Export a backbone + probe-head classifier, with size, latency and parity numbers."""
         from toolkit.plugin.types import ExportContext
         from toolkit.plugin.registry import load_registry
-        from toolkit.run.settings import select
+        from toolkit.run.settings import check_out_folder, select
         from toolkit.store import Store
 
         registry = load_registry(plugins)
         exporters = select(registry.exporters, fmt, "exporter")
+        check_out_folder(out)
         with Store.open(store, must_exist=True) as opened:  # records the exports' parity
             context = ExportContext(opened.run(run_id)["run_id"], opened, {"backbones": [backbone], "seed": seed},
                                     registry=registry)

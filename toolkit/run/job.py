@@ -19,8 +19,8 @@ from toolkit.plugin.registry import Registry, load_registry
 from toolkit.plugin.settings import parse_assignments, resolved
 from toolkit.plugin.types import Analysis, Backbone, ExportContext, Exporter
 from toolkit.run.embed import RunLog, embed_missing, plan_backbones, record_backbones
-from toolkit.run.settings import (EXIT_OK, EXIT_PARTIAL, RunSettings, RunSummary, dataset_fingerprint, new_run_id,
-                                  select, utcnow, versions)
+from toolkit.run.settings import (EXIT_OK, EXIT_PARTIAL, RunSettings, RunSummary, check_out_folder,
+                                  dataset_fingerprint, new_run_id, select, utcnow, versions)
 from toolkit.store import EmbeddingSet, Store
 
 
@@ -37,6 +37,8 @@ def execute_run(settings: RunSettings, command: str | None = None) -> RunSummary
         else select(registry.exporters, settings.exports, "exporter") if settings.exports != "none" else [])
     if not backbones:
         raise TkError("no backbone selected; name one with --backbone (see `tk plugins`)")
+    if exporters:
+        check_out_folder(settings.out)
 
     data = settings.data
     if data is None:
@@ -161,6 +163,7 @@ def rerender(store_path: Path, run_id: str | None, out: Path, plugins: list[str]
     exporters = [e for e in registry.exporters.values() if e.rerender]
     if not exporters:
         raise TkError("no loaded exporter re-renders reports (Exporter(rerender=True)); load one with --plugin")
+    check_out_folder(out)
     with Store.open(store_path, read_only=True) as store:
         run = store.run(run_id)
         context = ExportContext(run["run_id"], store, {"reveal_ids": reveal_ids}, template_dir, registry)
