@@ -169,3 +169,18 @@ def test_a_demo_run_says_its_data_are_synthetic(tmp_path):
         [demo] = registry.exporter("html").export(ExportContext(run.run_id, store, registry=registry), tmp_path / "demo")
     assert 'id="synthetic-data"' in demo.read_text() and "Synthetic demo data" in demo.read_text()
     assert 'id="synthetic-data"' not in real.read_text()
+
+
+def test_dollar_signs_in_labels_are_drawn_as_text_not_parsed_as_math():
+    """A label like ``$\\frac{`` made matplotlib's mathtext raise and PCA fail (issue #20, item 14)."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from toolkit.plugins.analyses.pca import _scatter
+
+    labels = ["$\\frac{$", "cost $5 to $10"]
+    meta = pd.DataFrame({"label": labels * 4, "subtype": [None] * 8})
+    context = SimpleNamespace(metadata=meta, backbone="tiny")
+    svg = _scatter(context, np.random.default_rng(0).normal(size=(8, 2)), np.array([0.6, 0.3])).content
+    assert "$\\frac{$" in unescape(svg) and "cost $5 to $10" in unescape(svg)
