@@ -124,3 +124,23 @@ def test_exif_orientation_is_applied_as_every_viewer_shows_it(tmp_path):
     embedded = load_rgb(path, (64, 48)).astype(np.int16)
     assert np.abs(embedded - shown).mean() < 2
     assert load_rgb(path.read_bytes(), (64, 48)).tolist() == embedded.tolist()
+
+
+def test_an_all_nan_float_image_is_skipped_not_embedded_as_black(tmp_path):
+    """A float TIFF without one finite pixel is refused with a reason, and warns nothing (issue #20, item 14)."""
+    import warnings
+
+    from PIL import Image
+
+    from toolkit.ingest.images import UnreadableImage, load_rgb
+
+    path = tmp_path / "empty.tif"
+    Image.fromarray(np.full((48, 64), np.nan, np.float32), mode="F").save(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(UnreadableImage, match="every pixel is NaN or infinite"):
+            load_rgb(path, (48, 64))
+        partly = np.linspace(0, 1, 48 * 64, dtype=np.float32).reshape(48, 64)
+        partly[:, :8] = np.nan
+        Image.fromarray(partly, mode="F").save(path)
+        assert load_rgb(path, (48, 64))[:, 8:].max() == 255

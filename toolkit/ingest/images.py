@@ -70,9 +70,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         gray = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(gray).convert("RGB")
     if image.mode == "F":
-        array = np.asarray(image, dtype=np.float64)
-        span = max(float(array.max() - array.min()), 1e-12)
-        return Image.fromarray(((array - array.min()) / span * 255).astype(np.uint8)).convert("RGB")
+        return _float_to_rgb(np.asarray(image, dtype=np.float64))
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):
@@ -97,6 +95,17 @@ def read_verified(path: Path | str, sha256: str) -> bytes:
     if hashlib.sha256(data).hexdigest() != sha256:
         raise UnreadableImage("changed since it was scanned; run again")
     return data
+
+
+def _float_to_rgb(array: np.ndarray) -> Image.Image:
+    """A float image stretched to 0-255 over its finite values (NaN and infinite pixels drawn at the
+    minimum); refuses an image without one finite pixel rather than embed it as black."""
+    finite = np.isfinite(array)
+    if not finite.any():
+        raise UnreadableImage("every pixel is NaN or infinite (a float image without data); export it again")
+    low, high = float(array[finite].min()), float(array[finite].max())
+    scaled = (np.where(finite, array, low) - low) / max(high - low, 1e-12) * 255
+    return Image.fromarray(scaled.astype(np.uint8)).convert("RGB")
 
 
 def load_rgb(path: Path | str | bytes, size: tuple[int, int]) -> np.ndarray:
