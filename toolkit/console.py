@@ -7,8 +7,10 @@ escape sequences, newlines) can neither drive the terminal nor split a warning i
 from __future__ import annotations
 
 import re
+import warnings
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from pathlib import Path
+from typing import Callable, Iterator, TextIO
 
 from rich.console import Console
 from rich.markup import escape
@@ -40,6 +42,18 @@ def warn(message: str) -> None:
 
 def error(message: str) -> None:
     stderr.print(f"[red]error:[/red] {escape(printable(message))}")
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: TextIO | None = None, line: str | None = None) -> None:
+    """``warnings.showwarning`` for tk: one ``warning:`` line naming the kind and where it arose, instead
+    of Python's two raw lines (path, message, then the source line)."""
+    warn(f"{category.__name__} at {Path(filename).name}:{lineno}: {message}")
+
+
+def route_warnings() -> None:
+    """Say every Python warning (numpy's RuntimeWarnings, a library's deprecations) as one console line."""
+    warnings.showwarning = _show_warning
 
 
 @contextmanager

@@ -317,6 +317,8 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in argv
     from toolkit import console
 
+    console.route_warnings()
+
     if argv == ["--version"]:  # no plugin needs loading for this
         print(f"tk {__version__}")
         sys.exit(0)
