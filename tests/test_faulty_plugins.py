@@ -48,6 +48,7 @@ def test_an_exporter_writing_outside_out_is_refused(tmp_path, breakhis):
 
 CORE_NAMED = '''
 import pandas as pd
+from toolkit import hookimpl
 from toolkit.plugin.results import Table
 from toolkit.plugin.types import Analysis
 
