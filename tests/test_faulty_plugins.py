@@ -101,3 +101,32 @@ def test_a_backbone_giving_nan_fails_and_stores_no_vector(tmp_path, breakhis):
     stored = [r[0] for r in con.execute("SELECT table_name FROM embedding_sets WHERE backbone = 'nan'").fetchall()]
     assert all(con.execute(f"SELECT count(*) FROM {t}").fetchall() == [(0,)] for t in stored)
     assert {b for (b,) in con.execute("SELECT DISTINCT backbone FROM analysis_runs WHERE analysis = 'pca'").fetchall()} == {"tiny"}
+
+
+WARNING_PLUGIN = '''
+import numpy as np
+from toolkit import Analysis, Finding, hookimpl
+
+
+def run(context):
+    spread = np.asarray(context.embeddings).std(axis=0)
+    ratio = (spread * 0) / (spread * 0)  # 0/0: numpy says "invalid value encountered in divide"
+    return [Finding(f"{np.isnan(ratio).sum()} ratios")]
+
+
+@hookimpl
+def register_analyses(register):
+    register(Analysis(name="warns", run=run))
+'''
+
+
+def test_a_numpy_runtime_warning_is_one_warning_line_not_raw_output(tmp_path, breakhis):
+    """Issue #20, item 14: numpy's RuntimeWarnings reached stderr raw (path line, then the source line)."""
+    plugin = tmp_path / "warns.py"
+    plugin.write_text(WARNING_PLUGIN)
+    result = run_tk("run", breakhis, "--backbone", "tiny", "--weights", "random", "--store", tmp_path / "tk.duckdb",
+                    "--analysis", "warns", "--export", "none", "--plugin", TINY, "--plugin", plugin)
+    assert result.exit_code == 0, result.stderr
+    about = [line for line in result.stderr.splitlines() if "invalid value" in line]
+    assert about == ["warning: RuntimeWarning at warns.py:8: invalid value encountered in divide"], result.stderr
+    assert "ratio = (spread" not in result.stderr

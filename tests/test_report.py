@@ -178,8 +178,6 @@ def test_a_demo_run_says_its_data_are_synthetic(tmp_path):
 def test_numbers_and_figures_read_for_people():
     """Issue #17, item 15: '1.66e+03', 'p_adj 0' and '7.1e-05 s' in the report; subtype boxes
     alphabetical, mixing benign and malignant; an integrity warning repeated per backbone unnamed."""
-    import jinja2
-
     from toolkit.plugins.analyses.ttest import by_class
     from toolkit.report.environment import format_number, make_environment
 
@@ -191,4 +189,18 @@ def test_numbers_and_figures_read_for_people():
     assert "&lt; 1e-300" in html and html.count("<td") == 3
     assert by_class(np.array(["ductal", "adenosis", "lobular", "fibro"]),
                     np.array(["malignant", "benign", "malignant", "benign"])) == ["adenosis", "fibro", "ductal", "lobular"]
-    assert isinstance(env, jinja2.Environment)
+
+
+def test_dollar_signs_in_labels_are_drawn_as_text_not_parsed_as_math():
+    """A label like ``$\\frac{`` made matplotlib's mathtext raise and PCA fail (issue #20, item 14)."""
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from toolkit.plugins.analyses.pca import _scatter
+
+    labels = ["$\\frac{$", "cost $5 to $10"]
+    meta = pd.DataFrame({"label": labels * 4, "subtype": [None] * 8})
+    context = SimpleNamespace(metadata=meta, backbone="tiny")
+    svg = _scatter(context, np.random.default_rng(0).normal(size=(8, 2)), np.array([0.6, 0.3])).content
+    assert "$\\frac{$" in unescape(svg) and "cost $5 to $10" in unescape(svg)

@@ -160,6 +160,21 @@ def test_reports_go_to_tk_reports_by_default_not_the_package_folder(tmp_path, br
     assert not (tmp_path / "reports").exists()
 
 
+def test_an_out_that_is_a_file_is_refused_before_any_work(tmp_path, breakhis):
+    """Issue #20, item 14: --out naming an existing file failed only after embedding and analysing."""
+    taken = tmp_path / "report.html"
+    taken.write_text("mine")
+    store = tmp_path / "tk.duckdb"
+    for out in (taken, taken / "sub"):
+        result = run_tk("run", breakhis, "--backbone", "tiny", "--weights", "random", "--analysis", "none",
+                        "--store", store, "--out", out, "--plugin", TINY)
+        assert result.exit_code == 1
+        assert result.stderr.strip().splitlines() == [
+            f"error: --out {out} {'is' if out == taken else f'is inside {taken}, which is'} a file, not a folder; "
+            "give a folder (created if missing)"]
+    assert not store.exists() and taken.read_text() == "mine"
+
+
 def test_progress_fits_80_columns_and_covers_the_analyses(tmp_path, breakhis):
     """Issue #17, item 10: at 80 columns the progress line kept its count, rate and times, and the
     analysis phase (minutes on the demo) showed no progress at all."""

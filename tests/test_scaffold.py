@@ -78,6 +78,20 @@ def test_names_that_could_break_the_generated_code_are_refused(tmp_path, name, m
     assert not any(tmp_path.iterdir())
 
 
+def test_a_name_ending_in_a_newline_is_refused(tmp_path):
+    """Issue #20, item 14: `$` in the name patterns also matched before a final newline."""
+    from toolkit.models.variants import VARIANT_NAME
+    from toolkit.plugin.registry import EXPORTER_NAME, PLUGIN_NAME
+    from toolkit.plugin.results import NAME_PATTERN
+
+    with pytest.raises(TkError, match="must be lower-case letters"):
+        render_plugin("evil\n", "analysis", tmp_path)
+    assert not any(tmp_path.iterdir())
+    for pattern, name in [(PLUGIN_NAME, "evil"), (EXPORTER_NAME, "evil"), (NAME_PATTERN, "evil"),
+                          (VARIANT_NAME, "tiny@t1")]:
+        assert pattern.match(name) and not pattern.match(name + "\n")
+
+
 def test_refusals_are_one_line_errors(tmp_path):
     assert run_tk("new-plugin", "dup", "--dir", tmp_path).exit_code == 0
     again = run_tk("new-plugin", "dup", "--dir", tmp_path)

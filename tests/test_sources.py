@@ -105,6 +105,22 @@ def test_manifest(tmp_path):
     assert skipped[0].relpath == "m.csv:3" and "img/gone.png does not exist" in skipped[0].reason
 
 
+def test_a_manifest_row_with_an_impossible_path_is_skipped_with_its_line(tmp_path):
+    """A symlink loop, a 300-character name and a NUL byte skip their row only (issue #20, item 11)."""
+    tile(__import__("numpy").random.default_rng(0), False).save(tmp_path / "x.png")
+    os.symlink("loop", tmp_path / "loop")
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"path,label\nloop/a.png,benign\n{'a' * 300}.png,benign\nx\0.png,benign\nx.png,benign\n")
+    _, _, records, skipped = find_images(manifest)
+    assert [r.relpath for r in records] == ["x.png"]
+    reasons = {s.relpath: s.reason for s in skipped}
+    assert list(reasons) == ["m.csv:2", "m.csv:3", "m.csv:4"]
+    assert "symlink loop" in reasons["m.csv:2"] or "does not exist" in reasons["m.csv:2"]
+    assert "File name too long" in reasons["m.csv:3"]
+    assert "null byte" in reasons["m.csv:4"] and "\0" not in reasons["m.csv:4"]
+    assert all("fix the path" in reason for reason in reasons.values())
+
+
 def test_manifest_missing_columns_is_a_clear_error(tmp_path):
     manifest = tmp_path / "m.csv"
     manifest.write_text("file,class\na.png,benign\n")

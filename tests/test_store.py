@@ -184,6 +184,17 @@ def test_migrations_apply_once(tmp_path):
     assert names == [m.__name__ for m in MIGRATIONS]
 
 
+@pytest.mark.parametrize("read_only", [False, True])
+def test_a_store_from_a_newer_tk_is_refused_with_upgrade_tk(tmp_path, read_only):
+    """A schema migration this tk does not know means a newer tk wrote the store (issue #20, item 14)."""
+    path = tmp_path / "s.duckdb"
+    with Store.open(path) as store:
+        store.con.execute("INSERT INTO _migrations VALUES ('m999_from_the_future', current_timestamp)")
+    with pytest.raises(TkError, match=r"store .*s.duckdb was written by a newer tk \(schema m999_from_the_future\); "
+                                      r"upgrade tk"):
+        Store.open(path, read_only=read_only)
+
+
 def test_the_default_run_is_the_latest_finished_one_and_a_failed_run_keeps_its_error(tmp_path):
     with Store.open(tmp_path / "s.duckdb") as store:
         store.start_run("a", "tk run", {}, {})
@@ -286,3 +297,15 @@ def test_a_nan_or_infinite_vector_is_never_stored(tmp_path):
             with pytest.raises(TkError, match=r"tiny \(fp32\) gave NaN or infinite embeddings; they are never stored"):
                 store.write_batch("r1", [], {embedding_set: (["a", "b"], np.array([[1.0, 2.0], [bad, 0.0]]))})
         assert store.missing(embedding_set, ["a", "b"]) == {"a", "b"}
+
+
+@pytest.mark.parametrize("fmt", ["table", "csv", "json"])
+def test_sql_output_escapes_control_characters(tmp_path, fmt):
+    """An OSC title sequence or a screen clear in a query result is printed escaped (issue #20, item 6)."""
+    store = tmp_path / "s.duckdb"
+    _store_with_one_image(store)
+    query = "SELECT chr(27) || ']0;pwned' || chr(7) || chr(27) || '[2J' || chr(155) AS t"
+    result = run_tk("sql", query, "--store", store, "--format", fmt)
+    assert result.exit_code == 0, result.stderr
+    assert not any(c in result.stdout for c in "\x1b\x07\x9b"), repr(result.stdout)
+    assert "]0;pwned" in result.stdout

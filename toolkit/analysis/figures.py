@@ -19,14 +19,15 @@ def colour_for(label: str, labels: list[str]) -> str:
 
 
 def new_figure(width: float = 6.0, height: float = 4.2) -> tuple[Any, Any]:
-    """A matplotlib figure and axes on the Agg backend, styled for reports."""
+    """A matplotlib figure and axes on the Agg backend, styled for reports. Text is drawn as given: a
+    label holding ``$`` is never parsed as mathtext (which would raise on ``$\\frac{$``)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
     plt.rcParams.update({"svg.fonttype": "none", "font.size": 9, "axes.spines.top": False,
-                         "axes.spines.right": False, "svg.hashsalt": "tk"})
+                         "axes.spines.right": False, "svg.hashsalt": "tk", "text.parse_math": False})
     return plt.subplots(figsize=(width, height))
 
 

@@ -48,27 +48,43 @@ SQL_HELP = ("Query the store with SQL. Read-only by default: no file is created 
 
 
 def _print_table(frame, fmt: str) -> None:
+    """Print ``frame`` as csv, json or a table; control characters in names and values are escaped
+    (json escapes them itself), so that no query result can drive the terminal."""
+    from toolkit.console import printable
+
     if fmt == "csv":
-        frame.to_csv(sys.stdout, index=False)
+        text_cell = lambda value: printable(value) if isinstance(value, str) else value  # noqa: E731
+        frame.rename(columns=lambda column: printable(str(column))).map(text_cell).to_csv(sys.stdout, index=False)
     elif fmt == "json":
         print(frame.to_json(orient="records", default_handler=str))
     else:
         from rich.console import Console
+        from rich.markup import escape
         from rich.table import Table
 
         table = Table(show_lines=False)
         for column in frame.columns:
-            table.add_column(str(column), overflow="fold")  # long paths wrap within the terminal, never cut
+            table.add_column(escape(printable(str(column))), overflow="fold")  # long paths wrap, never cut
         for row in frame.itertuples(index=False):
             table.add_row(*[_cell(v) for v in row])
         Console().print(table)
 
 
 def _cell(value: object) -> str:
+    """One table cell: a float to 6 significant digits, control characters escaped, cut at 80 characters."""
     from rich.markup import escape
 
-    text = f"{value:.6g}" if isinstance(value, float) else str(value)
+    from toolkit.console import printable
+
+    text = printable(f"{value:.6g}" if isinstance(value, float) else str(value))
     return escape(text if len(text) < 80 else text[:77] + "...")
+
+
+def _print_fields(*fields: object) -> None:
+    """One tab-separated line on stdout, control characters in each field escaped."""
+    from toolkit.console import printable
+
+    print("\t".join(printable(str(field)) for field in fields))
 
 
 def _warn_notes(predictions: list[Prediction]) -> None:
@@ -218,11 +234,12 @@ def build_app(plugins: list[str]) -> typer.Typer:
         """Export a backbone + probe-head classifier, with size, latency and parity numbers."""
         from toolkit.plugin.types import ExportContext
         from toolkit.plugin.registry import load_registry
-        from toolkit.run.settings import select
+        from toolkit.run.settings import check_out_folder, select
         from toolkit.store import Store
 
         registry = load_registry(plugins)
         exporters = select(registry.exporters, fmt, "exporter")
+        check_out_folder(out)
         with Store.open(store, must_exist=True) as opened:  # records the exports' parity
             context = ExportContext(opened.run(run_id)["run_id"], opened, {"backbones": [backbone], "seed": seed},
                                     registry=registry)
@@ -257,7 +274,8 @@ def build_app(plugins: list[str]) -> typer.Typer:
         with Store.open(store, read_only=True) as opened:
             classifier = load_classifier(opened, load_registry(plugins), backbone, run_id)
         prediction = explain_image(classifier, image, out)
-        print(f"{prediction.overlay}\t{prediction.label}\t{prediction.probability:.3f}\t{prediction.weights_kind} weights")
+        _print_fields(prediction.overlay, prediction.label, f"{prediction.probability:.3f}",
+                      f"{prediction.weights_kind} weights")
         _warn_notes([prediction])
 
     @app.command()
@@ -275,7 +293,7 @@ def build_app(plugins: list[str]) -> typer.Typer:
         print("image\tclass\tprobability\tlatency_ms\tweights")
         predictions = predict_images(model, images)
         for p in predictions:
-            print(f"{p.image}\t{p.label}\t{p.probability:.4f}\t{p.latency_ms:.1f}\t{p.weights_kind}")
+            _print_fields(p.image, p.label, f"{p.probability:.4f}", f"{p.latency_ms:.1f}", p.weights_kind)
         _warn_notes(predictions)
         if explain_with:
             from toolkit.models.classifier import load_classifier
@@ -287,7 +305,7 @@ def build_app(plugins: list[str]) -> typer.Typer:
             with Store.open(store, read_only=True) as opened:
                 classifier = load_classifier(opened, load_registry(plugins), meta["backbone"], meta["run_id"])
             for image in images:
-                print(explain_image(classifier, image, out).overlay)
+                _print_fields(explain_image(classifier, image, out).overlay)
 
     from toolkit.plugin.registry import load_registry
     from toolkit.plugin.types import CliContext
@@ -303,6 +321,8 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     debug = "--debug" in argv
     from toolkit import console
+
+    console.route_warnings()
 
     if argv == ["--version"]:  # no plugin needs loading for this
         print(f"tk {__version__}")

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from toolkit.ingest.images import UnreadableImage, load_rgb
+from toolkit.ingest.images import UnreadableImage, load_rgb, read_verified
 from toolkit.plugin.types import Backbone
 from toolkit.extract.memory import release_free_memory
 from toolkit.ingest.scan import ScannedImage
@@ -92,7 +92,10 @@ def embed_padded(extract: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray
 
 def decoded_batches(images: list[ScannedImage], sizes: list[tuple[int, int]], batch_size: int,
                     threads: int) -> Any:
-    """A tf.data pipeline yielding (indices, ok flags, one uint8 batch per input size)."""
+    """A tf.data pipeline yielding (indices, ok flags, one uint8 batch per input size).
+
+    Each file is read once and decoded from the bytes whose sha256 matches the scanned one; a file
+    changed since the scan is not decoded (its error says so)."""
     tf = tensorflow()
 
     paths = [str(image.record.path) for image in images]
@@ -101,7 +104,8 @@ def decoded_batches(images: list[ScannedImage], sizes: list[tuple[int, int]], ba
     def decode(index: np.int64) -> tuple[np.ndarray, ...]:
         index = int(index)
         try:
-            arrays = [load_rgb(paths[index], size) for size in sizes]
+            data = read_verified(paths[index], images[index].sha256)
+            arrays = [load_rgb(data, size) for size in sizes]
             return (np.bool_(True), *arrays)
         except UnreadableImage as exc:
             errors[index] = str(exc)

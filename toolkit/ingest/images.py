@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from toolkit.errors import TkError
 
@@ -19,8 +21,18 @@ Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
+EXIF_ORIENTATION = 0x0112
+"""The EXIF tag saying how a viewer turns the stored pixels; 5 to 8 swap width and height."""
+
+
 class UnreadableImage(Exception):
     """The file is not an image tk can embed; the message says why in a few words."""
+
+
+def orientation(image: Image.Image) -> int:
+    """The image's EXIF orientation (1 to 8; 1, the default, means as stored)."""
+    value = image.getexif().get(EXIF_ORIENTATION, 1)
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
 def read_size(path: Path) -> tuple[int, int]:
@@ -30,6 +42,8 @@ def read_size(path: Path) -> tuple[int, int]:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 width, height = image.size
+                if orientation(image) >= 5:  # as every viewer shows it: turned a quarter
+                    width, height = height, width
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise UnreadableImage(_describe(exc)) from exc
     except (OSError, SyntaxError, ValueError) as exc:
@@ -56,9 +70,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
         gray = np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
         return Image.fromarray(gray).convert("RGB")
     if image.mode == "F":
-        array = np.asarray(image, dtype=np.float64)
-        span = max(float(array.max() - array.min()), 1e-12)
-        return Image.fromarray(((array - array.min()) / span * 255).astype(np.uint8)).convert("RGB")
+        return _float_to_rgb(np.asarray(image, dtype=np.float64))
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA"):
@@ -70,15 +82,44 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image
 
 
-def load_rgb(path: Path | str, size: tuple[int, int]) -> np.ndarray:
-    """Decode ``path`` and resize it to ``size`` = (height, width); uint8 array (h, w, 3)."""
-    height, width = size
+def read_verified(path: Path | str, sha256: str) -> bytes:
+    """The bytes of ``path``, read once, provided they still hash to ``sha256`` (the scanned content).
+
+    Decoding these same bytes guarantees a vector always belongs to the content it was computed from,
+    even when the file is replaced between scanning and reading.
+    """
     try:
-        with Image.open(path) as image:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise UnreadableImage(f"cannot read file ({exc.strerror or exc})") from exc
+    if hashlib.sha256(data).hexdigest() != sha256:
+        raise UnreadableImage("changed since it was scanned; run again")
+    return data
+
+
+def _float_to_rgb(array: np.ndarray) -> Image.Image:
+    """A float image stretched to 0-255 over its finite values (NaN and infinite pixels drawn at the
+    minimum); refuses an image without one finite pixel rather than embed it as black."""
+    finite = np.isfinite(array)
+    if not finite.any():
+        raise UnreadableImage("every pixel is NaN or infinite (a float image without data); export it again")
+    low, high = float(array[finite].min()), float(array[finite].max())
+    scaled = (np.where(finite, array, low) - low) / max(high - low, 1e-12) * 255
+    return Image.fromarray(scaled.astype(np.uint8)).convert("RGB")
+
+
+def load_rgb(path: Path | str | bytes, size: tuple[int, int]) -> np.ndarray:
+    """Decode ``path`` (or a file's bytes), turned as its EXIF orientation says (as every viewer shows it),
+    and resize it to ``size`` = (height, width); uint8 array (h, w, 3)."""
+    height, width = size
+    source = io.BytesIO(path) if isinstance(path, bytes) else path
+    try:
+        with Image.open(source) as image:
+            turn = orientation(image)
             if image.format == "JPEG":
-                image.draft("RGB", (width, height))
+                image.draft("RGB", (height, width) if turn >= 5 else (width, height))
             image.load()
-            rgb = to_rgb(image)
+            rgb = to_rgb(ImageOps.exif_transpose(image) if turn != 1 else image)
             if rgb.size != (width, height):
                 rgb = rgb.resize((width, height), Image.Resampling.BILINEAR)
             return np.asarray(rgb, dtype=np.uint8)

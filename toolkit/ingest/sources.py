@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
+from toolkit.console import printable
 from toolkit.errors import TkError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
@@ -147,8 +148,14 @@ def manifest_records(csv_path: Path, skipped: list[SkippedFile]) -> Iterator[Ima
         if not raw:
             skipped.append(SkippedFile(f"{csv_path.name}:{line}", "empty path; fill in the path column"))
             continue
-        path = (root / raw).resolve() if not Path(raw).is_absolute() else Path(raw)
-        if not path.is_file():
+        try:  # a symlink loop, a too long name or a NUL byte skips this row only
+            path = (root / raw).resolve() if not Path(raw).is_absolute() else Path(raw)
+            found = path.is_file()
+        except (OSError, RuntimeError, ValueError) as exc:
+            skipped.append(SkippedFile(f"{csv_path.name}:{line}", f"{printable(raw)[:80]} cannot be opened "
+                                       f"({_path_problem(exc)}); fix the path (relative to the CSV's folder)"))
+            continue
+        if not found:
             skipped.append(SkippedFile(f"{csv_path.name}:{line}", f"{raw} does not exist; fix the path (relative to the CSV's folder)"))
             continue
         magnification = (row.get("magnification") or "").strip().rstrip("xX")
@@ -161,6 +168,15 @@ def manifest_records(csv_path: Path, skipped: list[SkippedFile]) -> Iterator[Ima
         yield ImageRecord(path, rel, "manifest", (row.get("label") or "").strip() or None,
                           (row.get("subtype") or "").strip() or None, mag,
                           (row.get("patient_id") or "").strip() or None)
+
+
+def _path_problem(exc: Exception) -> str:
+    """A few words on why a manifest path cannot be used."""
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    if isinstance(exc, RuntimeError):
+        return "symlink loop"
+    return str(exc)  # ValueError: "embedded null byte"
 
 
 def detect_source(data: Path) -> str:
@@ -213,6 +229,19 @@ def find_images(data: Path, source: str = "auto", patient_from: str | None = Non
     root = data.parent if kind == "manifest" else data
     if not records and not skipped:
         raise TkError(f"{data}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    records = [r for r in records if _utf8_name(r, skipped)]
     if pattern is not None:
         records = [replace(r, patient_id=patient_from_path(r.relpath, pattern)) for r in records]
     return kind, root, records, skipped
+
+
+def _utf8_name(record: ImageRecord, skipped: list[SkippedFile]) -> bool:
+    """Whether ``record``'s path is valid UTF-8 (the store keeps text); otherwise it is skipped, named in an
+    escaped form (``bad\\xff.png``) that the store and the terminal can hold."""
+    try:
+        str(record.path).encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        skipped.append(SkippedFile(printable(record.relpath),
+                                   "file name is not valid UTF-8; rename it (e.g. convmv -f latin1 -t utf8)"))
+        return False

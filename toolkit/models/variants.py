@@ -24,7 +24,7 @@ from typing import Any
 from toolkit.errors import TkError
 from toolkit.plugin.types import Backbone
 
-VARIANT_NAME = re.compile(r"^(?P<base>[a-z][a-z0-9_]{0,40})@(?P<train_id>t[0-9a-z-]{1,40})$")
+VARIANT_NAME = re.compile(r"^(?P<base>[a-z][a-z0-9_]{0,40})@(?P<train_id>t[0-9a-z-]{1,40})\Z")
 MODEL_DIR = "tk_models"
 INDEX_NAME = "variants.json"
 

@@ -32,8 +32,8 @@ from toolkit.plugin.types import Analysis, Backbone, Exporter
 BUILTIN_GROUP = "tk.builtins"
 """Entry-point group whose entries load a list of built-in plugin module names."""
 LOCAL_PLUGIN_DIR = "tk_plugins"
-PLUGIN_NAME = re.compile(r"^[a-z][a-z0-9_]{0,40}$")
-EXPORTER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,40}$")  # exporter names are never SQL identifiers
+PLUGIN_NAME = re.compile(r"^[a-z][a-z0-9_]{0,40}\Z")  # \Z: `$` would also accept a final newline
+EXPORTER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,40}\Z")  # exporter names are never SQL identifiers
 
 T = TypeVar("T", Backbone, Analysis, Exporter)
 

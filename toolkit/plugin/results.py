@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Literal
 if TYPE_CHECKING:  # pandas is imported where a table is made or checked, so plugins load fast
     import pandas as pd
 
-NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}\Z")  # \Z, not `$`, which accepts a final newline
 
 
 class SkipAnalysis(Exception):

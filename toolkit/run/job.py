@@ -19,8 +19,8 @@ from toolkit.plugin.registry import Registry, load_registry
 from toolkit.plugin.settings import parse_assignments, resolved
 from toolkit.plugin.types import Analysis, Backbone, ExportContext, Exporter
 from toolkit.run.embed import RunLog, embed_missing, plan_backbones, record_backbones
-from toolkit.run.settings import (EXIT_OK, EXIT_PARTIAL, RunSettings, RunSummary, dataset_fingerprint, new_run_id,
-                                  select, utcnow, versions)
+from toolkit.run.settings import (EXIT_OK, EXIT_PARTIAL, RunSettings, RunSummary, check_out_folder,
+                                  dataset_fingerprint, new_run_id, select, utcnow, versions)
 from toolkit.store import EmbeddingSet, Store
 
 
@@ -37,6 +37,8 @@ def execute_run(settings: RunSettings, command: str | None = None) -> RunSummary
         else select(registry.exporters, settings.exports, "exporter") if settings.exports != "none" else [])
     if not backbones:
         raise TkError("no backbone selected; name one with --backbone (see `tk plugins`)")
+    if exporters:
+        check_out_folder(settings.out)
 
     data = settings.data
     if data is None:
@@ -54,13 +56,12 @@ def execute_run(settings: RunSettings, command: str | None = None) -> RunSummary
         recorded["demo"] = settings.data is None  # the report says the data are synthetic
         store.start_run(run_id, command, recorded, versions())
         console.info(f"run {run_id}: {len(records)} images found ({kind}) in {root}")
-        scanned, unreadable = scan(records, store.known_files())
-        skipped += unreadable
-        for item in skipped:
-            console.warn(f"{item.relpath}: {item.reason} — skipped")
-            store.record_skipped(run_id, item.relpath, item.reason)
-
         try:
+            scanned, unreadable = scan(records, store.known_files())
+            skipped += unreadable
+            for item in skipped:
+                console.warn(f"{item.relpath}: {item.reason} — skipped")
+                store.record_skipped(run_id, item.relpath, item.reason)
             summary = _embed_and_analyse(store, registry, settings, run_id, backbones, analyses, chosen, scanned,
                                          skipped)
             store.update_run(run_id, data_root=str(root), source=kind, dataset_fingerprint=dataset_fingerprint(scanned),
@@ -162,6 +163,7 @@ def rerender(store_path: Path, run_id: str | None, out: Path, plugins: list[str]
     exporters = [e for e in registry.exporters.values() if e.rerender]
     if not exporters:
         raise TkError("no loaded exporter re-renders reports (Exporter(rerender=True)); load one with --plugin")
+    check_out_folder(out)
     with Store.open(store_path, read_only=True) as store:
         run = store.run(run_id)
         context = ExportContext(run["run_id"], store, {"reveal_ids": reveal_ids}, template_dir, registry)

@@ -20,6 +20,17 @@ EXIT_OK = 0
 EXIT_PARTIAL = 3  # the run finished, but a backbone, analysis or exporter failed
 
 
+def check_out_folder(out: Path, option: str = "--out") -> None:
+    """Refuse, before any work, an output folder that cannot be one: it, or a folder it would be created
+    in, is an existing file."""
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                named = "is" if path == out else f"is inside {path}, which is"
+                raise TkError(f"{option} {out} {named} a file, not a folder; give a folder (created if missing)")
+            return
+
+
 @dataclass
 class RunSettings:
     """Everything ``tk run`` was asked to do."""

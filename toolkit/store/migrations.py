@@ -161,6 +161,15 @@ MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_create_tab
                                                                   m005_precision, m006_run_error]
 
 
+def newer_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Migrations recorded in the store that this tk does not know: the store was written by a newer tk."""
+    recorded = con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = '_migrations'").fetchone()
+    if not recorded[0]:
+        return []
+    known = {migration.__name__ for migration in MIGRATIONS}
+    return sorted(row[0] for row in con.execute("SELECT name FROM _migrations").fetchall() if row[0] not in known)
+
+
 def migrate(con: duckdb.DuckDBPyConnection) -> None:
     """Apply every migration not yet recorded in ``_migrations``."""
     con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP)")

@@ -14,7 +14,7 @@ from toolkit.errors import StoreBusy, TkError
 from toolkit.lazy import lazy_import
 from toolkit.store.embeddings import Embeddings
 from toolkit.store.images import Images
-from toolkit.store.migrations import migrate
+from toolkit.store.migrations import migrate, newer_migrations
 from toolkit.store.results import Results
 from toolkit.store.runs import Runs
 from toolkit.store.sandbox import confine, refuse_all_but_select
@@ -45,6 +45,11 @@ class Store(Images, Embeddings, Runs, Results, DeclaredTables):
             raise TkError(f"store {path} cannot be opened: {message.splitlines()[0]}") from exc
         except duckdb.Error as exc:
             raise TkError(f"{path} is not a tk store ({str(exc).splitlines()[0]}); choose another --store") from exc
+        newer = newer_migrations(con)
+        if newer:
+            con.close()
+            raise TkError(f"store {path} was written by a newer tk (schema {newer[-1]}); upgrade tk "
+                          "(pip install -U tk-embeddings) to open it, or use another --store")
         store = cls(con, path, read_only)
         if not read_only:
             migrate(con)
