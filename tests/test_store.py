@@ -309,3 +309,26 @@ def test_sql_output_escapes_control_characters(tmp_path, fmt):
     assert result.exit_code == 0, result.stderr
     assert not any(c in result.stdout for c in "\x1b\x07\x9b"), repr(result.stdout)
     assert "]0;pwned" in result.stdout
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_says_what_is_kept_marks_the_run_interrupted_and_exits_130(tmp_path, sig):
+    """Issue #20, item 13: the message never printed (Click turned Ctrl-C into Abort, exit 1) and the
+    run was marked failed."""
+    data = tmp_path / "breast"
+    make_breakhis(data, patients=2, magnifications=(40, 100, 200), per_magnification=2)  # 48 images, ~3 s
+    store = tmp_path / "tk.duckdb"
+    process = subprocess.Popen([sys.executable, "-m", "toolkit", "run", str(data), "--backbone", "slow", "--weights",
+                                "random", "--batch-size", "4", "--analysis", "none", "--export", "none",
+                                "--plugin", str(SLOW), "--store", str(store)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    _wait_for_line(process, "embedding 48 images with slow", timeout=120)
+    time.sleep(0.8)
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "interrupted; batches already written are kept, run again to resume" in stderr
+    assert "Traceback" not in stderr
+    con = duckdb.connect(str(store), read_only=True)
+    assert con.execute("SELECT status FROM runs").fetchall() == [("interrupted",)]
+    con.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional
@@ -315,6 +316,14 @@ def build_app(plugins: list[str]) -> typer.Typer:
     return app
 
 
+INTERRUPTED = "interrupted; batches already written are kept, run again to resume"
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM handler: stop the way Ctrl-C does (the batch in flight is rolled back, the run marked)."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``tk`` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -323,6 +332,7 @@ def main(argv: list[str] | None = None) -> None:
     from toolkit import console
 
     console.route_warnings()
+    signal.signal(signal.SIGTERM, _interrupt)  # a SIGTERM stops a run the way Ctrl-C does
 
     if argv == ["--version"]:  # no plugin needs loading for this
         print(f"tk {__version__}")
@@ -331,19 +341,19 @@ def main(argv: list[str] | None = None) -> None:
         plugins, rest = split_plugin_args(argv)
         app = build_app(plugins)
         code = app(args=rest, prog_name="tk", standalone_mode=False)  # Exit(n) comes back as n here
+        if code == 130:  # Typer turns Ctrl-C (and our SIGTERM) into exit code 130 before it reaches us
+            console.error(INTERRUPTED)
         sys.exit(code if isinstance(code, int) else 0)
     except TkError as exc:
         if debug:
             raise
         console.error(str(exc))
         sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
+        console.error(INTERRUPTED)
+        sys.exit(130)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        console.error("interrupted; batches already written are kept, run again to resume")
-        sys.exit(130)
-    except typer.Abort:
-        sys.exit(1)
     except Exception as exc:  # usage errors and anything unexpected: one line, no traceback
         if hasattr(exc, "show") and hasattr(exc, "exit_code"):  # Click's usage errors, as vendored by Typer
             exc.show()

@@ -69,7 +69,12 @@ def execute_run(settings: RunSettings, command: str | None = None) -> RunSummary
                              status="ok" if not summary.failures else "partial", finished_at=utcnow())
             outputs = _export(store, registry, settings, run_id, exporters, summary.failures)
         except BaseException as exc:
-            store.update_run(run_id, status="failed", error=failure_reason(exc), finished_at=utcnow())
+            interrupted = is_interruption(exc)
+            store.update_run(run_id, status="interrupted" if interrupted else "failed",
+                             error="interrupted by the user (Ctrl-C or SIGTERM)" if interrupted else failure_reason(exc),
+                             finished_at=utcnow())
+            if interrupted and not isinstance(exc, KeyboardInterrupt):
+                raise KeyboardInterrupt from exc
             raise
         status = "ok" if not summary.failures else "partial"
         store.update_run(run_id, status=status)
@@ -91,6 +96,13 @@ class _Progress:
     n_skipped: int
     failures: list[str]
     warnings: list[str]
+
+
+def is_interruption(exc: BaseException) -> bool:
+    """Whether ``exc`` is the user stopping the run: Ctrl-C itself, or DuckDB's 'Query interrupted'
+    when the signal came in the middle of a query."""
+    return isinstance(exc, KeyboardInterrupt) or (
+        type(exc).__name__ in ("RuntimeError", "InterruptException") and "interrupted" in str(exc).lower())
 
 
 def _embed_and_analyse(store: Store, registry: Registry, settings: RunSettings, run_id: str,
