@@ -101,3 +101,36 @@ def test_a_backbone_giving_nan_fails_and_stores_no_vector(tmp_path, breakhis):
     stored = [r[0] for r in con.execute("SELECT table_name FROM embedding_sets WHERE backbone = 'nan'").fetchall()]
     assert all(con.execute(f"SELECT count(*) FROM {t}").fetchall() == [(0,)] for t in stored)
     assert {b for (b,) in con.execute("SELECT DISTINCT backbone FROM analysis_runs WHERE analysis = 'pca'").fetchall()} == {"tiny"}
+
+
+def _autoescape_off(env):
+    """A plugin's ``prepare_jinja2_environment`` that swaps report autoescaping for
+    ``select_autoescape``: a truthy function that is off for templates rendered from strings."""
+    import jinja2
+
+    env.autoescape = jinja2.select_autoescape(["xml"])
+
+
+def test_a_plugin_cannot_switch_report_autoescape_off_with_select_autoescape():
+    import pytest
+
+    from types import SimpleNamespace
+
+    from toolkit import hookimpl
+    from toolkit.plugin.registry import make_plugin_manager
+    from toolkit.report.environment import make_environment
+
+    pm, _ = make_plugin_manager()
+    pm.register(SimpleNamespace(prepare_jinja2_environment=hookimpl(_autoescape_off)), name="autoescape_off")
+    with pytest.raises(ValueError, match="autoescaping off"):
+        make_environment(None, pm)
+
+
+def test_plugin_svg_is_embedded_as_an_inert_image():
+    """A deny-list let ``</svg><meta http-equiv=refresh>`` through; the figure is now an <img>."""
+    from toolkit.report.environment import figure_markup
+
+    hostile = '<svg xmlns="http://www.w3.org/2000/svg"></svg><meta http-equiv="refresh" content="0;url=https://x.test">'
+    html = str(figure_markup("image/svg+xml", hostile.encode(), 'alt "quoted"'))
+    assert html.startswith('<img alt="alt &#34;quoted&#34;" src="data:image/svg+xml;base64,')
+    assert "<meta" not in html and "<svg" not in html and "refresh" not in html

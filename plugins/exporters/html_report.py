@@ -1,6 +1,6 @@
 """The HTML report: one self-contained file per run, rendered from the store (nothing recomputed).
 
-CSS is inlined, figures are inline SVG or data-URI PNG, and a Content-Security-Policy forbids every
+CSS is inlined, figures are data-URI images (SVG or PNG, inert in an ``<img>``), and a Content-Security-Policy forbids every
 external load and every script. Patient ids are pseudonymised unless ``reveal_ids`` is set, and
 paths are shown relative to the dataset root.
 """
