@@ -40,10 +40,27 @@ def test_an_exporter_writing_outside_out_is_refused(tmp_path, breakhis):
     result = run_tk("run", breakhis, "--backbone", "tiny", "--store", store, "--out", out, "--analysis", "none",
                     "--export", "escape,html", "--plugin", TINY, "--plugin", FAULTY)
     assert result.exit_code == 3
-    assert "exporter escape: TkError: wrote outside --out" in result.stderr
+    assert "exporter escape: ExportEscape: wrote outside --out" in result.stderr
+    assert not (tmp_path / "escaped.txt").exists()  # refused at the join, before anything was written
     con = duckdb.connect(str(store), read_only=True)
     assert con.execute("SELECT exporter FROM exports").fetchall() == [("html",)]  # the escaped path is not recorded
     assert list(out.glob("tk-report-*.html"))  # the other exporter still ran
+
+
+def test_an_exporter_writing_beside_out_through_a_plain_path_fails_in_run_and_export(tmp_path, breakhis):
+    """Issue #20, item 7: only the returned paths were checked (and `tk export` checked nothing), so an
+    exporter that wrote beside --out and returned nothing passed."""
+    store, out = tmp_path / "tk.duckdb", tmp_path / "out"
+    result = run_tk("run", breakhis, "--backbone", "tiny", "--store", store, "--out", out, "--analysis", "none",
+                    "--export", "stray,html", "--plugin", TINY, "--plugin", FAULTY)
+    assert result.exit_code == 3, result.stderr
+    assert f"exporter stray: ExportEscape: wrote outside --out: {tmp_path / 'stray.txt'}" in result.stderr
+    assert list(out.glob("tk-report-*.html"))  # the other exporter still ran, the store beside --out is no stray
+    (tmp_path / "stray.txt").unlink()
+    exported = run_tk("export", "--backbone", "tiny", "--format", "stray", "--store", store, "--out", out,
+                      "--plugin", TINY, "--plugin", FAULTY)
+    assert exported.exit_code == 3, exported.stderr
+    assert f"exporter stray: wrote outside --out: {tmp_path / 'stray.txt'}" in exported.stderr
 
 
 CORE_NAMED = '''

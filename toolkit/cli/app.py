@@ -215,24 +215,35 @@ def build_app(plugins: list[str]) -> typer.Typer:
         plugin: Optional[List[str]] = PluginOption,
     ) -> None:
         """Export a backbone + probe-head classifier, with size, latency and parity numbers."""
+        from toolkit import console
         from toolkit.plugin.types import ExportContext
         from toolkit.plugin.registry import load_registry
-        from toolkit.run.settings import select
+        from toolkit.run.exports import ExportEscape, export_into
+        from toolkit.run.settings import EXIT_PARTIAL, select
         from toolkit.store import Store
 
         registry = load_registry(plugins)
         exporters = select(registry.exporters, fmt, "exporter")
+        escaped = False
         with Store.open(store, must_exist=True) as opened:  # records the exports' parity
             context = ExportContext(opened.run(run_id)["run_id"], opened, {"backbones": [backbone], "seed": seed},
                                     registry=registry)
             for exporter in exporters:
-                for path in exporter.export(context, out.resolve()):
+                try:
+                    written = export_into(exporter, context, out)
+                except ExportEscape as exc:
+                    console.error(f"exporter {exporter.name}: {exc}")
+                    escaped = True
+                    continue
+                for path in written:
                     print(path)
             tables = {spec.name: spec for exporter in exporters for spec in exporter.tables}
             for spec in tables.values():
                 rows = opened.rows(spec, where={"run_id": context.run_id, "backbone": backbone})
                 if not rows.empty:
                     _print_table(rows[list(spec.summary or spec.columns)], "table")
+        if escaped:
+            raise typer.Exit(EXIT_PARTIAL)
 
     @app.command()
     def explain(
