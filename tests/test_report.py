@@ -211,3 +211,21 @@ def test_patient_ids_are_pseudonymised_in_the_data_with_a_store_secret_and_no_ab
     revealed = run_tk("report", f"--store={store}", "--out", tmp_path / "b", "--reveal-ids", "--plugin", TINY)
     assert revealed.exit_code == 0, revealed.stderr
     assert "O&#39;Brien" in _report(tmp_path / "b").read_text()
+
+
+def test_plugin_section_tables_and_paragraphs_show_pseudonyms():
+    """Issue #20, item 9: plugin sections' tables and texts are pseudonymised like the core's."""
+    import pandas as pd
+
+    from toolkit.plugin.results import Table
+    from toolkit.plugin.sections import ReportSection
+    from toolkit.report.data import Pseudonyms
+    from toolkit.report.environment import make_environment
+    from toolkit.report.sections import render
+
+    pseudonyms = Pseudonyms(["O'Brien"], b"k" * 32, "run-1")
+    section = ReportSection("Cohort", paragraphs=["O'Brien has 2 images"],
+                            tables=[Table("patients", pd.DataFrame({"patient_id": ["O'Brien"], "n": [2]}))])
+    [view] = render([section], make_environment(None), pseudonyms)["slots"]["appendix"]
+    assert view["paragraphs"] == [pseudonyms("O'Brien") + " has 2 images"]
+    assert view["tables"][0]["rows"] == [[pseudonyms("O'Brien"), 2]]

@@ -57,7 +57,7 @@ def export_report(context: ExportContext, out_dir: Path) -> list[Path]:
     data = gather(context.store, context.run_id, registry, reveal_ids=reveal_ids)
     report_context = ReportContext(context.run_id, context.store, registry, data["run"], data["backbones"],
                                    pseudonym=data["pseudonyms"])
-    data.update(render(collect(report_context), env))
+    data.update(render(collect(report_context), env, data["pseudonyms"]))
     data.update(csp=CSP, tk_version=__version__,
                 command=data["pseudonyms"].text(shareable_command(data["run"]["command"], data["run"]["data_root"])),
                 data_name=data["pseudonyms"].text(Path(data["run"]["data_root"] or "").name))
