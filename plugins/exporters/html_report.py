@@ -1,8 +1,9 @@
 """The HTML report: one self-contained file per run, rendered from the store (nothing recomputed).
 
-CSS is inlined, figures are data-URI images (SVG or PNG, inert in an ``<img>``), and a Content-Security-Policy forbids every
-external load and every script. Patient ids are pseudonymised unless ``reveal_ids`` is set, and
-paths are shown relative to the dataset root.
+CSS is inlined, figures are data-URI images (SVG or PNG, inert in an ``<img>``), and a
+Content-Security-Policy forbids every external load and every script. Patient ids are pseudonymised
+in the data before rendering unless ``reveal_ids`` is set, and paths are shown relative to the
+dataset root.
 """
 
 from __future__ import annotations

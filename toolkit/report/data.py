@@ -90,8 +90,8 @@ def composition(images: pd.DataFrame, pseudonyms: Pseudonyms) -> dict[str, Any]:
     rows = []
     for (label, subtype), group in images.groupby(["label", "subtype"], sort=True):
         cells = [int((group["magnification"] == m).sum()) for m in magnifications]
-        rows.append({"label": pseudonyms.text(label), "subtype": pseudonyms.text(subtype), "cells": cells, "images": len(group),
-                     "patients": known_patients(group["patient_id"])})
+        rows.append({"label": pseudonyms.text(label), "subtype": pseudonyms.text(subtype), "cells": cells,
+                     "images": len(group), "patients": known_patients(group["patient_id"])})
     return {"magnifications": magnifications, "rows": rows}
 
 

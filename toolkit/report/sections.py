@@ -53,8 +53,10 @@ def render(sections: list[ReportSection], env: jinja2.Environment, pseudonyms: P
             "title": section.title, "anchor": anchor(section),
             "paragraphs": [pseudonyms.text(p) for p in section.paragraphs],
             "figures": [{"mime": f.mime, "content": f.content.encode() if isinstance(f.content, str) else f.content,
-                         "alt": pseudonyms.text(f.alt), "caption": pseudonyms.text(f.caption)} for f in section.figures],
-            "tables": [table_record(t.name, t.description, pseudonyms.frame(t.data), len(t.data)) for t in section.tables],
+                         "alt": pseudonyms.text(f.alt), "caption": pseudonyms.text(f.caption)}
+                        for f in section.figures],
+            "tables": [table_record(t.name, t.description, pseudonyms.frame(t.data), len(t.data))
+                       for t in section.tables],
             "html": None,
         }
         if section.template is not None:
