@@ -40,10 +40,27 @@ def test_an_exporter_writing_outside_out_is_refused(tmp_path, breakhis):
     result = run_tk("run", breakhis, "--backbone", "tiny", "--store", store, "--out", out, "--analysis", "none",
                     "--export", "escape,html", "--plugin", TINY, "--plugin", FAULTY)
     assert result.exit_code == 3
-    assert "exporter escape: TkError: wrote outside --out" in result.stderr
+    assert "exporter escape: ExportEscape: wrote outside --out" in result.stderr
+    assert not (tmp_path / "escaped.txt").exists()  # refused at the join, before anything was written
     con = duckdb.connect(str(store), read_only=True)
     assert con.execute("SELECT exporter FROM exports").fetchall() == [("html",)]  # the escaped path is not recorded
     assert list(out.glob("tk-report-*.html"))  # the other exporter still ran
+
+
+def test_an_exporter_writing_beside_out_through_a_plain_path_fails_in_run_and_export(tmp_path, breakhis):
+    """Issue #20, item 7: only the returned paths were checked (and `tk export` checked nothing), so an
+    exporter that wrote beside --out and returned nothing passed."""
+    store, out = tmp_path / "tk.duckdb", tmp_path / "out"
+    result = run_tk("run", breakhis, "--backbone", "tiny", "--store", store, "--out", out, "--analysis", "none",
+                    "--export", "stray,html", "--plugin", TINY, "--plugin", FAULTY)
+    assert result.exit_code == 3, result.stderr
+    assert f"exporter stray: ExportEscape: wrote outside --out: {tmp_path / 'stray.txt'}" in result.stderr
+    assert list(out.glob("tk-report-*.html"))  # the other exporter still ran, the store beside --out is no stray
+    (tmp_path / "stray.txt").unlink()
+    exported = run_tk("export", "--backbone", "tiny", "--format", "stray", "--store", store, "--out", out,
+                      "--plugin", TINY, "--plugin", FAULTY)
+    assert exported.exit_code == 3, exported.stderr
+    assert f"exporter stray: wrote outside --out: {tmp_path / 'stray.txt'}" in exported.stderr
 
 
 CORE_NAMED = '''
@@ -130,3 +147,36 @@ def test_a_numpy_runtime_warning_is_one_warning_line_not_raw_output(tmp_path, br
     about = [line for line in result.stderr.splitlines() if "invalid value" in line]
     assert about == ["warning: RuntimeWarning at warns.py:8: invalid value encountered in divide"], result.stderr
     assert "ratio = (spread" not in result.stderr
+
+
+def _autoescape_off(env):
+    """A plugin's ``prepare_jinja2_environment`` that swaps report autoescaping for
+    ``select_autoescape``: a truthy function that is off for templates rendered from strings."""
+    import jinja2
+
+    env.autoescape = jinja2.select_autoescape(["xml"])
+
+
+def test_a_plugin_cannot_switch_report_autoescape_off_with_select_autoescape():
+    import pytest
+
+    from types import SimpleNamespace
+
+    from toolkit import hookimpl
+    from toolkit.plugin.registry import make_plugin_manager
+    from toolkit.report.environment import make_environment
+
+    pm, _ = make_plugin_manager()
+    pm.register(SimpleNamespace(prepare_jinja2_environment=hookimpl(_autoescape_off)), name="autoescape_off")
+    with pytest.raises(ValueError, match="autoescaping off"):
+        make_environment(None, pm)
+
+
+def test_plugin_svg_is_embedded_as_an_inert_image():
+    """A deny-list let ``</svg><meta http-equiv=refresh>`` through; the figure is now an <img>."""
+    from toolkit.report.environment import figure_markup
+
+    hostile = '<svg xmlns="http://www.w3.org/2000/svg"></svg><meta http-equiv="refresh" content="0;url=https://x.test">'
+    html = str(figure_markup("image/svg+xml", hostile.encode(), 'alt "quoted"'))
+    assert html.startswith('<img alt="alt &#34;quoted&#34;" src="data:image/svg+xml;base64,')
+    assert "<meta" not in html and "<svg" not in html and "refresh" not in html

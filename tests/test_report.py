@@ -204,3 +204,63 @@ def test_dollar_signs_in_labels_are_drawn_as_text_not_parsed_as_math():
     context = SimpleNamespace(metadata=meta, backbone="tiny")
     svg = _scatter(context, np.random.default_rng(0).normal(size=(8, 2)), np.array([0.6, 0.3])).content
     assert "$\\frac{$" in unescape(svg) and "cost $5 to $10" in unescape(svg)
+
+
+def test_patient_ids_are_pseudonymised_in_the_data_with_a_store_secret_and_no_absolute_paths(tmp_path):
+    """Issue #20, item 9: ids with HTML characters leaked in their escaped form, short numeric ids
+    replaced digits across the page (``<h1>``), the pseudonym was sha256(run_id:id) and so reversible,
+    and ``--store=/abs`` showed in the Command row."""
+    import hashlib
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    patients = ["O'Brien", 'A&B<"x">', "1", "2", "14-13412"]
+    rows = ["path,label,subtype,patient_id"]
+    for i in range(15):
+        tile(rng, i % 2 == 0).save(images / f"img{i}.png")
+        rows.append(f'"images/img{i}.png",{"benign" if i % 2 else "malignant"},a,"{patients[i % 5]}"'.replace('"x"', '""x""'))
+    (images / "img0-copy.png").write_bytes((images / "img0.png").read_bytes())  # a conflict: the integrity table
+    rows.append('"images/img0-copy.png",malignant,a,"14-13412"')
+    (images / "O'Brien-scan.png").write_bytes(b"not a png")  # a skipped file naming a patient
+    rows.append('"images/O\'Brien-scan.png",benign,a,"O\'Brien"')
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    store, out = tmp_path / "tk.duckdb", tmp_path / "out"
+    result = run_tk("run", tmp_path / "m.csv", "--backbone", "tiny", "--analysis", "integrity", f"--store={store}",
+                    f"--out={out}", "--plugin", TINY)
+    assert result.exit_code == 0, result.stderr
+    con = duckdb.connect(str(store), read_only=True)
+    assert sorted(r[0] for r in con.execute("SELECT DISTINCT patient_id FROM images").fetchall()) == sorted(patients)
+    run_id = con.execute("SELECT run_id FROM runs").fetchall()[0][0]
+    con.close()
+    html = _report(out).read_text()
+    for patient in ["O'Brien", "O&#39;Brien", "A&amp;B", "&lt;&#34;x&#34;&gt;", "14-13412"]:
+        assert patient not in html, patient
+    assert "<h1>" in html and "</h1>" in html and "<hP-" not in html  # short ids touch no markup
+    old_scheme = ["P-" + hashlib.sha256(f"{run_id}:{p}".encode()).hexdigest()[:6] for p in patients]
+    assert not [p for p in old_scheme if p in html]  # not recoverable from the run id
+    assert re.search(r"<code>images/P-[0-9a-f]{10}-scan\.png</code>", html)  # the skipped file
+    assert len(set(re.findall(r">P-[0-9a-f]{10}</td>", html))) == 2  # the integrity conflict's patient_id cells
+    assert re.search(r'"finding warning">1 identical files appear 2 times', html)  # counts are not ids "1", "2"
+    assert str(tmp_path) not in html  # --store=/abs and --out=/abs included
+    revealed = run_tk("report", f"--store={store}", "--out", tmp_path / "b", "--reveal-ids", "--plugin", TINY)
+    assert revealed.exit_code == 0, revealed.stderr
+    assert "O&#39;Brien" in _report(tmp_path / "b").read_text()
+
+
+def test_plugin_section_tables_and_paragraphs_show_pseudonyms():
+    """Issue #20, item 9: plugin sections' tables and texts are pseudonymised like the core's."""
+    import pandas as pd
+
+    from toolkit.plugin.results import Table
+    from toolkit.plugin.sections import ReportSection
+    from toolkit.report.data import Pseudonyms
+    from toolkit.report.environment import make_environment
+    from toolkit.report.sections import render
+
+    pseudonyms = Pseudonyms(["O'Brien"], b"k" * 32, "run-1")
+    section = ReportSection("Cohort", paragraphs=["O'Brien has 2 images"],
+                            tables=[Table("patients", pd.DataFrame({"patient_id": ["O'Brien"], "n": [2]}))])
+    [view] = render([section], make_environment(None), pseudonyms)["slots"]["appendix"]
+    assert view["paragraphs"] == [pseudonyms("O'Brien") + " has 2 images"]
+    assert view["tables"][0]["rows"] == [[pseudonyms("O'Brien"), 2]]

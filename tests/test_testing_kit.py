@@ -150,6 +150,15 @@ def test_an_exporter_writing_outside_out_dir_is_caught(tmp_path):
         check_exporter_writes_inside_out_dir(Exporter(name="escape", export=escape))
 
 
+def test_an_exporter_writing_beside_out_dir_and_returning_nothing_is_caught():
+    def stray(context, out_dir: Path):
+        (Path(str(out_dir)).parent / "stray.txt").write_text("x")
+        return []
+
+    with pytest.raises(AssertionError, match="wrote outside out_dir: wrote outside --out: .*stray.txt"):
+        check_exporter_writes_inside_out_dir(Exporter(name="stray", export=stray))
+
+
 def test_an_exporter_writing_to_the_store_is_caught():
     def scribble(context, out_dir: Path):
         context.store.con.execute("CREATE TABLE scribbles (x INTEGER)")

@@ -48,8 +48,17 @@ def escape_out(context, out_dir):
     return [target]
 
 
+def stray_out(context, out_dir):
+    """Writes beside --out through a plain path (not the folder it was given) and returns nothing."""
+    from pathlib import Path
+
+    (Path(str(out_dir)).parent / "stray.txt").write_text("outside")
+    return []
+
+
 @hookimpl
 def register_exporters(register):
     from toolkit.plugin.types import Exporter
 
     register(Exporter(name="escape", export=escape_out))
+    register(Exporter(name="stray", export=stray_out))

@@ -233,29 +233,39 @@ def build_app(plugins: list[str]) -> typer.Typer:
         plugin: Optional[List[str]] = PluginOption,
     ) -> None:
         """Export a backbone + probe-head classifier, with size, latency and parity numbers."""
+        from toolkit import console
         from toolkit.plugin.types import ExportContext
         from toolkit.plugin.registry import load_registry
-        from toolkit.run.settings import check_out_folder, select
+        from toolkit.run.exports import ExportEscape, export_into
+        from toolkit.run.settings import EXIT_PARTIAL, check_out_folder, select
         from toolkit.store import Store
 
         registry = load_registry(plugins)
         exporters = select(registry.exporters, fmt, "exporter")
         check_out_folder(out)
+        escaped, files = False, []
         with Store.open(store, must_exist=True) as opened:  # records the exports' parity
             context = ExportContext(opened.run(run_id)["run_id"], opened, {"backbones": [backbone], "seed": seed},
                                     registry=registry)
-            files = [str(path) for exporter in exporters for path in exporter.export(context, out.resolve())]
+            for exporter in exporters:
+                try:
+                    files += [str(path) for path in export_into(exporter, context, out)]
+                except ExportEscape as exc:
+                    console.error(f"exporter {exporter.name}: {exc}")
+                    escaped = True
             tables = {spec.name: spec for exporter in exporters for spec in exporter.tables}
             rows = {name: opened.rows(spec, where={"run_id": context.run_id, "backbone": backbone})
                     for name, spec in tables.items()}
         if as_json:
             print(json.dumps({"files": files, **{name: frame.to_dict("records") for name, frame in rows.items()}},
                              default=str))
-            return
-        print("\n".join(files))
-        for name, frame in rows.items():
-            if not frame.empty:
-                _print_table(frame[list(tables[name].summary or tables[name].columns)], "table")
+        else:
+            print("\n".join(files))
+            for name, frame in rows.items():
+                if not frame.empty:
+                    _print_table(frame[list(tables[name].summary or tables[name].columns)], "table")
+        if escaped:
+            raise typer.Exit(EXIT_PARTIAL)
 
     @app.command()
     def explain(

@@ -154,7 +154,7 @@ class Exporter:
 
     :param name: identifier used with ``--export``.
     :param export: ``export(context, out_dir) -> list of written paths``; every path must lie
-        inside ``out_dir``.
+        inside ``out_dir`` (a path whose joins cannot leave it), and nothing beside it may change.
     :param default: run by ``tk run`` when ``--export`` is not given.
     :param rerender: run again by ``tk report`` (it reads only the store and recomputes nothing).
     :param tables: the tables it writes (``toolkit.store.TableSpec``); ``tk export`` prints their

@@ -5,8 +5,9 @@ files. Nothing here recomputes an analysis or names one."""
 from __future__ import annotations
 
 import hashlib
+import hmac
 import re
-from typing import Any
+from typing import Any, Iterable
 
 from toolkit.lazy import lazy_import
 from toolkit.plugin.registry import Registry
@@ -17,19 +18,61 @@ pd = lazy_import("pandas")
 MAX_TABLE_ROWS = 20
 
 
-def pseudonym(patient_id: Any, salt: str) -> str:
-    """A stable stand-in for a patient id within one report (``P-`` + 6 hex digits)."""
-    if patient_id is None or patient_id != patient_id:
-        return "—"
-    return "P-" + hashlib.sha256(f"{salt}:{patient_id}".encode()).hexdigest()[:6]
+PSEUDONYM_HEX = 10
+"""Hex digits of a pseudonym after ``P-``: collisions stay unlikely among many thousands of patients."""
+
+SHORT_NUMBER = re.compile(r"[0-9]{1,3}")
+"""Ids that free text is not searched for: they would replace counts (``2 pairs``) and identify no one."""
 
 
-def redact(text: str, replacements: dict[str, str]) -> str:
-    """Replace every patient id in ``text`` with its pseudonym (longest ids first)."""
-    if not replacements:
-        return text
-    pattern = re.compile("|".join(re.escape(k) for k in sorted(replacements, key=len, reverse=True)))
-    return pattern.sub(lambda m: replacements[m.group(0)], text)
+class Pseudonyms:
+    """What the report shows for patient ids, applied to the data before rendering (never to HTML).
+
+    A pseudonym is ``P-`` + the first hex digits of HMAC-SHA256(store secret, ``run_id:id``): stable
+    within a run's report, and not recoverable without the store. With ``key`` None (``--reveal-ids``)
+    ids are shown as they are.
+    """
+
+    def __init__(self, ids: Iterable[str], key: bytes | None, run_id: str) -> None:
+        self.key, self.run_id = key, run_id
+        searched = {str(i) for i in ids if i and not SHORT_NUMBER.fullmatch(str(i))}
+        ordered = sorted(searched, key=len, reverse=True)
+        alternatives = "|".join(map(re.escape, ordered))
+        self._pattern = (re.compile(f"(?<![A-Za-z0-9])(?:{alternatives})(?![A-Za-z0-9])")
+                         if key is not None and ordered else None)
+
+    def __call__(self, patient_id: Any) -> str:
+        """The pseudonym of one patient id (``—`` for none)."""
+        if patient_id is None or patient_id != patient_id:
+            return "—"
+        if self.key is None:
+            return str(patient_id)
+        digest = hmac.new(self.key, f"{self.run_id}:{patient_id}".encode(), hashlib.sha256).hexdigest()
+        return "P-" + digest[:PSEUDONYM_HEX]
+
+    def text(self, value: Any) -> Any:
+        """``value`` with every known patient id in it (a whole token, not part of a longer word or
+        number; short numbers excepted) replaced by its pseudonym; anything but a string is returned
+        as it is."""
+        if self._pattern is None or not isinstance(value, str):
+            return value
+        return self._pattern.sub(lambda m: self(m.group(0)), value)
+
+    def frame(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """A copy of a table with its ``patient_id`` column pseudonymised and ids in text cells replaced."""
+        if self.key is None:
+            return frame
+        shown = frame.copy()
+        for column in shown.columns:
+            if column == "patient_id":
+                shown[column] = [p if p is None or p != p else self(p) for p in shown[column]]
+            elif shown[column].dtype == object:
+                shown[column] = [self.text(v) for v in shown[column]]
+        return shown
+
+    def records(self, records: list[dict[str, Any]], *fields: str) -> list[dict[str, Any]]:
+        """``records`` with ids in the named text fields replaced."""
+        return [{**r, **{f: self.text(r.get(f)) for f in fields}} for r in records]
 
 
 def known_patients(patient_ids: pd.Series) -> int | None:
@@ -39,15 +82,16 @@ def known_patients(patient_ids: pd.Series) -> int | None:
     return int(known.nunique()) if len(known) else None
 
 
-def composition(images: pd.DataFrame) -> dict[str, Any]:
-    """Images (and patients: None when unknown) per class and subtype, by magnification."""
+def composition(images: pd.DataFrame, pseudonyms: Pseudonyms) -> dict[str, Any]:
+    """Images (and patients: None when unknown) per class and subtype, by magnification; a patient id
+    in a class or subtype name is shown as its pseudonym."""
     images = images.fillna({"label": "unlabelled", "subtype": "—"})
     magnifications = sorted(int(m) for m in images["magnification"].dropna().unique())
     rows = []
     for (label, subtype), group in images.groupby(["label", "subtype"], sort=True):
         cells = [int((group["magnification"] == m).sum()) for m in magnifications]
-        rows.append({"label": label, "subtype": subtype, "cells": cells, "images": len(group),
-                     "patients": known_patients(group["patient_id"])})
+        rows.append({"label": pseudonyms.text(label), "subtype": pseudonyms.text(subtype), "cells": cells,
+                     "images": len(group), "patients": known_patients(group["patient_id"])})
     return {"magnifications": magnifications, "rows": rows}
 
 
@@ -73,19 +117,18 @@ def table_record(name: str, description: str, frame: pd.DataFrame, n_rows: int) 
             "rows": shown.values.tolist(), "n_rows": int(n_rows)}
 
 
-def analysis_sections(store: Store, run_id: str, backbones: list[str], redactions: dict[str, str],
+def analysis_sections(store: Store, run_id: str, backbones: list[str], pseudonyms: Pseudonyms,
                       registry: Registry) -> list[dict[str, Any]]:
     """Per-backbone sections (then one for analyses over all backbones); analyses by their declared
-    ``order`` (unknown analyses last), then by name, each with its findings, figures and tables."""
+    ``order`` (unknown analyses last), then by name, each with its findings, figures and tables
+    (patient ids in them pseudonymised)."""
     order = {name: a.order for name, a in registry.analyses.items()}
-    analyses = store.run_analyses(run_id)
-    findings = store.run_findings(run_id)
-    figures = store.run_figures(run_id)
+    analyses = pseudonyms.records(store.run_analyses(run_id), "message")
+    findings = pseudonyms.records(store.run_findings(run_id), "message")
+    figures = pseudonyms.records(store.run_figures(run_id), "alt", "caption")
     tables = []
     for entry in store.run_result_tables(run_id, MAX_TABLE_ROWS):
-        frame = entry["frame"]
-        if "patient_id" in frame.columns and redactions:
-            frame["patient_id"] = [redactions.get(p, p) for p in frame["patient_id"]]
+        frame = pseudonyms.frame(entry["frame"])
         tables.append({**entry, **table_record(entry["table_name"], entry["description"], frame, entry["n_rows"])})
     result = []
     for backbone in [*backbones, ""]:
@@ -104,29 +147,35 @@ def analysis_sections(store: Store, run_id: str, backbones: list[str], redaction
 
 
 def gather(store: Store, run_id: str, registry: Registry, reveal_ids: bool = False) -> dict[str, Any]:
-    """Everything the report template shows that no plugin contributes, read from the store."""
-    run = store.run(run_id)
+    """Everything the report template shows that no plugin contributes, read from the store, with
+    patient ids pseudonymised (unless ``reveal_ids``) before anything is rendered."""
     images = store.run_images(run_id)
-    ids = {} if reveal_ids else {str(p): pseudonym(p, run_id) for p in images["patient_id"].dropna().unique()}
+    pseudonyms = Pseudonyms(images["patient_id"].dropna().unique(), None if reveal_ids else store.report_secret(),
+                            run_id)
+    run = store.run(run_id)
+    run = {**run, "error": pseudonyms.text(run.get("error")),
+           "warnings": [pseudonyms.text(w) for w in run.get("warnings") or []]}
     backbones = store.run_backbones(run_id)
-    analyses = store.run_analyses(run_id)
+    analyses = pseudonyms.records(store.run_analyses(run_id), "message")
+    labels = images["label"].value_counts().sort_index().to_dict()
     return {
         "run": run,
         "unfinished": unfinished(run),
         "n_images": len(images),
         "n_patients": known_patients(images["patient_id"]),
         "n_patient_unknown": int(images["patient_id"].isna().sum()),
-        "labels": images["label"].value_counts().sort_index().to_dict(),
+        "labels": {pseudonyms.text(label): count for label, count in labels.items()},
         "subtypes": sorted(images["subtype"].dropna().unique()),
         "magnifications": sorted(int(m) for m in images["magnification"].dropna().unique()),
-        "composition": composition(images),
+        "composition": composition(images, pseudonyms),
         "backbones": backbones,
-        "sections": analysis_sections(store, run_id, [b["backbone"] for b in backbones], ids, registry),
-        "skipped": store.skipped_files(run_id),
-        "failures": [a for a in analyses if a["status"] == "failed"] + [b for b in backbones if b["status"] != "ok"],
+        "sections": analysis_sections(store, run_id, [b["backbone"] for b in backbones], pseudonyms, registry),
+        "skipped": pseudonyms.records(store.skipped_files(run_id), "relpath", "reason"),
+        "failures": ([a for a in analyses if a["status"] == "failed"]
+                     + pseudonyms.records([b for b in backbones if b["status"] != "ok"], "error")),
         "random_backbones": [b["backbone"] for b in backbones if b["weights_kind"] == "random"],
         "demo": bool((run["settings"] or {}).get("demo")),
         "analysis_titles": {name: a.title or name for name, a in registry.analyses.items()},
         "reveal_ids": reveal_ids,
-        "redactions": ids,
+        "pseudonyms": pseudonyms,
     }

@@ -11,7 +11,7 @@ from markupsafe import Markup
 
 from toolkit.plugin.results import validate_results
 from toolkit.plugin.sections import SLOTS, ComparisonColumn, ReportContext, ReportSection
-from toolkit.report.data import table_record
+from toolkit.report.data import Pseudonyms, table_record
 
 
 class SectionError(TypeError):
@@ -39,9 +39,10 @@ def anchor(section: ReportSection) -> str:
     return "plugin-" + (re.sub(r"[^a-z0-9]+", "-", section.title.lower()).strip("-") or "section")
 
 
-def render(sections: list[ReportSection], env: jinja2.Environment) -> dict[str, Any]:
+def render(sections: list[ReportSection], env: jinja2.Environment, pseudonyms: Pseudonyms) -> dict[str, Any]:
     """The template's view: sections by slot (``html`` pre-rendered for templated ones) and the
-    comparison table's extra columns."""
+    comparison table's extra columns. Patient ids in paragraphs, figure texts and tables are
+    pseudonymised (a template's ``data`` is the plugin's to pass through ``context.pseudonym``)."""
     by_slot: dict[str, list[dict[str, Any]]] = {slot: [] for slot in SLOTS}
     columns: list[ComparisonColumn] = []
     for section in sections:
@@ -49,10 +50,13 @@ def render(sections: list[ReportSection], env: jinja2.Environment) -> dict[str, 
         if not (section.title or section.paragraphs or section.tables or section.figures or section.template):
             continue  # a section that only adds columns
         view = {
-            "title": section.title, "anchor": anchor(section), "paragraphs": section.paragraphs,
+            "title": section.title, "anchor": anchor(section),
+            "paragraphs": [pseudonyms.text(p) for p in section.paragraphs],
             "figures": [{"mime": f.mime, "content": f.content.encode() if isinstance(f.content, str) else f.content,
-                         "alt": f.alt, "caption": f.caption} for f in section.figures],
-            "tables": [table_record(t.name, t.description, t.data, len(t.data)) for t in section.tables],
+                         "alt": pseudonyms.text(f.alt), "caption": pseudonyms.text(f.caption)}
+                        for f in section.figures],
+            "tables": [table_record(t.name, t.description, pseudonyms.frame(t.data), len(t.data))
+                       for t in section.tables],
             "html": None,
         }
         if section.template is not None:

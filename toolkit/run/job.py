@@ -18,6 +18,7 @@ from toolkit.ingest.sources import find_images
 from toolkit.plugin.registry import Registry, load_registry
 from toolkit.plugin.settings import parse_assignments, resolved
 from toolkit.plugin.types import Analysis, Backbone, ExportContext, Exporter
+from toolkit.run.exports import export_into
 from toolkit.run.embed import RunLog, embed_missing, plan_backbones, record_backbones
 from toolkit.run.settings import (EXIT_OK, EXIT_PARTIAL, RunSettings, RunSummary, check_out_folder,
                                   dataset_fingerprint, new_run_id, select, utcnow, versions)
@@ -149,14 +150,9 @@ def _export(store: Store, registry: Registry, settings: RunSettings, run_id: str
     outputs: list[Path] = []
     context = ExportContext(run_id, store, {"reveal_ids": settings.reveal_ids, "seed": settings.seed},
                             settings.template_dir, registry)
-    out_dir = settings.out.resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
     for exporter in sorted(exporters, key=lambda e: e.default):  # reports (the defaults) last: they show the others' results
         try:
-            written = [Path(p).resolve() for p in exporter.export(context, out_dir)]
-            outside = [p for p in written if not p.is_relative_to(out_dir)]
-            if outside:
-                raise TkError(f"wrote outside --out: {', '.join(map(str, outside))}")
+            written = export_into(exporter, context, settings.out)
         except Exception as exc:  # one exporter failing must not lose the others' files
             message = f"exporter {exporter.name}: {type(exc).__name__}: {exc}"
             failures.append(message)
@@ -179,7 +175,7 @@ def rerender(store_path: Path, run_id: str | None, out: Path, plugins: list[str]
     with Store.open(store_path, read_only=True) as store:
         run = store.run(run_id)
         context = ExportContext(run["run_id"], store, {"reveal_ids": reveal_ids}, template_dir, registry)
-        return [path for exporter in exporters for path in exporter.export(context, out.resolve())]
+        return [path for exporter in exporters for path in export_into(exporter, context, out)]
 
 
 __all__ = ["RunSettings", "RunSummary", "execute_run", "rerender", "EXIT_OK", "EXIT_PARTIAL"]

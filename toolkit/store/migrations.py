@@ -5,6 +5,7 @@ A migration is never edited after release; a change to the schema is a new migra
 
 from __future__ import annotations
 
+import secrets
 from typing import Callable
 
 
@@ -156,9 +157,17 @@ def m006_run_error(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE runs ADD COLUMN error VARCHAR")
 
 
+def m007_store_secrets(con: duckdb.DuckDBPyConnection) -> None:
+    """A random secret per store (256 bits) that keys the report's patient pseudonyms (HMAC), so that
+    no one without the store can recover an id by hashing candidates."""
+    con.execute("CREATE TABLE store_secrets (name VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)")
+    con.execute("INSERT INTO store_secrets VALUES ('report_pseudonyms', ?)", [secrets.token_hex(32)])
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_create_tables, m002_export_parity,
                                                                   m003_training, m004_analysis_cache_key,
-                                                                  m005_precision, m006_run_error]
+                                                                  m005_precision, m006_run_error,
+                                                                  m007_store_secrets]
 
 
 def newer_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:

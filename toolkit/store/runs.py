@@ -8,8 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.errors import TkError
+from toolkit.lazy import lazy_import
 from toolkit.store.connection import Connection
 from toolkit.store.sql import utcnow
+
+duckdb = lazy_import("duckdb")
 
 FINISHED = "('ok', 'partial')"
 """Statuses of runs that finished: the latest of them is the run commands use by default."""
@@ -67,6 +70,17 @@ class Runs(Connection):
     def record_export(self, run_id: str, exporter: str, path: Path) -> None:
         """Remember a file an exporter wrote for a run."""
         self.con.execute("INSERT INTO exports VALUES (?, ?, ?, current_timestamp)", [run_id, exporter, str(path)])
+
+    def report_secret(self) -> bytes:
+        """The store's secret that keys the report's patient pseudonyms (``store_secrets``)."""
+        try:
+            row = self.con.execute("SELECT value FROM store_secrets WHERE name = 'report_pseudonyms'").fetchone()
+        except duckdb.CatalogException:
+            row = None
+        if row is None:
+            raise TkError(f"store {self.path} predates report pseudonyms; open it once with a writing tk command "
+                          "(tk run) to upgrade it, or pass --reveal-ids")
+        return bytes.fromhex(row[0])
 
     def skipped_files(self, run_id: str) -> list[dict[str, Any]]:
         """The files a run could not use: relpath, reason."""

@@ -17,6 +17,7 @@ from toolkit.plugin.registry import load_registry
 from toolkit.plugin.settings import resolved
 from toolkit.plugin.types import Analysis, AnalysisContext, Backbone, ExportContext, Exporter
 from toolkit.plugin.results import Figure, Finding, MalformedResult, Result, Table, validate_results
+from toolkit.run.exports import ExportEscape, export_into
 from toolkit.store import Store, identifier
 from toolkit.testing.synthetic import KIT_BACKBONES, KIT_LABELS, KIT_RUN_ID, KIT_SEED, SyntheticRun, synthetic_run
 
@@ -240,7 +241,9 @@ def _export(exporter: Exporter, store_path: Path, run_id: str, out_dir: Path) ->
     with Store.open(store_path, read_only=True) as store:
         context = ExportContext(run_id, store, {"reveal_ids": False}, registry=load_registry())
         try:
-            written = exporter.export(context, out_dir)
+            written = export_into(exporter, context, out_dir)
+        except ExportEscape as exc:
+            raise AssertionError(f"exporter {exporter.name!r} wrote outside out_dir: {exc}") from exc
         except Exception as exc:
             raise AssertionError(f"exporter {exporter.name!r} failed on the kit's synthetic run (store opened "
                                  f"read-only): {type(exc).__name__}: {exc}") from exc
@@ -254,7 +257,8 @@ def _export(exporter: Exporter, store_path: Path, run_id: str, out_dir: Path) ->
 
 
 def check_exporter_writes_inside_out_dir(exporter: Exporter, seed: int = 0) -> None:
-    """Every returned path exists and lies inside ``out_dir``; the store is only read."""
+    """Every returned path exists and lies inside ``out_dir``, nothing beside ``out_dir`` changes (as
+    ``tk run`` checks), and the store is only read."""
     with tempfile.TemporaryDirectory(prefix="tk-kit-") as tmp:
         store_path = Path(tmp) / "kit.duckdb"
         _export(exporter, store_path, _kit_store(store_path), Path(tmp) / "out")
