@@ -121,7 +121,7 @@ def test_train_then_run_explain_and_export_the_variant(imbalanced, tmp_path):
     html = next(reports.glob("*.html")).read_text()
     section = html[html.index('id="training"'):]
     assert "Fine-tuned backbones" in section and f"Linear probe on {variant} embeddings" in section
-    assert "Frozen tiny, linear probe" in section and "training curve" in section
+    assert "Frozen tiny, linear probe" in section and 'alt="Training curve of' in section  # figures are <img>
 
     image = next(imbalanced.rglob("*.png"))
     explained = run_tk("explain", image, "--backbone", variant, "--plugin", TINY, "--store", store,
