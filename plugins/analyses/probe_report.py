@@ -7,19 +7,12 @@ from pathlib import Path
 
 from toolkit.lazy import lazy_import
 from toolkit.plugin.sections import ComparisonColumn, ReportContext, ReportSection
+from toolkit.report.data import estimate
 from toolkit.plugins.analyses.protocols import PATIENT_CV, PROTOCOLS
 
 pd = lazy_import("pandas")
 
 SUMMARY_TEMPLATE = Path(__file__).parent / "templates" / "probe_summary.html"
-
-
-def _estimate(rows: pd.DataFrame, backbone: str, split: str, metric: str) -> dict[str, float] | None:
-    found = rows[(rows["backbone"] == backbone) & (rows["split"] == split) & (rows["metric"] == metric)]
-    if found.empty:
-        return None
-    row = found.iloc[0]
-    return {"value": float(row["value"]), "low": float(row["ci_low"]), "high": float(row["ci_high"])}
 
 
 def backbone_estimates(context: ReportContext) -> list[dict]:
@@ -34,7 +27,7 @@ def backbone_estimates(context: ReportContext) -> list[dict]:
                       & (metrics["class"].isna() | metrics["metric"].isin(["sensitivity", "specificity"]))]
     rows = []
     for name in context.backbone_names:
-        rows.append({"backbone": name, **{key: _estimate(metrics, name, split, metric) for key, split, metric in (
+        rows.append({"backbone": name, **{key: estimate(metrics, backbone=name, split=split, metric=metric) for key, split, metric in (
             ("balanced_accuracy", "patient", "balanced_accuracy"), ("roc_auc", "patient", "roc_auc"),
             ("sensitivity", "patient", "sensitivity"), ("specificity", "patient", "specificity"),
             ("patient_score", "patient", "patient_score"),
@@ -148,10 +141,9 @@ def model_card_section(context: ReportContext) -> list[ReportSection]:
         rows = metrics[metrics["backbone"] == b["backbone"]]
         found = []
         for metric, cls, label in CARD_METRICS:
-            row = rows[(rows["metric"] == metric) & ((rows["class"] == cls) if cls else rows["class"].isna())]
-            if not row.empty:
-                found.append({"label": label, "value": float(row["value"].iloc[0]), "low": float(row["ci_low"].iloc[0]),
-                              "high": float(row["ci_high"].iloc[0])})
+            interval = estimate(rows, metric=metric, **{"class": cls})
+            if interval:
+                found.append({"label": label, **interval})
         backbones.append({"backbone": b["backbone"], "metrics": found, "weights": _weights_text(b)})
     settings = context.run.get("settings") or {}
     limitations = ["Embeddings of one network on one data set; results may not carry over to other laboratories.",

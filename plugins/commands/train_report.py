@@ -13,6 +13,7 @@ import numpy as np
 from toolkit.lazy import lazy_import
 from toolkit.models.training_record import DIFFERENCES, HISTORY, METRICS, RUNS
 from toolkit.plugin.sections import ReportContext, ReportSection
+from toolkit.report.data import estimate
 from toolkit.store import Store
 
 pd = lazy_import("pandas")
@@ -23,21 +24,13 @@ METRIC_LABELS = [("balanced_accuracy", "Balanced accuracy"), ("roc_auc", "AUC"),
 SETTINGS_SHOWN = ("augment", "balance", "epochs", "unfreeze", "learning_rate", "seed")
 
 
-def _estimate(frame: pd.DataFrame, metric: str, cls: str | None) -> dict[str, float] | None:
-    rows = frame[(frame["metric"] == metric) & ((frame["class"] == cls) if cls else frame["class"].isna())]
-    if rows.empty:
-        return None
-    row = rows.iloc[0]
-    return {"value": float(row["value"]), "low": float(row["ci_low"]), "high": float(row["ci_high"])}
-
-
 def _per_class(frame: pd.DataFrame, metric: str, cls: str, classes: list[str]) -> dict[str, float] | None:
     """A per-class estimate; binary probes list only the second class, whose specificity is the
     first class's sensitivity (and the other way round)."""
-    found = _estimate(frame, metric, cls)
+    found = estimate(frame, metric=metric, **{"class": cls})
     if found is None and len(classes) == 2 and cls == classes[0]:
         other = {"sensitivity": "specificity", "specificity": "sensitivity"}[metric]
-        found = _estimate(frame, other, classes[1])
+        found = estimate(frame, metric=other, **{"class": classes[1]})
     return found
 
 
@@ -49,7 +42,7 @@ def comparison_rows(finetuned: pd.DataFrame, probes: dict[str, pd.DataFrame], cl
     rows = []
     for metric, label in METRIC_LABELS:
         for cls in (per_class if metric in ("sensitivity", "specificity") else [None]):
-            pick = (lambda f: _estimate(f, metric, None)) if cls is None else (  # noqa: E731
+            pick = (lambda f: estimate(f, metric=metric, **{"class": None})) if cls is None else (  # noqa: E731
                 lambda f: _per_class(f, metric, cls, classes))
             rows.append({"label": f"{label}, {cls}" if cls else label, "finetuned": pick(finetuned),
                          **{name: pick(frame) if not frame.empty else None for name, frame in probes.items()}})

@@ -9,6 +9,8 @@ import hmac
 import re
 from typing import Any, Iterable
 
+import numpy as np
+
 from toolkit.lazy import lazy_import
 from toolkit.plugin.registry import Registry
 from toolkit.store import Store
@@ -80,6 +82,18 @@ def known_patients(patient_ids: pd.Series) -> int | None:
     says "patient unknown" then, never 0)."""
     known = patient_ids.dropna()
     return int(known.nunique()) if len(known) else None
+
+
+def estimate(rows: pd.DataFrame, **where: object) -> dict[str, float] | None:
+    """The first row of a metrics table (value, ci_low, ci_high) matching ``where`` (column=value;
+    ``None`` matches a missing value), as the report's interval macros take it; None when none matches."""
+    keep = np.ones(len(rows), dtype=bool)
+    for column, value in where.items():
+        keep &= (rows[column].isna() if value is None else rows[column] == value).to_numpy()
+    if not keep.any():
+        return None
+    row = rows[keep].iloc[0]
+    return {"value": float(row["value"]), "low": float(row["ci_low"]), "high": float(row["ci_high"])}
 
 
 def composition(images: pd.DataFrame, pseudonyms: Pseudonyms) -> dict[str, Any]:
