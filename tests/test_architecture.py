@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import re
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +77,20 @@ def test_version_works():
     done = subprocess.run([sys.executable, "-m", "toolkit", "--version"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"tk {toolkit.__version__}"
+
+
+@pytest.mark.parametrize("args", [["--help"], ["run", "--help"], ["sql", "--help"]])
+def test_help_shows_no_type_beside_flags(args):
+    """A flag takes no value, so --help shows no ``<bool>`` beside it (issue #17, item 14); options
+    that take a value keep their type."""
+    done = subprocess.run([sys.executable, "-m", "toolkit", *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "COLUMNS": "120"})
+    assert done.returncode == 0, done.stderr
+    assert "<bool>" not in done.stdout
+    help_line = next(line for line in done.stdout.splitlines() if "--help" in line)
+    assert "Show this message and exit." in help_line
+    if args[0] == "run":
+        assert re.search(r"--seed\s+<int>", done.stdout)
 
 
 def test_report_templates_name_no_plugin():

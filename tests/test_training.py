@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import duckdb
@@ -170,3 +171,58 @@ def test_two_class_training_metrics_list_sensitivity_and_specificity_once():
     labels = [row["label"] for row in comparison_rows(metrics, {}, ["benign", "malignant"])]
     assert [label for label in labels if label.startswith(("Sensitivity", "Specificity"))] == [
         "Sensitivity, malignant", "Specificity, malignant"]
+
+
+FLAT_BACKBONE = '''
+from toolkit import hookimpl
+from toolkit.plugin.types import Backbone
+from tests.plugins.tiny_backbone import build as build_tiny, preprocess
+
+
+def build(weights):
+    import keras
+
+    tiny = build_tiny(weights)
+    return keras.Model(tiny.input, keras.layers.Rescaling(1e-7)(tiny.output), name="flat")
+
+
+@hookimpl
+def register_backbones(register):
+    register(Backbone(name="flat", dim=16, build=build, preprocess=preprocess, input_size=(32, 32), imagenet=False))
+'''
+
+
+def test_a_head_that_cannot_learn_is_said_so_not_reported_as_a_result(imbalanced, tmp_path):
+    """Issue #17, item 6: EfficientNetB0 with random weights pools features of ~1e-6, so the head never
+    leaves equal probabilities (loss ln 2 = 0.6931) and tk printed chance figures as results. A backbone
+    with features scaled to ~1e-8 reproduces it in seconds: tk now warns before training (flat features)
+    and after it (loss stuck at ln 2), stores both warnings and adds a caveat to the summary line."""
+    plugin = tmp_path / "flat_backbone.py"
+    plugin.write_text(FLAT_BACKBONE)
+    store = tmp_path / "tk.duckdb"
+    outcome = train(TrainSettings(data=imbalanced, store=store, **{**QUICK, "backbone": "flat",
+                                                                    "plugins": [str(plugin)], "epochs": 3}))[0][0]
+    assert abs(outcome.history["loss"] - np.log(2)).max() < 0.005
+    assert len(outcome.warnings) == 2
+    assert outcome.warnings[0].startswith("flat with random weights gives features that hardly differ")
+    assert "stayed at 0.693 = ln 2" in outcome.warnings[1]
+    with duckdb.connect(str(store), read_only=True) as con:
+        stored = con.execute("SELECT warnings FROM training_runs").fetchone()[0]
+    assert json.loads(stored) == outcome.warnings
+
+    learning = train(TrainSettings(data=imbalanced, store=store, **{**QUICK, "epochs": 3}))[0][0]
+    assert learning.warnings == [] and learning.history["loss"].iloc[-1] < np.log(2) - 0.05
+
+
+@pytest.mark.slow
+def test_random_efficientnetb0_features_are_too_flat_to_train_a_head():
+    """The cause of issue #17, item 6, measured on the real network."""
+    from tests.datasets import tile
+    from toolkit.extract.weights import build_model
+    from toolkit.models.learning_check import FLAT_SPREAD, probe_spread
+
+    backbone = find_backbone(load_registry().backbones, "efficientnetb0")
+    base, _ = build_model(backbone, "random", 0)
+    rng = np.random.default_rng(0)
+    pixels = np.stack([np.asarray(tile(rng, k % 2 == 0).resize(backbone.input_size)) for k in range(8)])
+    assert probe_spread(base, backbone.preprocess, pixels) < FLAT_SPREAD / 10

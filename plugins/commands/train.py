@@ -68,7 +68,8 @@ def register_commands(app: typer.Typer, cli: CliContext) -> None:
                                  patience=patience, seed=seed)
         outcomes, differences = train(settings, ablation=ablation)
         for outcome in outcomes:
-            console.info(f"{outcome.variant}: held-out {_summary(outcome.metrics)}; model {outcome.model_path}")
+            caveat = " (not meaningful: the model did not learn, see the warning above)" if outcome.warnings else ""
+            console.info(f"{outcome.variant}: held-out {_summary(outcome.metrics)}{caveat}; model {outcome.model_path}")
             print(outcome.variant)
         if differences is not None:
             print(differences.fillna({"class": ""}).to_string(index=False, float_format=lambda v: f"{v:.3f}"))

@@ -34,6 +34,11 @@ def _per_class(frame: pd.DataFrame, metric: str, cls: str, classes: list[str]) -
     return found
 
 
+def _stored_warnings(value: Any) -> list[str]:
+    """The warnings a training run stored (JSON); none for runs stored before tk kept them."""
+    return json.loads(value) if isinstance(value, str) else []
+
+
 def comparison_rows(finetuned: pd.DataFrame, probes: dict[str, pd.DataFrame], classes: list[str]) -> list[dict[str, Any]]:
     """One row per metric (per class for sensitivity and specificity; for two classes only the
     second's, since the first's sensitivity is the second's specificity): the fine-tuned estimate and
@@ -103,7 +108,7 @@ def training_sections(store: Store, run_id: str, backbones: list[str],
         settings = json.loads(run["settings"]) if isinstance(run["settings"], str) else run["settings"]
         classes = json.loads(run["classes"]) if isinstance(run["classes"], str) else list(run["classes"])
         variants.append({
-            **run, "settings": {k: settings.get(k) for k in SETTINGS_SHOWN}, "in_run": run["variant"] in backbones,
+            **run, "warnings": _stored_warnings(run.get("warnings")), "settings": {k: settings.get(k) for k in SETTINGS_SHOWN}, "in_run": run["variant"] in backbones,
             "rows": comparison_rows(metrics, {"frozen": of(run["backbone"]), "variant": of(run["variant"])}, classes),
             "curve": curve_figure(history, run["variant"]) if not history.empty else None})
     ablation_ids = sorted({v["ablation_id"] for v in variants if v["ablation_id"]})

@@ -96,8 +96,25 @@ def _warn_notes(predictions: list[Prediction]) -> None:
         console.warn(note)
 
 
+def _flags_without_type() -> None:
+    """Typer (0.2x) prints ``<bool>`` beside every flag, though a flag takes no value; show nothing
+    there, as click and argparse do. Options that take a value keep their ``<type>``."""
+    from typer.core import TyperOption
+
+    if getattr(TyperOption.display_type_rich, "tk_flags_without_type", False):
+        return
+    typed = TyperOption.display_type_rich
+
+    def display_type_rich(self: TyperOption, ctx: object) -> str | None:
+        return None if self.is_flag else typed(self, ctx)
+
+    display_type_rich.tk_flags_without_type = True  # type: ignore[attr-defined]
+    TyperOption.display_type_rich = display_type_rich  # type: ignore[method-assign]
+
+
 def build_app(plugins: list[str]) -> typer.Typer:
     """The Typer application with core commands and those plugins add."""
+    _flags_without_type()
     app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                       help="tk: histopathology image embeddings with pretrained CNN backbones, in DuckDB.")
 

@@ -9,6 +9,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from toolkit.extract.native_stderr import native_stderr_silenced
+
 THREADS = 2
 
 
@@ -22,6 +24,7 @@ class LiteModel:
         interpreter = Interpreter(model_path=str(path), num_threads=threads)
         self.runner = interpreter.get_signature_runner("serving_default")
         self.input_dtype = self.runner.get_input_details()["images"]["dtype"]
+        self._invoked = False
 
     def __call__(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         """Outputs for a batch (n, h, w, 3) of raw RGB pixels (0..255); uint8 models get uint8."""
@@ -30,7 +33,13 @@ class LiteModel:
             if np.issubdtype(self.input_dtype, np.integer):
                 batch = np.clip(np.rint(batch), 0, 255)
             batch = batch.astype(self.input_dtype)
-        return {name: np.array(value) for name, value in self.runner(images=batch).items()}
+        if self._invoked:
+            outputs = self.runner(images=batch)
+        else:  # the first call applies XNNPACK, which prints an INFO line to fd 2
+            with native_stderr_silenced():
+                outputs = self.runner(images=batch)
+            self._invoked = True
+        return {name: np.array(value) for name, value in outputs.items()}
 
 
 def median_ms(call: Callable[[], Any], repeats: int) -> float:

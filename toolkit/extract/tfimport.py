@@ -7,6 +7,8 @@ import os
 import sys
 from types import ModuleType
 
+from toolkit.extract.native_stderr import native_stderr_silenced
+
 
 def tensorflow() -> ModuleType:
     """The ``tensorflow`` module, imported quietly on first use."""
@@ -24,16 +26,9 @@ def tensorflow() -> ModuleType:
 
 def _import_quietly() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            import tensorflow  # noqa: F401
-            import keras  # noqa: F401  (keras logs at import too)
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+    with native_stderr_silenced():
+        import tensorflow  # noqa: F401
+        import keras  # noqa: F401  (keras logs at import too)
 
 
 def _not_a_retrace_warning(record: logging.LogRecord) -> bool:

@@ -12,6 +12,7 @@ variant ``<backbone>@<train_id>`` (toolkit.models.variants).
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from contextlib import ExitStack
@@ -30,6 +31,7 @@ from toolkit.errors import TkError
 from toolkit.ingest.scan import sha256_file
 from toolkit.models.ablation import ABLATION, ablation_table
 from toolkit.models.augmentation import augmentation
+from toolkit.models.learning_check import chance_loss_warning, flat_features_warning, probe_spread
 from toolkit.models.training_data import TrainingData, class_weights, load_training_data, oversampled
 from toolkit.models.training_record import record_differences, record_failure, record_start, record_success
 from toolkit.models.variants import VariantInfo, find_backbone, model_path, register_variant, variant_name
@@ -37,6 +39,7 @@ from toolkit.plugin.types import Backbone
 
 BALANCE_MODES = ("weights", "oversample", "none")
 FINETUNE_LR_FACTOR = 0.1
+PROBED_IMAGES = 16  # training images whose features are checked for spread before training
 
 
 @dataclass
@@ -74,11 +77,15 @@ class TrainOutcome:
     history: pd.DataFrame
     metrics: pd.DataFrame
     model_path: Path
+    warnings: list[str] = field(default_factory=list)
 
 
 def new_train_id(prefix: str = "t") -> str:
-    """A short, lower-case, filesystem- and SQL-safe id, e.g. ``t20261125t180112-ab12``."""
-    return datetime.now(timezone.utc).strftime(f"{prefix}%Y%m%dt%H%M%S") + "-" + secrets.token_hex(2)
+    """A short, filesystem- and SQL-safe id, e.g. ``t20261125-180112-ab12`` (UTC date and time).
+
+    No upper-case letter: the id names a backbone variant (``densenet201@t20261125-180112-ab12``),
+    and backbone names are lower case."""
+    return datetime.now(timezone.utc).strftime(f"{prefix}%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -232,6 +239,10 @@ def train_one(store_path: Path, backbone: Backbone, data: TrainingData, settings
         base, resolved = build_model(backbone, settings.weights, settings.seed)
         if resolved.note:
             console.warn(resolved.note)
+        spread = probe_spread(base, backbone.preprocess, data.pixels[np.flatnonzero(~data.val)[:PROBED_IMAGES]])
+        warnings = [w for w in [flat_features_warning(backbone.name, resolved.kind, spread)] if w]
+        for warning in warnings:
+            console.warn(warning)
         model = classifier_model(backbone, base, len(data.classes), settings)
         train, val_x, n_images = _datasets(data, settings)
         val_patients, _ = group_codes(pd.Series(data.patients[data.val]))
@@ -254,6 +265,10 @@ def train_one(store_path: Path, backbone: Backbone, data: TrainingData, settings
                      f"{settings.balance}); held out: {int(data.val.sum())} images of "
                      f"{len(np.unique(val_patients))} patients")
         recorder = _fit_phases(model, base, train, n_images, evaluate, settings)
+        stuck = chance_loss_warning([row["loss"] for row in recorder.rows], len(data.classes))
+        if stuck:
+            console.warn(stuck)
+            warnings.append(stuck)
         oof = held_out()
         metrics = metric_rows(oof, val_patients, settings.n_bootstrap, settings.seed, every_class=True)
         path = model_path(store_path, name)
@@ -271,8 +286,9 @@ def train_one(store_path: Path, backbone: Backbone, data: TrainingData, settings
         "base_weights_id": resolved.weights_id, "base_weights_kind": resolved.kind, "model_path": str(path),
         "model_sha256": sha, "n_train_images": int(train.sum()), "n_val_images": int(data.val.sum()),
         "n_train_patients": len(np.unique(data.patients[train])),
-        "n_val_patients": len(np.unique(data.patients[data.val]))}, history, metrics)
-    return TrainOutcome(train_id, name, settings, oof, val_patients, history, metrics, path)
+        "n_val_patients": len(np.unique(data.patients[data.val])), "warnings": json.dumps(warnings)},
+        history, metrics)
+    return TrainOutcome(train_id, name, settings, oof, val_patients, history, metrics, path, warnings)
 
 
 def train(settings: TrainSettings, ablation: bool = False) -> tuple[list[TrainOutcome], pd.DataFrame | None]:

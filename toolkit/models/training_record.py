@@ -23,7 +23,8 @@ RUNS = TableSpec("training_runs", {
     "base_weights_kind": "VARCHAR", "ablation_id": "VARCHAR", "settings": "JSON", "classes": "JSON",
     "model_path": "VARCHAR", "model_sha256": "VARCHAR", "n_train_images": "INTEGER", "n_val_images": "INTEGER",
     "n_train_patients": "INTEGER", "n_val_patients": "INTEGER", "started_at": "TIMESTAMP",
-    "finished_at": "TIMESTAMP", "status": "VARCHAR", "error": "VARCHAR", "dataset_fingerprint": "VARCHAR"},
+    "finished_at": "TIMESTAMP", "status": "VARCHAR", "error": "VARCHAR", "dataset_fingerprint": "VARCHAR",
+    "warnings": "JSON"},
     key=("train_id",))
 HISTORY = TableSpec("training_history", {
     "train_id": "VARCHAR", "epoch": "INTEGER", "phase": "VARCHAR", "loss": "DOUBLE", "accuracy": "DOUBLE",

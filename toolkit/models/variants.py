@@ -120,7 +120,7 @@ def resolve(backbones: dict[str, Backbone], name: str) -> Backbone:
     match = VARIANT_NAME.match(name)
     if not match:
         raise TkError(f"{name!r} is not a backbone variant name: expected <backbone>@<train id>, "
-                      "e.g. densenet201@t20261125t180112-ab12")
+                      "e.g. densenet201@t20261125-180112-ab12")
     if match["base"] not in backbones:
         known = ", ".join(sorted(backbones)) or "none"
         raise TkError(f"unknown backbone {match['base']!r} in {name!r}; available: {known} (see `tk plugins`)")
