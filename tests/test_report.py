@@ -141,6 +141,9 @@ def test_tk_report_never_shows_a_failed_run_as_finished_and_says_why_when_named(
     assert named.exit_code == 0, named.stderr
     html = _report(tmp_path / "named").read_text()
     assert 'id="unfinished-run"' in html and "This run failed" in html and "tiny has no ImageNet weights" in html
+    assert "Nothing was analysed: the run stopped before any image was stored" in html
+    for empty in ("We analysed 0 images", 'id="comparison"', 'id="dataset"', "Image source", "None ("):
+        assert empty not in html, f"the failed run's report still shows {empty!r}"
 
 
 def test_class_folders_without_patient_ids_say_patient_unknown_and_how_to_give_ids(tmp_path):

@@ -110,6 +110,7 @@ def test_train_then_run_explain_and_export_the_variant(imbalanced, tmp_path):
     assert trained.exit_code == 0, trained.stderr
     variant = trained.stdout.strip().splitlines()[-1]
     assert variant.startswith("tiny@t") and "head epoch 1/1" in trained.stderr
+    assert "oneDNN" not in trained.stderr and "absl" not in trained.stderr  # TensorFlow imported quietly
     assert (tmp_path / "tk_models" / f"{variant}.keras").is_file()
 
     ran = run_tk("run", imbalanced, "--backbone", f"tiny,{variant}", "--plugin", TINY, "--weights", "random",

@@ -218,8 +218,10 @@ def _fit_phases(model: Any, base: Any, train: Any, n_images: int, evaluate: Call
 
 
 def _seed_everything(seed: int) -> None:
+    from toolkit.extract.tfimport import tensorflow
+
+    tf = tensorflow()  # the first TensorFlow import of tk train: quiet
     import keras
-    import tensorflow as tf
 
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()

@@ -175,6 +175,7 @@ def gather(store: Store, run_id: str, registry: Registry, reveal_ids: bool = Fal
     return {
         "run": run,
         "unfinished": unfinished(run),
+        "nothing_stored": run["status"] in UNFINISHED and images.empty,
         "n_images": len(images),
         "n_patients": known_patients(images["patient_id"]),
         "n_patient_unknown": int(images["patient_id"].isna().sum()),
