@@ -76,11 +76,11 @@ class Images(Connection):
         """How many images (files) a run analysed."""
         return int(self.one("SELECT count(*) FROM run_images WHERE run_id = ?", [run_id])[0])
 
-    def run_content_paths(self, run_id: str) -> list[str]:
-        """One file path per distinct content of a run's images, ordered by sha256."""
-        rows = self.con.execute("""SELECT any_value(i.path) FROM run_images r JOIN images i USING (image_id)
+    def run_contents(self, run_id: str) -> list[tuple[str, str]]:
+        """One file path per distinct content of a run's images, with that content's sha256, ordered by sha256."""
+        rows = self.con.execute("""SELECT any_value(i.path), r.sha256 FROM run_images r JOIN images i USING (image_id)
                                    WHERE r.run_id = ? GROUP BY r.sha256 ORDER BY r.sha256""", [run_id]).fetchall()
-        return [r[0] for r in rows]
+        return [(r[0], r[1]) for r in rows]
 
     def run_images(self, run_id: str) -> pd.DataFrame:
         """Label, subtype, magnification and patient of every image of a run, as that run read them."""
