@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import duckdb
 import numpy as np
+import pytest
 
 from tests.conftest import TINY, run_tk
 from tests.datasets import tile
+from toolkit.errors import TkError
 from toolkit.store import MIGRATIONS, Store
+from toolkit.store.migrations import RUN_IMAGE_COLUMNS
 from toolkit.store.embeddings import EmbeddingSet
 
 
@@ -75,3 +78,55 @@ def test_the_migration_gives_each_stored_run_the_view_images_holds(tmp_path):
                         ("r1", 2, "b.png", "bb", "manifest", "malignant", None, None, None, 32, 32),
                         ("r2", 2, "b.png", "bb", "manifest", "malignant", None, None, None, 32, 32)]
         assert list(store.run_images("r1")["label"]) == ["benign", "malignant"]
+
+
+def _as_before(store, *migrations):
+    """Turn ``store`` back into one written before ``migrations`` (their tables, columns and records gone)."""
+    with duckdb.connect(str(store)) as con:
+        if "m008_run_image_metadata" in migrations:
+            for column in RUN_IMAGE_COLUMNS:
+                con.execute(f"ALTER TABLE run_images DROP COLUMN {column}")
+        if "m007_store_secrets" in migrations:
+            con.execute("DROP TABLE store_secrets")
+        con.execute("DELETE FROM _migrations WHERE name IN (SELECT unnest(?))", [list(migrations)])
+
+
+def test_tk_report_reads_an_old_store_without_writing_it(tmp_path):
+    """A store from before m007 (and m008) opened read-only by ``tk report``: the report failed
+    ("predates report pseudonyms"); now it is rendered with a one-off secret, and says so."""
+    import hashlib
+    import re
+
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        tile(rng, i % 2 == 0).save(images / f"img{i}.png")
+    (images / "img6.png").write_bytes((images / "img0.png").read_bytes())  # a conflict: patient ids in a table
+    manifest = _manifest(tmp_path / "m.csv", ["benign", "malignant"] * 3 + ["benign"],
+                         ["O'Brien", "Smith-7", "Jones-9"] * 2 + ["Jones-9"])
+    store = tmp_path / "tk.duckdb"
+    result = run_tk("run", manifest, "--backbone", "tiny", "--analysis", "integrity", "--export", "none",
+                    "--store", store, "--plugin", TINY)
+    assert result.exit_code == 0, result.stderr
+    _as_before(store, "m007_store_secrets", "m008_run_image_metadata")
+    before = hashlib.sha256(store.read_bytes()).hexdigest()
+    pages = []
+    for out in ("a", "b"):
+        report = run_tk("report", "--store", store, "--out", tmp_path / out, "--plugin", TINY)
+        assert report.exit_code == 0, report.stderr
+        pages.append(next((tmp_path / out).glob("tk-report-*.html")).read_text())
+    assert hashlib.sha256(store.read_bytes()).hexdigest() == before  # read, never written
+    for page in pages:
+        assert "Smith-7" not in page and "Jones-9" not in page and "malignant" in page
+        assert "keyed by a secret made for this report only" in page
+    assert re.findall(r"P-[0-9a-f]{10}", pages[0]) and set(re.findall(r"P-[0-9a-f]{10}", pages[0])).isdisjoint(re.findall(r"P-[0-9a-f]{10}", pages[1]))
+    with duckdb.connect(str(store), read_only=True) as con:
+        assert [r[0] for r in con.execute("SELECT name FROM _migrations ORDER BY name").fetchall()][-1] == "m006_run_error"
+    with Store.open(store) as upgraded:  # a writing open upgrades it: one secret from now on
+        assert upgraded.stand_ins == [] and len(upgraded.report_secret()) == 32
+        assert sorted(upgraded.run_images(upgraded.run()["run_id"])["label"]) == ["benign"] * 4 + ["malignant"] * 3
+    _as_before(store, "m006_run_error")
+    with pytest.raises(TkError, match=r"predates schema m006_run_error and was opened read-only; open it once with a "
+                                      r"writing tk command"):
+        Store.open(store, read_only=True)

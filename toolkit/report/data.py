@@ -191,5 +191,6 @@ def gather(store: Store, run_id: str, registry: Registry, reveal_ids: bool = Fal
         "demo": bool((run["settings"] or {}).get("demo")),
         "analysis_titles": {name: a.title or name for name, a in registry.analyses.items()},
         "reveal_ids": reveal_ids,
+        "one_off_secret": "m007_store_secrets" in store.stand_ins,  # an old store opened read-only
         "pseudonyms": pseudonyms,
     }
