@@ -72,9 +72,12 @@ class Pseudonyms:
         if not isinstance(value, str):
             return value
         pattern = self._patterns.get(kind)
+
+        def searched(piece: str) -> str:
+            return pattern.sub(lambda m: self(m.group(0)), piece) if pattern else piece
+
         pieces = self._marked.split(value)  # text, marked id, text, ...: marked ids are never searched again
-        return "".join(self(piece) if index % 2 else pattern.sub(lambda m: self(m.group(0)), piece) if pattern
-                       else piece for index, piece in enumerate(pieces))
+        return "".join(self(piece) if index % 2 else searched(piece) for index, piece in enumerate(pieces))
 
     def path(self, value: Any) -> Any:
         """A file path with every known patient id in it replaced, short ones included (see ``text``)."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import secrets
 from typing import Any, Callable
 
+from toolkit.errors import TkError
 from toolkit.store.migrations import MIGRATIONS, RUN_IMAGE_COLUMNS
 
 
@@ -47,8 +48,6 @@ def missing_migrations(con: Any) -> list[str]:
 def stand_in(con: Any, missing: list[str], path: Any) -> None:
     """Build the stand-ins of ``missing`` migrations on a read-only connection, or raise ``TkError``
     naming the first one that has none."""
-    from toolkit.errors import TkError
-
     lacking = [name for name in missing if name not in STAND_INS]
     if lacking:
         raise TkError(f"store {path} predates schema {lacking[0]} and was opened read-only; open it once with a "
