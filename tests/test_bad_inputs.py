@@ -8,6 +8,7 @@ import pytest
 
 from tests.bad_inputs import make_corpus
 from tests.conftest import TINY, run_tk
+from toolkit.errors import TkError
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +60,35 @@ def test_a_file_replaced_after_scanning_is_not_embedded_under_the_old_hash(tmp_p
     [(index, ok, _pixels)] = list(dataset.as_numpy_iterator())
     assert not ok.any()
     assert errors[int(index[0])] == "changed since it was scanned; run again"
+
+
+def test_training_and_int8_calibration_decode_only_the_bytes_that_were_hashed(tmp_path, monkeypatch, capsys):
+    """``tk train`` and the int8 calibration sample read files again after scanning; a file replaced
+    in between was decoded under the old hash (issue #20, limits). Both now use ``read_verified``."""
+    from tests.datasets import make_breakhis, tile
+    from toolkit.extract.conversion import calibration_sample
+    from toolkit.ingest import scan as scan_module
+    from toolkit.models.training import TrainSettings
+    from toolkit.models.training_data import load_training_data
+
+    root = tmp_path / "data"
+    paths = sorted(make_breakhis(root, patients=1, magnifications=(40,), per_magnification=2))
+    replaced = paths[0]
+    real_scan = scan_module.scan
+
+    def scan_then_replace(records, known, threads=4):
+        scanned = real_scan(records, known, threads)
+        tile(np.random.default_rng(9), True).save(replaced)  # replaced between scanning and decoding
+        return scanned
+
+    monkeypatch.setattr(scan_module, "scan", scan_then_replace)
+    data = load_training_data(TrainSettings(data=root), (32, 32))
+    assert len(data.pixels) == len(data.y) == len(data.patients) == len(paths) - 1
+    [line] = [line for line in capsys.readouterr().err.splitlines() if "changed since" in line]
+    assert line.endswith(f"{replaced.name}: changed since it was scanned; run again — skipped")
+    contents = [(str(p), "0" * 64) for p in paths[:3]]  # none hashes to the recorded sha256
+    with pytest.raises(TkError, match="no readable image to calibrate"):
+        calibration_sample(contents, (32, 32), 0, 2, 1)
 
 
 def test_control_characters_in_file_names_never_reach_the_terminal(tmp_path):

@@ -267,3 +267,74 @@ def test_plugin_section_tables_and_paragraphs_show_pseudonyms():
     [view] = render([section], make_environment(None), pseudonyms)["slots"]["appendix"]
     assert view["paragraphs"] == [pseudonyms("O'Brien") + " has 2 images"]
     assert view["tables"][0]["rows"] == [[pseudonyms("O'Brien"), 2]]
+
+
+PATIENT_PLUGIN = '''
+import pandas as pd
+
+from toolkit import hookimpl
+from toolkit.plugin.results import Figure, Finding, Table, patient_ref
+from toolkit.plugin.types import Analysis, Needs
+
+
+def per_patient(context):
+    meta = context.metadata
+    first = meta.groupby("patient_id").first().reset_index()
+    rows = pd.DataFrame({"patient_id": first["patient_id"], "relpath": first["relpath"],
+                         "note": [f"{patient_ref(p)} in 2 groups" for p in first["patient_id"]]})
+    return [Table("main", rows, "One row per patient"),
+            Finding("; ".join(f"patient {patient_ref(p)}: {n} images" for p, n in meta["patient_id"].value_counts(
+                sort=False).sort_index().items())),
+            Figure("dots", "<svg xmlns='http://www.w3.org/2000/svg'/>", alt=f"dots of {patient_ref('12')}",
+                   caption=f"{patient_ref('1')} at left, 12 dots")]
+
+
+@hookimpl
+def register_analyses(register):
+    register(Analysis(name="per_patient", run=per_patient, needs=Needs(min_samples=2), title="Per patient"))
+'''
+
+
+def test_short_patient_ids_never_show_raw_where_ids_appear(tmp_path):
+    """Ids of 1-3 digits ("1", "2", "12") were not pseudonymised in free text (they cannot be told from
+    counts) nor in file paths; and with pandas' string columns no text cell of a table was (a BreakHis
+    id in a relpath showed raw). Analyses now mark the ids they write (``patient_ref``), and paths are
+    searched for every id (issue #20, limits)."""
+    from toolkit.report.data import Pseudonyms
+
+    images = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    patients = ["1", "2", "12", "14-13412"]
+    rows = ["path,label,subtype,patient_id"]
+    for i in range(8):
+        folder = images / f"patient_{patients[i % 4]}"
+        folder.mkdir(parents=True, exist_ok=True)
+        tile(rng, i % 2 == 0).save(folder / f"scan_{i}.png")
+        rows.append(f"{(folder / f'scan_{i}.png').relative_to(tmp_path)},{'benign' if i % 2 else 'malignant'},a,"
+                    f"{patients[i % 4]}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    plugin = tmp_path / "patient_plugin.py"
+    plugin.write_text(PATIENT_PLUGIN)
+    store, out = tmp_path / "tk.duckdb", tmp_path / "out"
+    result = run_tk("run", tmp_path / "m.csv", "--backbone", "tiny", "--analysis", "per_patient", f"--store={store}",
+                    f"--out={out}", "--plugin", TINY, "--plugin", plugin)
+    assert result.exit_code == 0, result.stderr
+    with duckdb.connect(str(store), read_only=True) as con:
+        run_id = con.execute("SELECT run_id FROM runs").fetchall()[0][0]
+        secret = bytes.fromhex(con.execute("SELECT value FROM store_secrets").fetchall()[0][0])
+    shown = Pseudonyms(patients, secret, run_id)
+    html = unescape(_report(out).read_text())
+    section = html.split('id="section-tiny-per_patient"', 1)[1].split("</section>", 1)[0]
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", section)
+    for patient in patients:
+        assert f"patient {shown(patient)}: 2 images" in section
+        assert cells.count(shown(patient)) == 1 and cells.count(f"{shown(patient)} in 2 groups") == 1
+        assert f"images/patient_{shown(patient)}/scan_" in section  # a path column: the folder names the id
+    assert not set(patients) & set(cells) and "14-13412" not in html
+    assert f'alt="dots of {shown("12")}"' in section and f"{shown('1')} at left, 12 dots" in section  # counts stay
+    assert "⟦" not in html and "patient:" not in html
+    revealed = run_tk("report", f"--store={store}", "--out", tmp_path / "b", "--reveal-ids", "--plugin", TINY,
+                      "--plugin", plugin)
+    assert revealed.exit_code == 0, revealed.stderr
+    plain = unescape(_report(tmp_path / "b").read_text())
+    assert "patient 12: 2 images" in plain and ">1 in 2 groups</td>" in plain and "⟦" not in plain

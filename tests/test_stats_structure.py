@@ -60,6 +60,27 @@ def test_linear_cka_matches_the_kernel_formula():
     assert len(_tables(results)["main"]) == 4 and any(isinstance(r, Figure) for r in results)
 
 
+def test_cka_of_an_all_zero_backbone_is_nan_with_a_warning_or_a_skip():
+    """All-zero embeddings raised ZeroDivisionError (issue #20, limits)."""
+    from toolkit.plugin.results import Finding, SkipAnalysis
+
+    rng = np.random.default_rng(2)
+    x, zero = rng.normal(size=(40, 5)), np.zeros((40, 3), dtype=np.float32)
+    table = cka_matrix({"x": x, "y": x @ rng.normal(size=(5, 4)), "zero": zero}).set_index(["backbone_a", "backbone_b"])["cka"]
+    assert np.isnan(table["zero", "zero"]) and np.isnan(table["x", "zero"]) and np.isnan(table["zero", "y"])
+    assert table["x", "x"] == 1.0 and 0 < table["x", "y"] <= 1
+    context = synthetic_context(backbones=("a", "b", "c"))
+    context.all_embeddings["c"] = np.zeros_like(context.all_embeddings["c"])
+    results = cka(context)
+    findings = [r for r in results if isinstance(r, Finding)]
+    assert findings[0].message.startswith("Linear CKA between backbones ranges from") and "(a vs b)" in findings[0].message
+    assert findings[1].severity == "warning" and findings[1].message.startswith("c gave the same embedding for every image")
+    assert any(isinstance(r, Figure) for r in results)
+    context.all_embeddings["b"] = np.zeros_like(context.all_embeddings["b"])
+    with pytest.raises(SkipAnalysis, match="^b, c gave the same embedding for every image"):
+        cka(context)
+
+
 def test_clustering_matches_scipy_and_sklearn():
     context = synthetic_context(n_patients=12, per_patient=8, dim=6, signal=3.0)
     x = np.asarray(context.embeddings, dtype=np.float64)

@@ -175,6 +175,35 @@ def test_sql_reads_only_the_files_allowed_and_writes_none(tmp_path):
     assert "--allow-files" in run_tk("sql", "--help").stdout
 
 
+def test_sql_allow_files_refuses_a_folder_with_a_symlink_leading_out_of_it(tmp_path):
+    """A symlink inside an allowed folder gave read access to its target outside (issue #20, limits)."""
+    store, inbox, outside = tmp_path / "tk.duckdb", tmp_path / "inbox", tmp_path / "secret"
+    _store_with_one_image(store)
+    inbox.mkdir()
+    outside.mkdir()
+    (outside / "key.csv").write_text("secret\nhunter2\n")
+    (inbox / "labels.csv").write_text("relpath,label\na.png,benign\n")
+    (inbox / "sub").mkdir()
+    (inbox / "sub" / "key.csv").symlink_to(outside / "key.csv")
+    (inbox / "same.csv").symlink_to(inbox / "labels.csv")  # a link that stays inside is fine
+    query = f"SELECT * FROM read_csv('{inbox / 'sub' / 'key.csv'}')"
+    leaked = run_tk("sql", query, "--store", store, "--allow-files", inbox)
+    assert leaked.exit_code == 1 and "hunter2" not in leaked.stdout, leaked.stdout
+    assert leaked.stderr.strip() == (f"error: --allow-files {inbox}: the symlink {inbox / 'sub' / 'key.csv'} leads out "
+                                     f"of it (to {outside / 'key.csv'}); remove the link, or name its target with "
+                                     "--allow-files too")
+    (inbox / "sub" / "key.csv").unlink()
+    (inbox / "up").symlink_to(outside)  # a linked folder leading out
+    assert "the symlink" in run_tk("sql", "SELECT 1", "--store", store, "--allow-files", inbox).stderr
+    allowed = run_tk("sql", f"SELECT * FROM read_csv('{inbox / 'up' / 'key.csv'}')", "--store", store,
+                     "--allow-files", inbox, "--allow-files", outside, "--format", "csv")
+    assert allowed.exit_code == 0 and allowed.stdout.splitlines() == ["secret", "hunter2"], allowed.stderr
+    (inbox / "up").unlink()
+    inside = run_tk("sql", f"SELECT * FROM read_csv('{inbox / 'same.csv'}')", "--store", store, "--allow-files",
+                    inbox, "--format", "csv")
+    assert inside.exit_code == 0 and inside.stdout.splitlines() == ["relpath,label", "a.png,benign"], inside.stderr
+
+
 def test_migrations_apply_once(tmp_path):
     path = tmp_path / "s.duckdb"
     with Store.open(path):

@@ -90,30 +90,42 @@ def _frobenius(product: np.ndarray) -> float:
 def cka_matrix(embeddings: dict[str, np.ndarray]) -> pd.DataFrame:
     """Linear CKA (Kornblith et al. 2019) of every pair of representations of the same rows,
     ‖YᵀX‖²_F / (‖XᵀX‖_F ‖YᵀY‖_F) on column-centred matrices (products in float32).
-    Columns backbone_a, backbone_b, cka; every ordered pair, the diagonal is 1."""
+    Columns backbone_a, backbone_b, cka; every ordered pair, the diagonal is 1. A representation
+    that is the same for every row (all zeros, say) has no geometry to compare: its pairs are NaN."""
     names = sorted(embeddings)
     centred = {}
     for name in names:
         x = np.asarray(embeddings[name], dtype=np.float64)
         centred[name] = (x - x.mean(axis=0)).astype(np.float32)
     self_norm = {name: _frobenius(c.T @ c) for name, c in centred.items()}
-    value = {(a, a): 1.0 for a in names}
+    value = {(a, a): 1.0 if self_norm[a] > 0 else float("nan") for a in names}
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            value[a, b] = value[b, a] = _frobenius(centred[b].T @ centred[a]) ** 2 / (self_norm[a] * self_norm[b])
+            norms = self_norm[a] * self_norm[b]
+            value[a, b] = value[b, a] = (_frobenius(centred[b].T @ centred[a]) ** 2 / norms if norms > 0
+                                         else float("nan"))
     return pd.DataFrame([{"backbone_a": a, "backbone_b": b, "cka": value[a, b]} for a in names for b in names])
 
 
 def cka(context: AnalysisContext) -> list:
     """Table ``main`` (see :func:`cka_matrix`), a finding with the most and least similar pair
-    and a matrix heatmap."""
+    and a matrix heatmap; a warning names the backbones whose embeddings are the same for every
+    image (their CKA is NaN), and the analysis is skipped when no pair is left."""
     table = cka_matrix(context.all_embeddings)
-    pairs = table[table["backbone_a"] < table["backbone_b"]].sort_values("cka")
+    constant = sorted(table.loc[(table["backbone_a"] == table["backbone_b"]) & table["cka"].isna(), "backbone_a"])
+    pairs = table[table["backbone_a"] < table["backbone_b"]].dropna(subset=["cka"]).sort_values("cka")
+    if pairs.empty:
+        raise SkipAnalysis(f"{', '.join(constant)} gave the same embedding for every image (all zeros, say): "
+                           "linear CKA is undefined; check the backbone's weights and inputs")
     low, high = pairs.iloc[0], pairs.iloc[-1]
-    finding = Finding(f"Linear CKA between backbones ranges from {low.cka:.3f} ({low.backbone_a} vs {low.backbone_b}) "
-                      f"to {high.cka:.3f} ({high.backbone_a} vs {high.backbone_b}).",
-                      detail={"min": float(low.cka), "max": float(high.cka)})
-    return [Table("main", table, "Linear CKA between every pair of backbones"), finding,
+    findings = [Finding(f"Linear CKA between backbones ranges from {low.cka:.3f} ({low.backbone_a} vs "
+                        f"{low.backbone_b}) to {high.cka:.3f} ({high.backbone_a} vs {high.backbone_b}).",
+                        detail={"min": float(low.cka), "max": float(high.cka)})]
+    if constant:
+        findings.append(Finding(f"{', '.join(constant)} gave the same embedding for every image (all zeros, say): "
+                                "its linear CKA with any backbone is undefined (NaN); check its weights and inputs.",
+                                "warning", detail={"constant": constant}))
+    return [Table("main", table, "Linear CKA between every pair of backbones"), *findings,
             _cka_figure(table, sorted(context.all_embeddings))]
 
 

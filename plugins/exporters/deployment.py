@@ -48,7 +48,7 @@ def sample_pixels(context: ExportContext, size: tuple[int, int], seed: int = 0) 
 
     Held-out images are never used for calibration unless the run has too few images.
     """
-    return calibration_sample(context.store.run_content_paths(context.run_id), size, seed, N_CALIBRATION, N_PARITY)
+    return calibration_sample(context.store.run_contents(context.run_id), size, seed, N_CALIBRATION, N_PARITY)
 
 
 def measure(context: ExportContext, classifier: Classifier, exported: Any, fmt: str, path: Path,

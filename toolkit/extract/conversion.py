@@ -61,25 +61,26 @@ def convert(savedmodel: Path, variant: str, calibration: np.ndarray) -> bytes:
     return converter.convert()
 
 
-def calibration_sample(paths: list[str], size: tuple[int, int], seed: int, n_calibration: int,
+def calibration_sample(contents: list[tuple[str, str]], size: tuple[int, int], seed: int, n_calibration: int,
                        n_parity: int) -> tuple[np.ndarray, np.ndarray]:
-    """Calibration and held-out images (raw RGB uint8) from ``paths`` (one per distinct content, in
-    a fixed order), shuffled by ``seed``; unreadable or vanished files are passed over.
+    """Calibration and held-out images (raw RGB uint8) from ``contents`` (path and scanned sha256,
+    one per distinct content, in a fixed order), shuffled by ``seed``. Each is decoded from bytes that
+    still hash to its sha256 (``read_verified``); unreadable, vanished or changed files are passed over.
 
     Held-out images are never used for calibration unless there are too few images (then both are
     every image).
     """
-    from toolkit.ingest.images import UnreadableImage, load_rgb
+    from toolkit.ingest.images import UnreadableImage, load_rgb, read_verified
 
-    paths = list(paths)
-    np.random.default_rng(seed).shuffle(paths)
+    contents = list(contents)
+    np.random.default_rng(seed).shuffle(contents)
     pixels = []
-    for path in paths:
+    for path, sha256 in contents:
         if len(pixels) == n_calibration + n_parity:
             break
         try:
-            pixels.append(load_rgb(path, size))
-        except (UnreadableImage, FileNotFoundError):
+            pixels.append(load_rgb(read_verified(path, sha256), size))
+        except UnreadableImage:
             continue  # the file changed since it was scanned; the others serve
     if not pixels:
         raise TkError("no readable image to calibrate or check the converted model with")

@@ -143,10 +143,10 @@ def extractor_at(backbone: Backbone, model: Any, precision: str, batch_size: int
 
 
 def lower(backbone: Backbone, model: Any, resolved: ResolvedWeights, precision: str, batch_size: int,
-          paths: list[str], seed: int, recorded: tuple[str, str] | None = None) -> Lowered:
+          contents: list[tuple[str, str]], seed: int, recorded: tuple[str, str] | None = None) -> Lowered:
     """The extractor of ``model`` at ``precision`` with its parity against fp32.
 
-    ``paths`` are the run's images, one per distinct content in a fixed order; calibration images
+    ``contents`` are the run's images (path, sha256), one per distinct content in a fixed order; calibration images
     (int8) and held-out parity images are drawn from them by ``seed``, disjoint whenever the run has
     more than ``N_PARITY`` images. ``recorded`` is the int8 model (path, sha256) that made the set
     so far: it is reused, so that one set never holds vectors of two quantised models.
@@ -156,7 +156,7 @@ def lower(backbone: Backbone, model: Any, resolved: ResolvedWeights, precision: 
     if precision == "fp32":
         return Lowered(precision, extractor_at(backbone, model, precision, batch_size))
     n_calibration = N_CALIBRATION if precision == "int8" else 0
-    calibration, held_out = calibration_sample(paths, backbone.input_size, seed, n_calibration, N_PARITY)
+    calibration, held_out = calibration_sample(contents, backbone.input_size, seed, n_calibration, N_PARITY)
     if precision == "int8":
         lowered = _int8(backbone, model, resolved, calibration, recorded)
     else:

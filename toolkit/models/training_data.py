@@ -17,6 +17,7 @@ from toolkit.lazy import lazy_import
 pd = lazy_import("pandas")
 
 if TYPE_CHECKING:
+    from toolkit.ingest.scan import ScannedImage
     from toolkit.models.training import TrainSettings
 
 
@@ -56,7 +57,7 @@ def load_training_data(settings: TrainSettings, size: tuple[int, int]) -> Traini
     """Find, check and decode the images of ``settings.data`` (the demo when None) at ``size``."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from toolkit.ingest.images import load_rgb
+    from toolkit.ingest.images import UnreadableImage, load_rgb, read_verified
     from toolkit.ingest.scan import scan
     from toolkit.ingest.sources import find_images
     from toolkit.run.settings import dataset_fingerprint
@@ -74,11 +75,23 @@ def load_training_data(settings: TrainSettings, size: tuple[int, int]) -> Traini
     if any(i.record.label is None or i.record.patient_id is None for i in images):
         raise TkError("training needs a label and a patient id for every image (patient-grouped validation); "
                       "use a BreakHis tree or a manifest with label and patient_id columns")
+    console.info(f"decoding {len(images)} images ({kind}) from {root}")
+
+    def decode(image: ScannedImage) -> np.ndarray | None:  # the bytes that were hashed, as extraction does
+        try:
+            return load_rgb(read_verified(image.record.path, image.sha256), size)
+        except UnreadableImage as exc:
+            console.warn(f"{image.record.relpath}: {exc} — skipped")
+            return None
+
+    with ThreadPoolExecutor(4) as pool:
+        decoded = list(pool.map(decode, images))
+    images = [image for image, array in zip(images, decoded) if array is not None]
+    if not images:
+        raise TkError(f"no image of {root} could be decoded; check the files and run again")
+    pixels = np.stack([array for array in decoded if array is not None])
     y, classes = group_codes(pd.Series([i.record.label for i in images]))
     patients, _ = group_codes(pd.Series([i.record.patient_id for i in images]))
-    console.info(f"decoding {len(images)} images ({kind}) from {root}")
-    with ThreadPoolExecutor(4) as pool:
-        pixels = np.stack(list(pool.map(lambda i: load_rgb(i.record.path, size), images)))
     val = patient_split(y, patients, settings.val_fraction, settings.seed)
     return TrainingData(pixels, y, [str(c) for c in classes], patients, val, dataset_fingerprint(images))
 

@@ -12,6 +12,19 @@ if TYPE_CHECKING:  # pandas is imported where a table is made or checked, so plu
 NAME_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,62}\Z")  # \Z, not `$`, which accepts a final newline
 
 
+PATIENT_REF = "\u27e6patient:{}\u27e7"
+"""How ``patient_ref`` marks a patient id in text: ``⟦patient:12⟧``."""
+
+
+def patient_ref(patient_id: object) -> str:
+    """A patient id as an analysis writes it in free text (a finding, a caption, alt text, a table cell
+    outside a ``patient_id`` column): the report shows its pseudonym, or the id itself with
+    ``--reveal-ids``, whatever its length. The store keeps the mark (``⟦patient:12⟧``). Ids that are
+    not marked are found in free text only when longer than 3 digits (a short one cannot be told from a
+    count), so mark every id you write: ``Finding(f"{patient_ref(pid)} has images under two labels")``."""
+    return PATIENT_REF.format(patient_id)
+
+
 class SkipAnalysis(Exception):
     """Raise inside an analysis when the data cannot support it; the reason is stored and shown."""
 

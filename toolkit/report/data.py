@@ -13,6 +13,7 @@ import numpy as np
 
 from toolkit.lazy import lazy_import
 from toolkit.plugin.registry import Registry
+from toolkit.plugin.results import PATIENT_REF
 from toolkit.store import Store
 
 pd = lazy_import("pandas")
@@ -24,7 +25,16 @@ PSEUDONYM_HEX = 10
 """Hex digits of a pseudonym after ``P-``: collisions stay unlikely among many thousands of patients."""
 
 SHORT_NUMBER = re.compile(r"[0-9]{1,3}")
-"""Ids that free text is not searched for: they would replace counts (``2 pairs``) and identify no one."""
+"""Ids that free text is not searched for unmarked: they would replace counts (``2 pairs``). Analyses
+mark the ids they write (``toolkit.plugin.results.patient_ref``), and file paths, which hold no counts,
+are searched for them too."""
+
+PATH_COLUMN = re.compile(r"(?:^|_)(?:rel)?path$")
+"""Table columns that hold file paths (``relpath``, ``path``, ``query_path``)."""
+
+
+def _alternatives(ids: Iterable[str]) -> str:
+    return "|".join(map(re.escape, sorted(ids, key=len, reverse=True)))
 
 
 class Pseudonyms:
@@ -37,11 +47,14 @@ class Pseudonyms:
 
     def __init__(self, ids: Iterable[str], key: bytes | None, run_id: str) -> None:
         self.key, self.run_id = key, run_id
-        searched = {str(i) for i in ids if i and not SHORT_NUMBER.fullmatch(str(i))}
-        ordered = sorted(searched, key=len, reverse=True)
-        alternatives = "|".join(map(re.escape, ordered))
-        self._pattern = (re.compile(f"(?<![A-Za-z0-9])(?:{alternatives})(?![A-Za-z0-9])")
-                         if key is not None and ordered else None)
+        known = {str(i) for i in ids if i}
+        opening, closing = (re.escape(part) for part in PATIENT_REF.split("{}"))
+        known_first = f"{_alternatives(known)}|" if known else ""
+        self._marked = re.compile(f"{opening}({known_first}.*?){closing}", re.DOTALL)
+        self._patterns = {}
+        for kind, searched in (("text", {i for i in known if not SHORT_NUMBER.fullmatch(i)}), ("path", known)):
+            if key is not None and searched:
+                self._patterns[kind] = re.compile(f"(?<![A-Za-z0-9])(?:{_alternatives(searched)})(?![A-Za-z0-9])")
 
     def __call__(self, patient_id: Any) -> str:
         """The pseudonym of one patient id (``—`` for none)."""
@@ -52,24 +65,34 @@ class Pseudonyms:
         digest = hmac.new(self.key, f"{self.run_id}:{patient_id}".encode(), hashlib.sha256).hexdigest()
         return "P-" + digest[:PSEUDONYM_HEX]
 
-    def text(self, value: Any) -> Any:
-        """``value`` with every known patient id in it (a whole token, not part of a longer word or
-        number; short numbers excepted) replaced by its pseudonym; anything but a string is returned
-        as it is."""
-        if self._pattern is None or not isinstance(value, str):
+    def text(self, value: Any, kind: str = "text") -> Any:
+        """``value`` with every patient id marked in it (``patient_ref``) and every known id in it (a
+        whole token, not part of a longer word or number; short numbers only in a ``kind="path"``)
+        replaced by its pseudonym; anything but a string is returned as it is."""
+        if not isinstance(value, str):
             return value
-        return self._pattern.sub(lambda m: self(m.group(0)), value)
+        pattern = self._patterns.get(kind)
+
+        def searched(piece: str) -> str:
+            return pattern.sub(lambda m: self(m.group(0)), piece) if pattern else piece
+
+        pieces = self._marked.split(value)  # text, marked id, text, ...: marked ids are never searched again
+        return "".join(self(piece) if index % 2 else searched(piece) for index, piece in enumerate(pieces))
+
+    def path(self, value: Any) -> Any:
+        """A file path with every known patient id in it replaced, short ones included (see ``text``)."""
+        return self.text(value, "path")
 
     def frame(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """A copy of a table with its ``patient_id`` column pseudonymised and ids in text cells replaced."""
-        if self.key is None:
-            return frame
+        """A copy of a table with its ``patient_id`` column pseudonymised and ids in text cells replaced
+        (in path columns, ``relpath`` and the like, short ids too)."""
         shown = frame.copy()
         for column in shown.columns:
-            if column == "patient_id":
+            if column == "patient_id" and self.key is not None:
                 shown[column] = [p if p is None or p != p else self(p) for p in shown[column]]
-            elif shown[column].dtype == object:
-                shown[column] = [self.text(v) for v in shown[column]]
+            elif shown[column].dtype == object or pd.api.types.is_string_dtype(shown[column].dtype):
+                kind = "path" if PATH_COLUMN.search(str(column)) else "text"
+                shown[column] = [self.text(v, kind) for v in shown[column]]
         return shown
 
     def records(self, records: list[dict[str, Any]], *fields: str) -> list[dict[str, Any]]:
@@ -185,12 +208,14 @@ def gather(store: Store, run_id: str, registry: Registry, reveal_ids: bool = Fal
         "composition": composition(images, pseudonyms),
         "backbones": backbones,
         "sections": analysis_sections(store, run_id, [b["backbone"] for b in backbones], pseudonyms, registry),
-        "skipped": pseudonyms.records(store.skipped_files(run_id), "relpath", "reason"),
+        "skipped": [{**r, "relpath": pseudonyms.path(r["relpath"]), "reason": pseudonyms.text(r["reason"])}
+                    for r in store.skipped_files(run_id)],
         "failures": ([a for a in analyses if a["status"] == "failed"]
                      + pseudonyms.records([b for b in backbones if b["status"] != "ok"], "error")),
         "random_backbones": [b["backbone"] for b in backbones if b["weights_kind"] == "random"],
         "demo": bool((run["settings"] or {}).get("demo")),
         "analysis_titles": {name: a.title or name for name, a in registry.analyses.items()},
         "reveal_ids": reveal_ids,
+        "one_off_secret": "m007_store_secrets" in store.stand_ins,  # an old store opened read-only
         "pseudonyms": pseudonyms,
     }

@@ -50,13 +50,13 @@ def plan_backbones(store: Store, backbones: list[Backbone], settings: RunSetting
     """Plan every backbone; one that cannot be built is recorded as failed and left out (weights that
     cannot be had at all stop the run)."""
     shas = {image.sha256 for image in scanned}
-    sample_paths = [str(image.record.path) for image in sorted({i.sha256: i for i in scanned}.values(),
-                                                                key=lambda i: i.sha256)]
+    contents = [(str(image.record.path), image.sha256) for image in sorted({i.sha256: i for i in scanned}.values(),
+                                                                           key=lambda i: i.sha256)]
     planned: list[PlannedBackbone] = []
     for backbone in backbones:
         try:
             embedding_set, resolved, model, needed = _plan_backbone(store, backbone, settings, shas)
-            lowered = (lower(backbone, model, resolved, settings.precision, settings.batch_size, sample_paths,
+            lowered = (lower(backbone, model, resolved, settings.precision, settings.batch_size, contents,
                              settings.seed, store.set_model(embedding_set))
                        if model is not None and settings.precision != "fp32" else None)
         except WeightsUnavailable:

@@ -151,12 +151,12 @@ class Embeddings(Connection):
         return dict(zip(keys, row)) if row else {}
 
     def run_embeddings(self, run_id: str, embedding_set: EmbeddingSet) -> tuple[pd.DataFrame, np.ndarray]:
-        """Metadata and embeddings of the images of a run, ordered by image_id."""
+        """Metadata (as the run read it) and embeddings of the images of a run, ordered by image_id."""
         relation = self.con.sql(f"""
-            SELECT i.image_id, i.sha256, i.relpath, i.label, i.subtype, i.magnification, i.patient_id,
-                   i.width, i.height, e.vector
-            FROM run_images r JOIN images i USING (image_id) JOIN {embedding_set.table} e USING (sha256)
-            WHERE r.run_id = $run_id ORDER BY i.image_id""", params={"run_id": run_id})
+            SELECT r.image_id, r.sha256, r.relpath, r.label, r.subtype, r.magnification, r.patient_id,
+                   r.width, r.height, e.vector
+            FROM run_images r JOIN {embedding_set.table} e USING (sha256)
+            WHERE r.run_id = $run_id ORDER BY r.image_id""", params={"run_id": run_id})
         # DuckDB 2 renamed fetch_arrow_table to to_arrow_table
         table = relation.to_arrow_table() if hasattr(relation, "to_arrow_table") else relation.fetch_arrow_table()
         vectors = table.column("vector").combine_chunks()

@@ -1,4 +1,5 @@
-"""The ``images`` and ``run_images`` tables: one row per image file, and the images of each run."""
+"""The ``images`` and ``run_images`` tables: one row per image file (as the latest run read it), and
+the images of each run as that run read them (label, subtype, patient, content hash...)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Iterable
 from toolkit.ingest.scan import KnownFile, ScannedImage
 from toolkit.lazy import lazy_import
 from toolkit.store.connection import Connection
+from toolkit.store.migrations import RUN_IMAGE_COLUMNS
 from toolkit.store.sql import arrow_view
 
 pa = lazy_import("pyarrow")
@@ -52,9 +54,13 @@ class Images(Connection):
                 INSERT INTO images ({columns})
                 SELECT {columns} FROM {new}
                 ON CONFLICT (path) DO UPDATE SET {updates}""")
+            mine = ", ".join(RUN_IMAGE_COLUMNS)
             self.con.execute(f"""
-                INSERT OR IGNORE INTO run_images
-                SELECT ?, image_id FROM images WHERE path IN (SELECT path FROM {new})""", [run_id])
+                INSERT INTO run_images (run_id, image_id, {mine})
+                SELECT ?, i.image_id, {", ".join(f"n.{c}" for c in RUN_IMAGE_COLUMNS)}
+                FROM {new} n JOIN images i USING (path)
+                ON CONFLICT (run_id, image_id) DO UPDATE SET {", ".join(f"{c} = excluded.{c}" for c in RUN_IMAGE_COLUMNS)}""",
+                             [run_id])
 
     def image_paths(self, image_ids: Iterable[int]) -> dict[int, str]:
         """The file path of each image id."""
@@ -70,13 +76,13 @@ class Images(Connection):
         """How many images (files) a run analysed."""
         return int(self.one("SELECT count(*) FROM run_images WHERE run_id = ?", [run_id])[0])
 
-    def run_content_paths(self, run_id: str) -> list[str]:
-        """One file path per distinct content of a run's images, ordered by sha256."""
-        rows = self.con.execute("""SELECT any_value(i.path) FROM run_images r JOIN images i USING (image_id)
-                                   WHERE r.run_id = ? GROUP BY i.sha256 ORDER BY i.sha256""", [run_id]).fetchall()
-        return [r[0] for r in rows]
+    def run_contents(self, run_id: str) -> list[tuple[str, str]]:
+        """One file path per distinct content of a run's images, with that content's sha256, ordered by sha256."""
+        rows = self.con.execute("""SELECT any_value(i.path), r.sha256 FROM run_images r JOIN images i USING (image_id)
+                                   WHERE r.run_id = ? GROUP BY r.sha256 ORDER BY r.sha256""", [run_id]).fetchall()
+        return [(r[0], r[1]) for r in rows]
 
     def run_images(self, run_id: str) -> pd.DataFrame:
-        """Label, subtype, magnification and patient of every image of a run."""
-        return self.query_df("""SELECT i.label, i.subtype, i.magnification, i.patient_id FROM run_images r
-                                JOIN images i USING (image_id) WHERE r.run_id = ?""", [run_id])
+        """Label, subtype, magnification and patient of every image of a run, as that run read them."""
+        return self.query_df("SELECT label, subtype, magnification, patient_id FROM run_images WHERE run_id = ?",
+                             [run_id])

@@ -164,10 +164,27 @@ def m007_store_secrets(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("INSERT INTO store_secrets VALUES ('report_pseudonyms', ?)", [secrets.token_hex(32)])
 
 
+RUN_IMAGE_COLUMNS = {"relpath": "VARCHAR", "sha256": "VARCHAR", "source": "VARCHAR", "label": "VARCHAR",
+                     "subtype": "VARCHAR", "magnification": "INTEGER", "patient_id": "VARCHAR", "width": "INTEGER",
+                     "height": "INTEGER"}
+"""What a run read of each of its images (m008); ``images`` keeps what the latest run read."""
+
+
+def m008_run_image_metadata(con: duckdb.DuckDBPyConnection) -> None:
+    """Each run keeps its own view of its images (``run_images``: label, subtype, magnification,
+    patient, relative path, content hash, size in pixels), so a later run that reads the same files
+    with other labels (another manifest) no longer rewrites an earlier run's report. Runs stored
+    before this migration get the view ``images`` holds now, the only one left."""
+    for column, kind in RUN_IMAGE_COLUMNS.items():
+        con.execute(f"ALTER TABLE run_images ADD COLUMN {column} {kind}")
+    assigned = ", ".join(f"{column} = i.{column}" for column in RUN_IMAGE_COLUMNS)
+    con.execute(f"UPDATE run_images SET {assigned} FROM images i WHERE run_images.image_id = i.image_id")
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_create_tables, m002_export_parity,
                                                                   m003_training, m004_analysis_cache_key,
                                                                   m005_precision, m006_run_error,
-                                                                  m007_store_secrets]
+                                                                  m007_store_secrets, m008_run_image_metadata]
 
 
 def newer_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:

@@ -6,6 +6,8 @@ A confined connection reaches no file but the store: ``enable_external_access = 
 Read-only connections also never spill to a temporary folder, so they create no file at all. Files
 the user names explicitly may be read (DuckDB's ``allowed_paths`` and ``allowed_directories``); then
 only ``SELECT`` statements run, as DuckDB's own parser classifies them, so nothing is ever written.
+DuckDB checks a path as written, and the system follows symlinks, so an allowed folder that holds a
+symlink leading out of the allowed files and folders is refused as a whole.
 """
 
 from __future__ import annotations
@@ -20,10 +22,35 @@ from toolkit.lazy import lazy_import
 duckdb = lazy_import("duckdb")
 
 
+def _inside(path: str, files: Sequence[str], folders: Sequence[str]) -> bool:
+    return path in files or any((path + os.sep).startswith(folder) for folder in folders)
+
+
+def links_leading_out(folder: str, files: Sequence[str], folders: Sequence[str]) -> list[tuple[str, str]]:
+    """The symlinks under ``folder`` (walked without following them) whose targets lie outside the
+    allowed ``files`` and ``folders`` (resolved; each folder ends in a separator): (link, target)."""
+    found = []
+    for parent, dirs, names in os.walk(folder):
+        for name in dirs + names:
+            link = os.path.join(parent, name)
+            if os.path.islink(link):
+                target = os.path.realpath(link)
+                if not _inside(target, files, folders):
+                    found.append((link, target))
+    return sorted(found)
+
+
 def confine(con: Any, read_only: bool, readable: Sequence[Path] = ()) -> None:
-    """Shut ``con`` in: only the store, plus reading the ``readable`` files and folders; then lock it."""
+    """Shut ``con`` in: only the store, plus reading the ``readable`` files and folders; then lock it.
+    A folder holding a symlink that leads out of them is refused (see ``links_leading_out``)."""
     files = [str(p.resolve()) for p in readable if not p.is_dir()]
     folders = [str(p.resolve()).rstrip(os.sep) + os.sep for p in readable if p.is_dir()]
+    for folder in folders:
+        escaping = links_leading_out(folder, files, folders)
+        if escaping:
+            link, target = escaping[0]
+            raise TkError(f"--allow-files {folder.rstrip(os.sep)}: the symlink {link} leads out of it (to {target}); "
+                          "remove the link, or name its target with --allow-files too")
     if files:
         con.execute("SET allowed_paths = ?", [files])
     if folders:

@@ -14,10 +14,11 @@ from toolkit.errors import StoreBusy, TkError
 from toolkit.lazy import lazy_import
 from toolkit.store.embeddings import Embeddings
 from toolkit.store.images import Images
-from toolkit.store.migrations import migrate, newer_migrations
+from toolkit.store.migrations import MIGRATIONS, migrate, newer_migrations
 from toolkit.store.results import Results
 from toolkit.store.runs import Runs
 from toolkit.store.sandbox import confine, refuse_all_but_select
+from toolkit.store.stand_ins import missing_migrations, stand_in
 from toolkit.store.tables import DeclaredTables
 
 duckdb = lazy_import("duckdb")
@@ -25,6 +26,9 @@ duckdb = lazy_import("duckdb")
 
 class Store(Images, Embeddings, Runs, Results, DeclaredTables):
     """A tk DuckDB file. Open with ``Store.open(path)``; use as a context manager."""
+
+    stand_ins: list[str] = []
+    """Migrations an older store opened read-only lacks, stood in for in memory (``toolkit.store.stand_ins``)."""
 
     @classmethod
     def open(cls, path: Path | str, read_only: bool = False, must_exist: bool = False) -> Store:
@@ -54,6 +58,13 @@ class Store(Images, Embeddings, Runs, Results, DeclaredTables):
         if not read_only:
             migrate(con)
             store._mark_interrupted_runs()
+        elif (missing := missing_migrations(con)) and missing != [m.__name__ for m in MIGRATIONS]:
+            try:  # an older store, read as it is: see toolkit.store.stand_ins
+                stand_in(con, missing, path)
+            except BaseException:
+                con.close()
+                raise
+            store.stand_ins = missing
         return store
 
     @classmethod
