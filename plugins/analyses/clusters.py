@@ -21,6 +21,7 @@ clusters together (one-way ANOVA, Kruskal–Wallis) and each cluster against the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -319,35 +320,62 @@ def register_analyses(register):
                     "(χ² or Fisher, Cramér's V)."))
 
 
-REPORT_PARAGRAPHS = (
-    "Ward clustering groups the images by their embeddings alone, without the labels. Here we ask two questions "
-    "of those clusters: which embedding features tell them apart, and do they correspond to the label, the "
-    "subtype or a clinical column?",
-    CIRCULAR_NOTE,
-    "Features are tested at q < 0.05 after Benjamini–Hochberg correction: Welch's t between the two clusters "
-    "(k = 2), one-way ANOVA across them (k > 2). 'patient' rows test one mean per patient and cluster; 'image' "
-    "rows treat images as independent and overstate the evidence.",
-    "Cramér's V runs from 0 (clusters unrelated to the column) to 1 (each cluster is one value of the column). "
-    "Image-level χ² p-values count every image as independent and are optimistic; the patient-level rows "
-    "give each patient its most common cluster.",
-)
+CLUSTERS_TEMPLATE = Path(__file__).parent / "templates" / "clusters.html"
+REPORT_TEXT = {
+    "intro": "Ward clustering groups the images by their embeddings alone, without the labels. Two questions are asked "
+             "of those clusters: which embedding features tell them apart, and do they correspond to the label, the "
+             "subtype or a clinical column?",
+    "circular_note": CIRCULAR_NOTE,
+    "features_note": "Features that differ at q < 0.05 after Benjamini–Hochberg correction: Welch's t between the two "
+                     "clusters (k = 2), one-way ANOVA across them (k > 2). 'patient' tests one mean per patient and "
+                     "cluster; 'image' treats the images as independent and overstates the evidence. The split-sample "
+                     "column tests only the half of the patients that the clustering did not see.",
+    "association_note": "Cramér's V runs from 0 (the clusters are unrelated to the column) to 1 (each cluster is one "
+                        "value of the column); p from χ² (Fisher's exact test for 2 x 2 tables with an expected count "
+                        "below 5). Image-level p-values count every image as independent and are optimistic; at patient "
+                        "level each patient counts once, in its most common cluster.",
+}
+
+
+def _feature_rows(summary_table: pd.DataFrame) -> list[dict]:
+    """One row per backbone, k, level and test: significant features in the circular and split designs."""
+    rows = []
+    for (backbone, k, level, test), group in summary_table.groupby(["backbone", "k", "level", "test"], sort=True):
+        cell = {d.design: f"{d.n_significant:,} of {d.n_tested:,}" for d in group.itertuples()}
+        rows.append({"backbone": backbone, "k": int(k), "level": level, "test": "Welch t" if test == "welch" else "ANOVA",
+                     "circular": cell.get("circular", "—"), "split": cell.get("split", "not run")})
+    return rows
+
+
+def _association_rows(associations: pd.DataFrame) -> list[dict]:
+    """One row per backbone, design, k and reference column: Cramér's V and p at image and patient level."""
+    rows = []
+    keys = ["backbone", "design", "k", "reference"]
+    for (backbone, design, k, reference), group in associations.groupby(keys, sort=True):
+        by_level = group.set_index("level")
+        value = lambda level, column: (float(by_level.loc[level, column])  # noqa: E731
+                                       if level in by_level.index else None)
+        rows.append({"backbone": backbone, "design": DESIGN_WORDS.get(design, design), "k": int(k), "reference": reference,
+                     "v_image": value("image", "cramers_v"), "p_image": value("image", "p_val"),
+                     "v_patient": value("patient", "cramers_v"), "p_patient": value("patient", "p_val")})
+    return rows
 
 
 @hookimpl
 def report_sections(context: ReportContext) -> list[ReportSection]:
-    """The "Clusters" appendix section: significant features circular against split, and the
-    contingency statistics, for every backbone."""
+    """The "Clusters" appendix section: significant features circular against split-sample, and how
+    the clusters line up with label, subtype and clinical columns, for every backbone; the full
+    summary and contingency tables below."""
     summary_table = context.store.run_results(context.run_id, "clusters", "summary")
     if summary_table.empty:
         return []
-    summary_table = summary_table.rename(columns={"backbone": "model"})
-    summary_table = summary_table.assign(design=summary_table["design"].map(DESIGN_WORDS).fillna(summary_table["design"]))
-    tables = [Table("features", summary_table.sort_values(["model", "k", "level", "design"]),
-                    "Features that differ between the clusters (q < 0.05) in each design")]
-    associations = context.store.run_results(context.run_id, "clusters", "contingency").rename(columns={"backbone": "model"})
+    associations = context.store.run_results(context.run_id, "clusters", "contingency")
+    tables = [Table("summary", summary_table.rename(columns={"backbone": "model"}),
+                    "Features that differ between the clusters (q < 0.05) per design, k and level")]
     if not associations.empty:
-        shown = associations[["model", "design", "k", "level", "reference", "test", "p_val", "cramers_v", "n"]]
-        tables.append(Table("association", shown.sort_values(["model", "design", "k", "level", "reference"]),
-                            "Clusters against label, subtype and clinical columns: χ² or Fisher p and Cramér's V"))
-    return [ReportSection("Clusters", paragraphs=list(REPORT_PARAGRAPHS), tables=tables, slot="appendix", order=30,
-                          anchor="clusters")]
+        tables.append(Table("contingency", associations.rename(columns={"backbone": "model"}),
+                            "Clusters against label, subtype and clinical columns"))
+    data = REPORT_TEXT | {"features": _feature_rows(summary_table),
+                          "associations": _association_rows(associations) if not associations.empty else []}
+    return [ReportSection("Clusters", tables=tables, slot="appendix", order=30, anchor="clusters",
+                          template=CLUSTERS_TEMPLATE, data=data)]
