@@ -201,6 +201,8 @@ def test_tk_run_stores_the_cluster_tables_and_reports_a_clusters_section(tmp_pat
     total = con.execute("SELECT sum(n) FROM results_clusters_counts WHERE design = 'circular' AND k = 2 "
                         "AND level = 'image' AND reference = 'label'").fetchone()[0]
     assert total == 32
+    assert con.execute("SELECT name FROM results_figures WHERE analysis = 'clusters'").fetchall() == [
+        ("significant_features",)]
     con.close()
     report = next(out.glob("tk-report-*.html"))
     page = open_page(report, tmp_path / "clusters.png")

@@ -29,7 +29,8 @@ from toolkit import hookimpl
 from toolkit.analysis.stats import FDR_ALPHA, has_patients, level_views, patient_note, top_rows
 from toolkit.analysis.ward import cut, sample_rows, ward_of
 from toolkit.lazy import lazy_import
-from toolkit.plugin.results import Finding, SkipAnalysis, Table
+from toolkit.analysis.figures import PALETTE, new_figure, to_svg
+from toolkit.plugin.results import Figure, Finding, SkipAnalysis, Table
 from toolkit.plugin.sections import ReportContext, ReportSection
 from toolkit.plugin.settings import Setting
 from toolkit.plugin.types import Analysis, AnalysisContext, Needs
@@ -254,6 +255,32 @@ def _findings(table: pd.DataFrame, associations: pd.DataFrame) -> list[Finding]:
     return findings
 
 
+def _figure(backbone: str | None, summary_table: pd.DataFrame) -> Figure:
+    """Share of features significant per k, circular against split-sample, at patient level when the
+    run has patient ids."""
+    level = "patient" if (summary_table["level"] == "patient").any() else "image"
+    rows = summary_table[summary_table["level"] == level]
+    ks = sorted(rows["k"].unique())
+    figure, axes = new_figure(4.8, 3.2)
+    width = 0.38
+    for offset, (design, colour) in enumerate(zip(("circular", "split"), (PALETTE[1], PALETTE[0]))):
+        of_design = rows[rows["design"] == design].set_index("k")
+        shares = [of_design.loc[k, "n_significant"] / of_design.loc[k, "n_tested"] if k in of_design.index else 0.0
+                  for k in ks]
+        axes.bar(np.arange(len(ks)) + (offset - 0.5) * width, shares, width, color=colour, label=DESIGN_WORDS[design])
+    axes.set_xticks(np.arange(len(ks)), [f"k = {k}" for k in ks])
+    axes.set_ylim(0, 1)
+    axes.set_ylabel(f"share of features with q < {FDR_ALPHA}")
+    axes.legend(frameon=False, fontsize=7)
+    axes.set_title(f"{backbone}: features that differ between Ward clusters ({level} level)")
+    return Figure("significant_features", to_svg(figure),
+                  alt=f"Bar chart: for each number of clusters, the share of features that differ between the Ward "
+                      f"clusters at {level} level when tested on the clustered images (circular) and on held-out "
+                      "patients (split-sample).",
+                  caption="Circular bars are optimistic (the clusters were formed from these features); split-sample "
+                          "bars test patients the clustering did not see.")
+
+
 def clusters(context: AnalysisContext) -> list:
     """Tables ``main`` (pairwise feature tests, see :func:`feature_tests`), ``omnibus`` (k > 2),
     ``top`` (the ``top_k`` features of largest |hedges_g| per design, k, contrast and level),
@@ -301,6 +328,7 @@ def clusters(context: AnalysisContext) -> list:
     if associations:
         results += [Table("contingency", association_table, "Clusters against label, subtype and clinical columns"),
                     Table("counts", pd.concat(counts, ignore_index=True), "Contingency tables, one row per cell")]
+    results.append(_figure(context.backbone, summary_table))
     return results + findings + _findings(summary_table, association_table if associations else
                                           pd.DataFrame(columns=["design", "level"]))
 
