@@ -121,13 +121,9 @@ def split_partitions(x: np.ndarray, metadata: pd.DataFrame, ks: list[int], seed:
     if len(fit) < 4 or len(test) < 4:
         return []
     links = ward_of(x[fit])
-    partitions = []
-    for k in (k for k in ks if k < len(fit)):
-        clusters_fit = cut(links, k)
-        x_fit = x[fit].astype(np.float64)
-        partitions.append(Partition("split", k, test, nearest_centroid(x_fit, clusters_fit, k,
-                                                                       x[test].astype(np.float64))))
-    return partitions
+    x_fit, x_test = x[fit].astype(np.float64), x[test].astype(np.float64)
+    return [Partition("split", k, test, nearest_centroid(x_fit, cut(links, k), k, x_test))
+            for k in ks if k < len(fit)]
 
 
 def contrasts(k: int) -> list[tuple[str, str]]:
