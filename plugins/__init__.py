@@ -13,6 +13,7 @@ BUILTIN_PLUGINS = (
     "toolkit.plugins.analyses.anova",
     "toolkit.plugins.analyses.correlation",
     "toolkit.plugins.analyses.clustering",
+    "toolkit.plugins.analyses.clusters",
     "toolkit.plugins.analyses.probe",
     "toolkit.plugins.analyses.integrity",
     "toolkit.plugins.analyses.gradcam",

@@ -128,7 +128,7 @@ def test_strip_distances_give_sklearn_silhouettes_and_the_condensed_matrix(monke
     silhouettes from per-cluster distance sums equal scikit-learn's on the full matrices."""
     from scipy.spatial.distance import squareform
 
-    import toolkit.plugins.analyses.clustering as module
+    import toolkit.analysis.ward as module
 
     monkeypatch.setattr(module, "STRIP_ROWS", 64)
     rng = np.random.default_rng(5)

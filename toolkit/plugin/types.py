@@ -81,6 +81,8 @@ class AnalysisContext:
         ``tk run --set NAME.KEY=VALUE``).
     :ivar store: the run's store, for reading (``context.results`` covers the usual case).
     :ivar registry: every loaded plugin (to build a backbone's model, say).
+    :ivar clinical_columns: clinical column name -> ``"categorical"`` or ``"numeric"``; each is also a
+        column of ``metadata`` with that exact name.
     """
 
     run_id: str
@@ -92,6 +94,7 @@ class AnalysisContext:
     registry: Registry | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    clinical_columns: dict[str, str] = field(default_factory=dict)
 
     def results(self, analysis: str, table: str = "main") -> pd.DataFrame:
         """A table stored by ``analysis`` (declared in ``Needs.analyses``) for this run and backbone,
