@@ -75,12 +75,15 @@ class AnalysisContext:
 
     :ivar embeddings: ``(n_images, dim)`` float32 for ``backbone`` (``None`` for all-backbone runs).
     :ivar metadata: one row per image: image_id, sha256, relpath, label, subtype, magnification,
-        patient_id, width, height.
+        patient_id, width, height, then one column per clinical column (named as in
+        ``clinical_columns``; numeric ones float with NaN for missing, categorical ones text with None).
     :ivar all_embeddings: every backbone of the run by name, rows aligned with ``metadata``.
     :ivar settings: this analysis' settings (its declared ``Setting`` defaults, overridden by
         ``tk run --set NAME.KEY=VALUE``).
     :ivar store: the run's store, for reading (``context.results`` covers the usual case).
     :ivar registry: every loaded plugin (to build a backbone's model, say).
+    :ivar clinical_columns: the run's clinical variables (extra manifest columns, ``--clinical``):
+        column name in ``metadata`` -> ``"categorical"`` or ``"numeric"``; empty when it has none.
     """
 
     run_id: str
@@ -92,6 +95,7 @@ class AnalysisContext:
     registry: Registry | None = None
     settings: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    clinical_columns: dict[str, str] = field(default_factory=dict)
 
     def results(self, analysis: str, table: str = "main") -> pd.DataFrame:
         """A table stored by ``analysis`` (declared in ``Needs.analyses``) for this run and backbone,

@@ -6,7 +6,7 @@ from typing import Iterable
 
 from toolkit.ingest.scan import KnownFile, ScannedImage
 from toolkit.lazy import lazy_import
-from toolkit.store.connection import Connection
+from toolkit.store.clinical import Clinical
 from toolkit.store.sql import arrow_view
 
 pa = lazy_import("pyarrow")
@@ -35,7 +35,7 @@ def _images_to_arrow(images: list[ScannedImage]) -> pa.Table:
                      for name, values in rows.items()})
 
 
-class Images(Connection):
+class Images(Clinical):
     """Images and the runs they belong to."""
 
     def known_files(self) -> dict[str, KnownFile]:
@@ -55,6 +55,7 @@ class Images(Connection):
             self.con.execute(f"""
                 INSERT OR IGNORE INTO run_images
                 SELECT ?, image_id FROM images WHERE path IN (SELECT path FROM {new})""", [run_id])
+        self._insert_image_values(run_id, images)
 
     def image_paths(self, image_ids: Iterable[int]) -> dict[int, str]:
         """The file path of each image id."""

@@ -164,10 +164,37 @@ def m007_store_secrets(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("INSERT INTO store_secrets VALUES ('report_pseudonyms', ?)", [secrets.token_hex(32)])
 
 
+def m009_clinical(con: duckdb.DuckDBPyConnection) -> None:
+    """Clinical variables of a run (``toolkit.ingest.clinical``): its columns with their kind and
+    level, image-level values per image, patient-level values per patient, and the view ``clinical``
+    that gives every value per image (long format: one row per image and column)."""
+    con.execute("""
+        CREATE TABLE clinical_columns (
+            run_id VARCHAR, name VARCHAR, kind VARCHAR NOT NULL, level VARCHAR NOT NULL, source VARCHAR,
+            PRIMARY KEY (run_id, name))""")
+    con.execute("""
+        CREATE TABLE clinical_values (
+            run_id VARCHAR, image_id BIGINT, name VARCHAR, value_num DOUBLE, value_text VARCHAR,
+            PRIMARY KEY (run_id, image_id, name))""")
+    con.execute("""
+        CREATE TABLE clinical_patient_values (
+            run_id VARCHAR, patient_id VARCHAR, name VARCHAR, value_num DOUBLE, value_text VARCHAR,
+            PRIMARY KEY (run_id, patient_id, name))""")
+    con.execute("""
+        CREATE VIEW clinical AS
+        SELECT v.run_id, v.image_id, c.name, c.kind, c.level, v.value_num, v.value_text
+        FROM clinical_values v JOIN clinical_columns c USING (run_id, name)
+        UNION ALL
+        SELECT c.run_id, r.image_id, c.name, c.kind, c.level, p.value_num, p.value_text
+        FROM clinical_columns c JOIN run_images r ON r.run_id = c.run_id JOIN images i ON i.image_id = r.image_id
+        JOIN clinical_patient_values p ON p.run_id = c.run_id AND p.name = c.name AND p.patient_id = i.patient_id
+        WHERE c.level = 'patient'""")
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_create_tables, m002_export_parity,
                                                                   m003_training, m004_analysis_cache_key,
                                                                   m005_precision, m006_run_error,
-                                                                  m007_store_secrets]
+                                                                  m007_store_secrets, m009_clinical]
 
 
 def newer_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:
