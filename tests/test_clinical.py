@@ -49,6 +49,7 @@ EXTRA = {
     "age": [51, 51, 63, 63, 47.5, 47.5, 70, 70, "", "", 39, 39],
     "ki67": [5, 9, 12, 30, 1, 2, 44, 41, 8, 7, 3, 6],  # varies within patients: image level
     "notes": [f"patient seen on day {i} by dr {i}" for i in range(12)],
+    "surname": ["Smith", "Smith", "Jones", "Jones", "Brown", "Brown", "Smith", "Smith", "Jones", "Jones", "Lee", "Lee"],
 }
 
 
@@ -60,13 +61,14 @@ def test_manifest_extra_columns_are_kept_typed_and_free_text_refused(tmp_path):
     assert [r.clinical for r in records[:3]] == [{"ki67": 5.0}, {"ki67": 9.0}, {"ki67": 12.0}]  # image-level only
     assert data.patient_values["age"] == {"p0": 51.0, "p1": 63.0, "p2": 47.5, "p3": 70.0, "p4": None, "p5": 39.0}
     assert data.patient_values["er_status"]["p5"] is None  # NA is missing, not a level
-    [warning] = data.warnings
-    assert "'notes'" in warning and "free text" in warning and "--clinical-type notes=categorical" in warning
+    notes, surname = data.warnings
+    assert "'notes'" in notes and "free text" in notes and "--clinical-type notes=categorical" in notes
+    assert "'surname'" in surname and "free text" in surname  # Lee is one patient's, though on two images
 
 
 def test_clinical_type_overrides_keep_drop_and_retype_columns(tmp_path):
     path = manifest(tmp_path, EXTRA)
-    _, data = load(path, overrides=["notes=categorical", "age=categorical", "ki67=drop"])
+    _, data = load(path, overrides=["notes=categorical", "age=categorical", "ki67=drop", "surname=drop"])
     assert {c.name: c.kind for c in data.columns} == {"er_status": "categorical", "age": "categorical",
                                                       "notes": "categorical"}
     assert data.patient_values["age"]["p2"] == "47.5"  # categorical values are the text as written
@@ -79,14 +81,16 @@ def test_clinical_type_overrides_keep_drop_and_retype_columns(tmp_path):
         load(path, overrides=["er_status=numeric"])
 
 
-@pytest.mark.parametrize("values, kind", [
-    (["1", "2.5", "", "-3e2"], "numeric"),
-    (["a", "b", "a", "b", "NA"], "categorical"),
-    (["a", "b", "a", "c"], "free_text"),  # c is seen once
-    ([str(i) + "x" for i in range(30)] * 2, "free_text"),  # more than 20 levels
+@pytest.mark.parametrize("values, patients, kind", [
+    (["1", "2.5", "", "-3e2"], None, "numeric"),
+    (["a", "b", "a", "b", "NA"], None, "categorical"),
+    (["a", "b", "a", "c"], None, "free_text"),  # c is seen once
+    ([str(i) + "x" for i in range(30)] * 2, None, "free_text"),  # more than 20 levels
+    (["a", "a", "b", "b"], ["p1", "p2", "p3", "p3"], "free_text"),  # b is one patient's
+    (["a", "a", "b", "b"], ["p1", "p2", "p3", "p4"], "categorical"),
 ])
-def test_type_inference_rule(values, kind):
-    assert infer_kind(values) == kind
+def test_type_inference_rule(values, patients, kind):
+    assert infer_kind(values, patients) == kind
 
 
 def test_columns_named_like_core_metadata_are_refused(tmp_path):

@@ -2,7 +2,8 @@
 
 Every column is typed once over all its values (see :func:`infer_kind`): ``numeric`` when every
 non-missing value parses as a number, ``categorical`` when it has at most ``MAX_LEVELS`` distinct
-values and each appears at least ``MIN_LEVEL_COUNT`` times, otherwise free text, which is dropped
+values and each is seen in at least ``MIN_LEVEL_COUNT`` patients (images, without patient ids),
+otherwise free text, which is dropped
 with a warning (free text can name or describe a patient). ``--clinical-type NAME=KIND`` overrides
 the inference (``categorical``, ``numeric`` or ``drop``).
 
@@ -67,17 +68,22 @@ def _number(raw: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def infer_kind(values: list[str | None]) -> str:
-    """``numeric``, ``categorical`` or ``free_text`` for a column's raw values (see the module doc)."""
-    present = [v.strip() for v in values if not is_missing(v)]
+def infer_kind(values: list[str | None], patients: list[str | None] | None = None) -> str:
+    """``numeric``, ``categorical`` or ``free_text`` for a column's raw values (see the module doc).
+
+    With ``patients`` (one per value, all known), a categorical level must be seen in at least
+    ``MIN_LEVEL_COUNT`` patients, not images: a value unique to one patient (a name) repeated on each
+    of the patient's images stays free text."""
+    present = [(v.strip(), i) for i, v in enumerate(values) if not is_missing(v)]
     if not present:
         return "free_text"
-    if all(_number(v) is not None for v in present):
+    if all(_number(v) is not None for v, _ in present):
         return "numeric"
-    counts: dict[str, int] = {}
-    for value in present:
-        counts[value] = counts.get(value, 0) + 1
-    if len(counts) <= MAX_LEVELS and min(counts.values()) >= MIN_LEVEL_COUNT:
+    by_patient = patients is not None and all(p is not None for p in patients)
+    seen: dict[str, set] = {}
+    for value, row in present:
+        seen.setdefault(value, set()).add(patients[row] if by_patient else row)
+    if len(seen) <= MAX_LEVELS and min(len(units) for units in seen.values()) >= MIN_LEVEL_COUNT:
         return "categorical"
     return "free_text"
 
@@ -118,18 +124,18 @@ def check_names(names: list[str], origin: Path) -> None:
 
 
 def choose_kinds(columns: dict[str, list[str | None]], overrides: dict[str, str], origin: Path,
-                 warnings: list[str]) -> dict[str, str]:
-    """The kind of every column (overrides first); free-text and ``drop`` columns are left out, each
-    with a one-line warning that says how to keep it."""
+                 warnings: list[str], patients: list[str | None] | None = None) -> dict[str, str]:
+    """The kind of every column (overrides first; ``patients`` as in :func:`infer_kind`); free-text
+    and ``drop`` columns are left out, each with a one-line warning that says how to keep it."""
     kinds: dict[str, str] = {}
     for name, values in columns.items():
-        kind = overrides.get(name) or infer_kind(values)
+        kind = overrides.get(name) or infer_kind(values, patients)
         if kind == "drop":
             warnings.append(f"{origin.name}: clinical column {name!r} dropped (--clinical-type {name}=drop)")
             continue
         if kind == "free_text":
             warnings.append(f"{origin.name}: clinical column {name!r} looks like free text (not all numbers; more than "
-                            f"{MAX_LEVELS} distinct values or a value seen only once) and is dropped: free text can "
+                            f"{MAX_LEVELS} distinct values or a value of a single patient) and is dropped: free text can "
                             f"identify a patient. Keep it with --clinical-type {name}=categorical if its values are "
                             "categories")
             continue
@@ -214,7 +220,7 @@ def attach_clinical(records: list[Any], clinical: Path | None, overrides: dict[s
     if unknown_overrides:
         raise TkError(f"--clinical-type {unknown_overrides[0]}: no such clinical column; the columns are "
                       f"{', '.join([*raw, *file_names]) or 'none'}")
-    kinds = choose_kinds(raw, overrides, manifest or Path("manifest"), warnings)
+    kinds = choose_kinds(raw, overrides, manifest or Path("manifest"), warnings, [r.patient_id for r in records])
     file_kinds = (choose_kinds({n: [v[n] for v in by_patient.values()] for n in file_names}, overrides, clinical,
                                warnings) if clinical is not None else {})
     columns: list[ClinicalColumn] = []
