@@ -143,7 +143,8 @@ def synthetic_context(seed: int = 0, n_patients: int = 40, per_patient: int = 3,
     patients = np.repeat([f"p{i}" for i in range(n_patients)], per_patient)
     per_image = lambda values: np.repeat(values, per_patient)  # noqa: E731
     metadata = pd.DataFrame({
-        "image_id": np.arange(len(x)), "patient_id": patients, "label": "benign",
+        "image_id": np.arange(len(x)), "sha256": [f"sha{i}" for i in range(len(x))], "patient_id": patients,
+        "label": "benign", "subtype": None, "magnification": 40,
         "signal": per_image(2.0 * centres[:, 3] + 0.3 * rng.normal(size=n_patients)),
         "noise": per_image(rng.normal(size=n_patients)),
         "marker": per_image(np.where(centres[:, 5] > 0, "high", "low")).astype(object),
@@ -294,7 +295,11 @@ def test_spearman_at_patient_level_matches_scipy_on_the_planted_column(clinical_
     assert probe.loc["tumour_size", "model"] == "ridge" and probe.loc["er_status", "model"] == "logistic"
 
 
-def test_report_has_a_clinical_section_without_patient_values(clinical_run):
+def test_report_has_a_clinical_section_without_patient_values(clinical_run, tmp_path):
+    from tests.browser import open_page
+
+    page = open_page(clinical_run.report, tmp_path / "report.png")
+    assert 'id="clinical"' in page.dom and not page.console
     html = clinical_run.report.read_text()
     section = html[html.index('<section id="clinical"'):]
     section = section[:section.index("</section>")]
@@ -308,3 +313,61 @@ def test_report_without_clinical_variables_says_how_to_add_them(clinical_run):
     section = html[html.index('<section id="clinical"'):]
     assert "This run has no clinical variables" in section[:section.index("</section>")]
     assert "--clinical clinical.csv" in section[:section.index("</section>")]
+
+
+def test_store_keeps_image_level_values_with_the_images_and_patient_values_per_patient(tmp_path):
+    from toolkit.ingest.clinical import ClinicalColumn, ClinicalData
+    from toolkit.ingest.scan import ScannedImage
+    from toolkit.ingest.sources import ImageRecord
+    from toolkit.store import Store
+
+    images = [ScannedImage(ImageRecord(Path(f"/x/{i}.png"), f"{i}.png", "manifest", "benign", patient_id=f"p{i // 2}",
+                                       clinical={"ki67": [5.0, None, 12.0, 30.0][i]}), f"sha{i}", 1, 0, 8, 8)
+              for i in range(4)]
+    data = ClinicalData([ClinicalColumn("ki67", "numeric", "image", "manifest"),
+                         ClinicalColumn("grade", "categorical", "patient", "manifest")],
+                        {"grade": {"p0": "G1", "p1": None}}, [])
+    with Store.open(tmp_path / "tk.duckdb") as store:
+        store.start_run("r1", "test", {}, {})
+        store.record_clinical("r1", data)
+        store.add_images("r1", images)
+        kinds, frame = store.run_clinical("r1")
+        rows = store.con.execute("SELECT image_id, value_num FROM clinical_values ORDER BY image_id").fetchall()
+        assert store.run_clinical("another run")[0] == {}
+    assert kinds == {"ki67": "numeric", "grade": "categorical"}
+    assert rows == [(1, 5.0), (3, 12.0), (4, 30.0)]  # a missing value has no row
+    assert frame["ki67"].tolist()[0] == 5.0 and np.isnan(frame["ki67"].tolist()[1])
+    assert frame["grade"].tolist() == ["G1", "G1", None, None]  # patient p1 has no grade
+
+
+def test_anova_factors_refuse_unknown_and_numeric_columns():
+    from toolkit.plugins.analyses.anova import anova
+
+    context = synthetic_context()
+    context.settings = {"factors": "marker,bogus"}
+    with pytest.raises(SkipAnalysis, match="'bogus' is not a metadata column.*marker, coin"):
+        anova(context)
+    context.settings = {"factors": "signal"}
+    with pytest.raises(SkipAnalysis, match="'signal' is a numeric clinical column"):
+        anova(context)
+    context.settings = {"factors": "marker"}
+    main = by_name(anova(context), "main")
+    assert set(zip(main["factor"], main["level"])) == {("marker", "image"), ("marker", "patient")}
+    assert main[(main["level"] == "patient") & (main["feature"] == 5)]["q_val"].iloc[0] < 1e-3
+
+
+def test_ttest_on_a_within_patient_clinical_column_tests_images_only_and_says_why():
+    from toolkit.plugins.analyses.ttest import ttest
+
+    context = synthetic_context()
+    side = np.tile(["left", "right", "left"], 40)  # every patient has images on both sides
+    context.metadata = context.metadata.assign(side=side)
+    context.clinical_columns = {**context.clinical_columns, "side": "categorical"}
+    context.settings = {"grouping": "side"}
+    results = ttest(context)
+    assert set(by_name(results, "main")["level"]) == {"image"}
+    assert any("side varies within patients" in f.message and "anova.factors=side" in f.message
+               for f in results if isinstance(f, Finding))
+    context.settings = {"grouping": "signal"}
+    with pytest.raises(SkipAnalysis, match="'signal' is a numeric clinical column"):
+        ttest(context)
