@@ -305,6 +305,7 @@ def test_report_has_a_clinical_section_without_patient_values(clinical_run, tmp_
     section = section[:section.index("</section>")]
     assert "Clinical variables" in section and "tumour_size" in section and "er_status" in section
     assert "clinical column &#39;notes&#39; looks like free text" in section
+    assert "1 patient of the clinical CSV not in the data" in section
     assert "seen by dr" not in html and "14-100" not in html
 
 

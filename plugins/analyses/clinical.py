@@ -330,7 +330,7 @@ def report_sections(context: ReportContext) -> list[ReportSection]:
     backbone what the correlations and probes found, in plain words; without clinical columns, how
     to add them."""
     columns = context.store.run_clinical_columns(context.run_id)
-    dropped = [w for w in context.run.get("warnings") or [] if "clinical column" in w]
+    said = [w for w in context.run.get("warnings") or [] if "clinical column" in w or "of the clinical CSV" in w]
     correlations_found = context.store.run_results(context.run_id, "clinical")
     probes = context.store.run_results(context.run_id, "clinical", "probe")
     summaries = []
@@ -347,5 +347,5 @@ def report_sections(context: ReportContext) -> list[ReportSection]:
         if strongest or probe_rows:
             summaries.append({"backbone": name, "correlations": strongest, "probes": probe_rows})
     return [ReportSection("Clinical variables", slot="appendix", order=50, anchor="clinical", template=CLINICAL_TEMPLATE,
-                          data={"columns": columns.to_dict("records"), "dropped": dropped, "summaries": summaries,
+                          data={"columns": columns.to_dict("records"), "warnings": said, "summaries": summaries,
                                 "how_to_add": HOW_TO_ADD, "alpha": FDR_ALPHA})]
