@@ -22,7 +22,6 @@ from toolkit.analysis.stats import FDR_ALPHA, bh_qvalues, column_ranks, group_su
 from toolkit.lazy import lazy_import
 from toolkit.plugin.results import Figure, Finding, SkipAnalysis, Table
 from toolkit.plugin.sections import ReportContext, ReportSection
-from toolkit.plugin.settings import Setting
 from toolkit.plugin.types import Analysis, AnalysisContext, Needs
 
 pd = lazy_import("pandas")
