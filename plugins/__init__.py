@@ -17,6 +17,7 @@ BUILTIN_PLUGINS = (
     "toolkit.plugins.analyses.probe",
     "toolkit.plugins.analyses.integrity",
     "toolkit.plugins.analyses.gradcam",
+    "toolkit.plugins.analyses.clinical",
     "toolkit.plugins.exporters.html_report",
     "toolkit.plugins.exporters.deployment",
     "toolkit.plugins.exporters.savedmodel",

@@ -15,7 +15,7 @@ from toolkit.plugin.registry import load_registry
 BUILTINS = {("resnet50", "backbone"), ("efficientnetb0", "backbone"), ("densenet201", "backbone"),
             ("pca", "analysis"), ("ttest", "analysis"), ("anova", "analysis"), ("correlation", "analysis"),
             ("cka", "analysis"), ("clustering", "analysis"), ("clusters", "analysis"), ("probe", "analysis"), ("backbone_comparison", "analysis"), ("integrity", "analysis"),
-            ("gradcam", "analysis"), ("html", "exporter"), ("savedmodel", "exporter"), ("tflite", "exporter"),
+            ("gradcam", "analysis"), ("clinical", "analysis"), ("html", "exporter"), ("savedmodel", "exporter"), ("tflite", "exporter"),
             ("tflite-fp16", "exporter"), ("tflite-dynamic", "exporter"), ("tflite-int8", "exporter")}
 
 

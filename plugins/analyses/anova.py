@@ -230,15 +230,32 @@ def _factor_results(metadata: pd.DataFrame, x: np.ndarray, factor: str, top_k: i
     return tables, posthoc, repeated, findings
 
 
+def chosen_factors(context: AnalysisContext) -> list[str]:
+    """The ``factors`` setting's columns; a name that is no metadata column, or a numeric clinical
+    column, skips the analysis with the reason."""
+    requested = [f.strip() for f in str(context.settings.get("factors", ",".join(FACTORS))).split(",") if f.strip()]
+    unknown = [f for f in requested if f not in context.metadata.columns]
+    if unknown:
+        raise SkipAnalysis(f"anova.factors {unknown[0]!r} is not a metadata column; choose among subtype, "
+                           "magnification, label and the categorical clinical columns "
+                           f"({', '.join(n for n, k in context.clinical_columns.items() if k == 'categorical') or 'none'})")
+    numeric = [f for f in requested if context.clinical_columns.get(f) == "numeric"]
+    if numeric:
+        raise SkipAnalysis(f"anova.factors {numeric[0]!r} is a numeric clinical column; name categorical columns "
+                           "(the clinical analysis correlates numeric ones with every feature)")
+    return list(dict.fromkeys(requested))
+
+
 def anova(context: AnalysisContext) -> list:
     """Table ``main`` (see :func:`one_way`; every factor at image level, between-patient factors at
     patient level too), table ``tukey`` (see :func:`tukey`; the ``tukey_top`` setting's features of
     largest F per factor and level of ``main`` among those with q < 0.05), table ``rm`` (see :func:`repeated_measures`;
     within-patient factors at patient level) and one finding per factor and level."""
     x = embeddings_f64(context)
-    factors = [f for f in FACTORS if f in context.metadata.columns and len(valid_groups(context.metadata[f])) >= 2]
+    requested = chosen_factors(context)
+    factors = [f for f in requested if len(valid_groups(context.metadata[f])) >= 2]
     if not factors:
-        raise SkipAnalysis(f"anova needs at least 2 groups of at least 2 images in one of {', '.join(FACTORS)}")
+        raise SkipAnalysis(f"anova needs at least 2 groups of at least 2 images in one of {', '.join(requested)}")
     top_k = int(context.settings.get("tukey_top", TUKEY_TOP))
     tables, posthoc, repeated, findings, cache = [], [], [], [patient_note(context.metadata)], RankCache()
     for factor in factors:
@@ -263,7 +280,11 @@ def register_analyses(register):
     """Register ``anova``."""
     register(Analysis(name="anova", run=anova, needs=Needs(min_samples=4), title="Many-group tests per feature",
                       order=40, settings=(Setting("tukey_top", int, TUKEY_TOP,
-                                                  "features of largest F per factor and level that get Tukey HSD"),),
+                                                  "features of largest F per factor and level that get Tukey HSD"),
+                                          Setting("factors", str, ",".join(FACTORS),
+                                                  "comma list of grouping columns: subtype, magnification, label or "
+                                                  "categorical clinical columns (one varying within patients gets "
+                                                  "the repeated-measures test)")),
                       description="One-way ANOVA and Kruskal–Wallis per feature across subtype and magnification, "
                                   "repeated-measures ANOVA and Friedman for magnification within patients, "
                                   "BH-corrected, with Tukey HSD for the strongest features."))

@@ -12,7 +12,7 @@ import numpy as np
 
 from toolkit.analysis.stats import (FDR_ALPHA, ColumnRanks, LevelView, bh_qvalues, column_ranks,
                                                    duplicate_note, embeddings_f64, level_views, patient_note, top_rows,
-                                                   valid_groups)
+                                                   valid_groups, within_patient)
 from toolkit import hookimpl
 from toolkit.analysis.figures import PALETTE, colour_for, new_figure, to_svg
 from toolkit.plugin.sections import ComparisonColumn, ReportContext, ReportSection
@@ -120,7 +120,7 @@ def _two_groups(groups: pd.Series, grouping: str) -> tuple[str, str]:
     if len(present) != 2 or groups.dropna().nunique() != 2:
         raise SkipAnalysis(f"ttest compares two groups; {grouping!r} has {groups.dropna().nunique()} values "
                            f"({len(present)} with at least 2 images); choose another with --set ttest.grouping=COLUMN, "
-                           "or see anova")
+                           f"or compare them all with --set anova.factors={grouping}")
     return present[0], present[1]
 
 
@@ -142,13 +142,21 @@ def ttest(context: AnalysisContext) -> list:
     grouping = context.settings.get("grouping", "label")
     if grouping not in context.metadata.columns:
         raise SkipAnalysis(f"ttest.grouping {grouping!r} is not a metadata column; set another with "
-                           "--set ttest.grouping=COLUMN")
+                           "--set ttest.grouping=COLUMN (a label, subtype or categorical clinical column)")
+    if context.clinical_columns.get(grouping) == "numeric":
+        raise SkipAnalysis(f"ttest.grouping {grouping!r} is a numeric clinical column; group by a categorical one "
+                           "(the clinical analysis correlates numeric ones with every feature)")
     x = embeddings_f64(context)
     group_a, group_b = _two_groups(context.metadata[grouping], grouping)
     tables, findings = [], [patient_note(context.metadata)]
     duplicates = duplicate_note(context.metadata, grouping)
     findings += [duplicates] if duplicates else []
     for view in level_views(context.metadata, x, grouping):
+        if view.level == "patient" and within_patient(context.metadata, grouping):
+            findings.append(Finding(f"No patient-level Welch test: {grouping} varies within patients, so a patient's "
+                                    "means at its two values are paired; see anova's repeated-measures table "
+                                    f"(--set anova.factors={grouping}).", "warning"))
+            continue
         if min((view.groups == group_a).sum(), (view.groups == group_b).sum()) < 2:
             findings.append(Finding(f"No {view.level}-level test: each group needs at least 2 {view.level}s.",
                                     "warning"))
@@ -237,7 +245,8 @@ def _boxplots(context: AnalysisContext, x: np.ndarray, features: list[int], grou
 def register_analyses(register):
     """Register ``ttest``."""
     register(Analysis(name="ttest", run=ttest, needs=Needs(labels=True, min_samples=4), order=30,
-                      settings=(Setting("grouping", str, "label", "metadata column whose two groups are compared"),
+                      settings=(Setting("grouping", str, "label", "metadata column whose two groups are compared: label, subtype or "
+                                                                          "a categorical clinical column"),
                                 Setting("top_k", int, TOP_K, "features of largest |hedges_g| per level in table top")),
                       title="Two-group tests per feature",
                       description="Welch's t and Mann–Whitney U per embedding feature, BH-corrected, with "

@@ -92,6 +92,14 @@ def with_dependencies(selected: list[Analysis], available: dict[str, Analysis]) 
     return ordered
 
 
+def with_clinical(loaded: tuple[pd.DataFrame, np.ndarray], clinical: pd.DataFrame) -> tuple[pd.DataFrame, np.ndarray]:
+    """Metadata with the run's clinical columns added (aligned by image_id), and its embeddings."""
+    metadata, matrix = loaded
+    if clinical.shape[1] > 1:
+        metadata = metadata.merge(clinical, on="image_id", how="left", validate="one_to_one")
+    return metadata, matrix
+
+
 @dataclass
 class RunData:
     """The embeddings and metadata of one run, loaded once for every analysis."""
@@ -100,16 +108,20 @@ class RunData:
     run_id: str
     loaded: dict[str, tuple[pd.DataFrame, np.ndarray]]
     data_keys: dict[str, str]
+    clinical_columns: dict[str, str]
 
     @classmethod
     def load(cls, store: Store, run_id: str, sets: dict[str, EmbeddingSet]) -> RunData:
-        loaded = {name: store.run_embeddings(run_id, embedding_set) for name, embedding_set in sets.items()}
-        keys = {name: data_key([sets[name].table], meta) for name, (meta, _) in loaded.items()}
+        kinds, clinical = store.run_clinical(run_id)
+        loaded = {name: with_clinical(store.run_embeddings(run_id, embedding_set), clinical)
+                  for name, embedding_set in sets.items()}
+        typed = [f"clinical:{name}={kind}" for name, kind in kinds.items()]  # a changed type is changed data
+        keys = {name: data_key([sets[name].table, *typed], meta) for name, (meta, _) in loaded.items()}
         if loaded:
             metadata = next(iter(loaded.values()))[0]
             same_rows = [name for name, (meta, _) in loaded.items() if meta["image_id"].equals(metadata["image_id"])]
-            keys[ALL_BACKBONES] = data_key(sorted(sets[name].table for name in same_rows), metadata)
-        return cls(store, run_id, loaded, keys)
+            keys[ALL_BACKBONES] = data_key(sorted(sets[name].table for name in same_rows) + typed, metadata)
+        return cls(store, run_id, loaded, keys, kinds)
 
     def targets(self, analysis: Analysis) -> list[str]:
         """The backbones an analysis runs on: each of them, or all at once (``ALL_BACKBONES``)."""
@@ -126,7 +138,7 @@ class RunData:
             run_id=self.run_id, backbone=backbone or None,
             embeddings=None if backbone == ALL_BACKBONES else _read_only(self.loaded[backbone][1]),
             metadata=meta.copy(), all_embeddings=all_embeddings, store=self.store.reader(), registry=registry,
-            settings=dict(settings), seed=seed)
+            settings=dict(settings), seed=seed, clinical_columns=dict(self.clinical_columns))
 
 
 def run_analyses(store: Store, run_id: str, sets: dict[str, EmbeddingSet], analyses: list[Analysis],

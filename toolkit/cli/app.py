@@ -137,6 +137,8 @@ def build_app(plugins: list[str]) -> typer.Typer:
         out: Path = typer.Option(DEFAULT_REPORTS, "--out", help="Folder for the report and other exports."),
         source: str = typer.Option("auto", "--source", help="auto | breakhis | folders | manifest."),
         patient_from: Optional[str] = typer.Option(None, "--patient-from", metavar="REGEX", help="Take each image's patient id from its path (relative to DATA): the regex's first group, or its whole match; an image whose path does not match has no patient id."),
+        clinical: Optional[Path] = typer.Option(None, "--clinical", metavar="FILE.csv", help="Patient-level clinical variables: a CSV with a patient_id column, joined to the images by patient id."),
+        clinical_type: Optional[List[str]] = typer.Option(None, "--clinical-type", metavar="NAME=KIND", help="Type of a clinical column: categorical, numeric or drop (overrides the inference; repeatable)."),
         analysis: str = typer.Option("all", "--analysis", help="all, none, or a comma list of analyses."),
         export: Optional[str] = typer.Option(None, "--export", help="Comma list of exporters (default: the HTML report); none for no export."),
         seed: int = typer.Option(0, "--seed", help="Seed for random weights and analyses."),
@@ -157,6 +159,7 @@ def build_app(plugins: list[str]) -> typer.Typer:
             raise TkError(f"--weights {weights}: no such file; use auto, imagenet, random or the path of a weights file")
         settings = RunSettings(data=data, backbones=backbone, weights=weights, store=store, out=out,
                                plugins=plugins, source=source, patient_from=patient_from, analyses=analysis,
+                               clinical=clinical, clinical_types=list(clinical_type or []),
                                exports=export, seed=seed, batch_size=batch_size, precision=precision, reveal_ids=reveal_ids, template_dir=template_dir,
                                analysis_timeout=analysis_timeout, analysis_settings=list(set_values or []))
         summary = execute_run(settings)

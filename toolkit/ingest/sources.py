@@ -8,13 +8,15 @@ from __future__ import annotations
 import csv
 import os
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from toolkit.console import printable
 from toolkit.errors import TkError
+from toolkit.ingest.clinical import check_names
 
+MANIFEST_COLUMNS = ("path", "label", "patient_id", "subtype", "magnification")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 
 BREAKHIS_SUBTYPES = {
@@ -45,6 +47,9 @@ class ImageRecord:
     subtype: str | None = None
     magnification: int | None = None
     patient_id: str | None = None
+    clinical: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    """Clinical values of this image: raw text from the manifest's extra columns, typed (and only the
+    image-level ones kept) by ``toolkit.ingest.clinical.attach_clinical``."""
 
 
 @dataclass(frozen=True)
@@ -126,7 +131,8 @@ def folder_records(root: Path, skipped: list[SkippedFile]) -> Iterator[ImageReco
 
 
 def manifest_records(csv_path: Path, skipped: list[SkippedFile]) -> Iterator[ImageRecord]:
-    """Images listed in a CSV with columns ``path,label[,patient_id,subtype,magnification]``.
+    """Images listed in a CSV with columns ``path,label[,patient_id,subtype,magnification]``; every
+    other column is a clinical variable (kept as raw text in ``ImageRecord.clinical``).
 
     Relative paths are read from the CSV's folder.
     """
@@ -139,6 +145,8 @@ def manifest_records(csv_path: Path, skipped: list[SkippedFile]) -> Iterator[Ima
     except csv.Error as exc:
         raise TkError(f"{csv_path}: not a readable CSV ({exc}); check quoting and separators") from exc
     columns = set(rows[0]) if rows else set()
+    extra = [c for c in (rows[0] if rows else {}) if c is not None and c not in MANIFEST_COLUMNS]
+    check_names(extra, csv_path)
     missing = [c for c in ("path", "label") if c not in columns]
     if missing:
         raise TkError(f"{csv_path}: manifest lacks column(s) {', '.join(missing)}; "
@@ -167,7 +175,7 @@ def manifest_records(csv_path: Path, skipped: list[SkippedFile]) -> Iterator[Ima
         rel = _relpath(path, root) if path.is_relative_to(root) else path.name
         yield ImageRecord(path, rel, "manifest", (row.get("label") or "").strip() or None,
                           (row.get("subtype") or "").strip() or None, mag,
-                          (row.get("patient_id") or "").strip() or None)
+                          (row.get("patient_id") or "").strip() or None, {c: row.get(c) for c in extra})
 
 
 def _path_problem(exc: Exception) -> str:

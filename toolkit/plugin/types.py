@@ -75,14 +75,16 @@ class AnalysisContext:
 
     :ivar embeddings: ``(n_images, dim)`` float32 for ``backbone`` (``None`` for all-backbone runs).
     :ivar metadata: one row per image: image_id, sha256, relpath, label, subtype, magnification,
-        patient_id, width, height.
+        patient_id, width, height, then one column per clinical column (named as in
+        ``clinical_columns``; numeric ones float with NaN for missing, categorical ones text with None).
     :ivar all_embeddings: every backbone of the run by name, rows aligned with ``metadata``.
     :ivar settings: this analysis' settings (its declared ``Setting`` defaults, overridden by
         ``tk run --set NAME.KEY=VALUE``).
     :ivar store: the run's store, for reading (``context.results`` covers the usual case).
     :ivar registry: every loaded plugin (to build a backbone's model, say).
-    :ivar clinical_columns: clinical column name -> ``"categorical"`` or ``"numeric"``; each is also a
-        column of ``metadata`` with that exact name.
+    :ivar clinical_columns: the run's clinical variables (extra manifest columns, ``--clinical``):
+        column name -> ``"categorical"`` or ``"numeric"``; each is also a column of ``metadata`` with
+        that exact name; empty when the run has none.
     """
 
     run_id: str

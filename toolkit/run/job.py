@@ -13,6 +13,7 @@ from toolkit import console
 from toolkit.analysis.runner import Outcome, run_analyses, with_dependencies
 from toolkit.errors import TkError
 from toolkit.extract.precision import check_precision, device_note
+from toolkit.ingest.clinical import attach_clinical, parse_overrides
 from toolkit.ingest.scan import ScannedImage, scan
 from toolkit.ingest.sources import find_images
 from toolkit.plugin.registry import Registry, load_registry
@@ -48,6 +49,8 @@ def execute_run(settings: RunSettings, command: str | None = None) -> RunSummary
         data = demo_dataset()
         console.info(f"no DATA given: using the bundled demo dataset ({data})")
     kind, root, records, skipped = find_images(Path(data), settings.source, settings.patient_from)
+    records, clinical = attach_clinical(records, settings.clinical, parse_overrides(settings.clinical_types),
+                                        Path(data) if kind == "manifest" else None)
 
     with Store.open(settings.store) as store:
         run_id = new_run_id()
@@ -58,13 +61,17 @@ def execute_run(settings: RunSettings, command: str | None = None) -> RunSummary
         store.start_run(run_id, command, recorded, versions())
         console.info(f"run {run_id}: {len(records)} images found ({kind}) in {root}")
         try:
+            store.record_clinical(run_id, clinical)
+            if clinical.columns:
+                console.info("clinical variables: " + ", ".join(f"{c.name} ({c.kind}, per {c.level})"
+                                                                for c in clinical.columns))
             scanned, unreadable = scan(records, store.known_files())
             skipped += unreadable
             for item in skipped:
                 console.warn(f"{item.relpath}: {item.reason} — skipped")
                 store.record_skipped(run_id, item.relpath, item.reason)
             summary = _embed_and_analyse(store, registry, settings, run_id, backbones, analyses, chosen, scanned,
-                                         skipped)
+                                         skipped, clinical.warnings)
             store.update_run(run_id, data_root=str(root), source=kind, dataset_fingerprint=dataset_fingerprint(scanned),
                              n_images=summary.n_images, n_skipped=summary.n_skipped, warnings=summary.warnings,
                              status="ok" if not summary.failures else "partial", finished_at=utcnow())
@@ -108,8 +115,10 @@ def is_interruption(exc: BaseException) -> bool:
 
 def _embed_and_analyse(store: Store, registry: Registry, settings: RunSettings, run_id: str,
                        backbones: list[Backbone], analyses: list[Analysis], chosen: dict[str, dict[str, Any]],
-                       scanned: list[ScannedImage], skipped: list) -> _Progress:
+                       scanned: list[ScannedImage], skipped: list, warnings: list[str]) -> _Progress:
     log = RunLog()
+    for warning in warnings:
+        log.warn(warning)
     slow = device_note(settings.precision)
     if slow:
         log.warn(slow)

@@ -43,6 +43,8 @@ class RunSettings:
     plugins: list[str] = field(default_factory=list)
     source: str = "auto"
     patient_from: str | None = None  # regex: the patient id from each image's path (--patient-from)
+    clinical: Path | None = None  # a CSV of patient-level clinical variables keyed by patient_id (--clinical)
+    clinical_types: list[str] = field(default_factory=list)  # NAME=categorical|numeric|drop (--clinical-type)
     analyses: str = "all"
     exports: str | None = None
     seed: int = 0

@@ -7,7 +7,7 @@ from typing import Iterable
 
 from toolkit.ingest.scan import KnownFile, ScannedImage
 from toolkit.lazy import lazy_import
-from toolkit.store.connection import Connection
+from toolkit.store.clinical import Clinical
 from toolkit.store.migrations import RUN_IMAGE_COLUMNS
 from toolkit.store.sql import arrow_view
 
@@ -37,7 +37,7 @@ def _images_to_arrow(images: list[ScannedImage]) -> pa.Table:
                      for name, values in rows.items()})
 
 
-class Images(Connection):
+class Images(Clinical):
     """Images and the runs they belong to."""
 
     def known_files(self) -> dict[str, KnownFile]:
@@ -61,6 +61,7 @@ class Images(Connection):
                 FROM {new} n JOIN images i USING (path)
                 ON CONFLICT (run_id, image_id) DO UPDATE SET {", ".join(f"{c} = excluded.{c}" for c in RUN_IMAGE_COLUMNS)}""",
                              [run_id])
+        self._insert_image_values(run_id, images)
 
     def image_paths(self, image_ids: Iterable[int]) -> dict[int, str]:
         """The file path of each image id."""

@@ -181,10 +181,45 @@ def m008_run_image_metadata(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(f"UPDATE run_images SET {assigned} FROM images i WHERE run_images.image_id = i.image_id")
 
 
+def m009_clinical(con: duckdb.DuckDBPyConnection) -> None:
+    """Clinical variables of a run (``toolkit.ingest.clinical``): its columns with their kind and
+    level, image-level values per image, patient-level values per patient, and the view ``clinical``
+    that gives every value per image (long format: one row per image and column)."""
+    create_clinical_tables(con)
+
+
+def create_clinical_tables(con: duckdb.DuckDBPyConnection, temporary: bool = False) -> None:
+    """The tables and view of ``m009_clinical``; ``temporary`` makes them in the connection's memory
+    (the stand-in for a read-only store written before m009, ``toolkit.store.stand_ins``)."""
+    temp = "TEMP " if temporary else ""
+    con.execute(f"""
+        CREATE {temp}TABLE clinical_columns (
+            run_id VARCHAR, name VARCHAR, kind VARCHAR NOT NULL, level VARCHAR NOT NULL, source VARCHAR,
+            PRIMARY KEY (run_id, name))""")
+    con.execute(f"""
+        CREATE {temp}TABLE clinical_values (
+            run_id VARCHAR, image_id BIGINT, name VARCHAR, value_num DOUBLE, value_text VARCHAR,
+            PRIMARY KEY (run_id, image_id, name))""")
+    con.execute(f"""
+        CREATE {temp}TABLE clinical_patient_values (
+            run_id VARCHAR, patient_id VARCHAR, name VARCHAR, value_num DOUBLE, value_text VARCHAR,
+            PRIMARY KEY (run_id, patient_id, name))""")
+    con.execute(f"""
+        CREATE {temp}VIEW clinical AS
+        SELECT v.run_id, v.image_id, c.name, c.kind, c.level, v.value_num, v.value_text
+        FROM clinical_values v JOIN clinical_columns c USING (run_id, name)
+        UNION ALL
+        SELECT c.run_id, r.image_id, c.name, c.kind, c.level, p.value_num, p.value_text
+        FROM clinical_columns c JOIN run_images r ON r.run_id = c.run_id
+        JOIN clinical_patient_values p ON p.run_id = c.run_id AND p.name = c.name AND p.patient_id = r.patient_id
+        WHERE c.level = 'patient'""")
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_create_tables, m002_export_parity,
                                                                   m003_training, m004_analysis_cache_key,
                                                                   m005_precision, m006_run_error,
-                                                                  m007_store_secrets, m008_run_image_metadata]
+                                                                  m007_store_secrets, m008_run_image_metadata,
+                                                                  m009_clinical]
 
 
 def newer_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:

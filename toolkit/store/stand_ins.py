@@ -8,6 +8,7 @@ on a read-only file or medium. For the migrations listed here it stands in for t
   can recompute, but they differ from those of any other report of the store, and the report says so.
 - ``m008_run_image_metadata``: each run's images as ``images`` holds them now (what the migration
   itself would backfill).
+- ``m009_clinical``: empty clinical tables (no run before it had clinical variables).
 
 Any other missing migration is one error line: open the store once with a writing command.
 """
@@ -18,7 +19,7 @@ import secrets
 from typing import Any, Callable
 
 from toolkit.errors import TkError
-from toolkit.store.migrations import MIGRATIONS, RUN_IMAGE_COLUMNS
+from toolkit.store.migrations import MIGRATIONS, RUN_IMAGE_COLUMNS, create_clinical_tables
 
 
 def _secret_for_this_process(con: Any) -> None:
@@ -33,8 +34,13 @@ def _run_images_from_images(con: Any) -> None:
                     FROM "{database}".main.run_images r LEFT JOIN "{database}".main.images i USING (image_id)""")
 
 
+def _no_clinical_variables(con: Any) -> None:
+    create_clinical_tables(con, temporary=True)
+
+
 STAND_INS: dict[str, Callable[[Any], None]] = {"m007_store_secrets": _secret_for_this_process,
-                                               "m008_run_image_metadata": _run_images_from_images}
+                                               "m008_run_image_metadata": _run_images_from_images,
+                                               "m009_clinical": _no_clinical_variables}
 
 
 def missing_migrations(con: Any) -> list[str]:

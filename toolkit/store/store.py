@@ -1,7 +1,7 @@
 """The DuckDB store: one file holds every image, embedding set, run and result.
 
-``Store`` gathers the parts (``images``, ``embeddings``, ``runs``, ``results``, ``tables``), each a
-module of its own; ``migrations`` keeps the schema of the core tables.
+``Store`` gathers the parts (``images`` with ``clinical``, ``embeddings``, ``runs``, ``results``,
+``tables``), each a module of its own; ``migrations`` keeps the schema of the core tables.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 COLUMN_TYPE = re.compile(r"[A-Z][A-Z0-9_]*( DEFAULT [A-Za-z_]+)?")
 CORE_TABLES = frozenset({"images", "runs", "run_images", "skipped_files", "embedding_sets", "run_backbones",
                          "analysis_runs", "result_tables", "exports", "store_secrets",
+                         "clinical_columns", "clinical_values", "clinical_patient_values", "clinical",
                          "_migrations", *CORE_RESULT_TABLES})
 RESERVED_PREFIXES = ("results_", "emb_", "embeddings_", "_")
 

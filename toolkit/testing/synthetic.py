@@ -1,5 +1,5 @@
-"""The kit's synthetic run: labelled images from a few patients and two backbones whose embeddings
-carry a class signal, written into a store through the store's own API."""
+"""The kit's synthetic run: labelled images from a few patients, two clinical variables and two
+backbones whose embeddings carry a class signal, written into a store through the store's own API."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Mapping
 import numpy as np
 
 from toolkit import __version__
+from toolkit.ingest.clinical import ClinicalColumn, ClinicalData
 from toolkit.ingest.scan import ScannedImage
 from toolkit.ingest.sources import ImageRecord
 from toolkit.store import EmbeddingSet, Store
@@ -58,6 +59,20 @@ def _kit_vectors(images: list[ScannedImage], dim: int, seed: int) -> np.ndarray:
     return vectors
 
 
+def _kit_clinical(images: list[ScannedImage]) -> ClinicalData:
+    """Two patient-level clinical variables, so that analyses meet ``context.clinical_columns``: a
+    numeric ``age`` (patients in order: 40, 45, 50, ...) and a categorical ``grade`` (``high`` for the
+    last label's patients, ``low`` for the others). None for unlabelled images (they have no patients)."""
+    patients = sorted({i.record.patient_id for i in images if i.record.patient_id is not None})
+    if not patients:
+        return ClinicalData([], {}, [])
+    last = sorted({i.record.label for i in images if i.record.label})[-1]
+    grade = {i.record.patient_id: "high" if i.record.label == last else "low" for i in images if i.record.patient_id}
+    return ClinicalData([ClinicalColumn("age", "numeric", "patient", "synthetic"),
+                         ClinicalColumn("grade", "categorical", "patient", "synthetic")],
+                        {"age": {p: 40.0 + 5 * k for k, p in enumerate(patients)}, "grade": grade}, [])
+
+
 def synthetic_run(store: Store, n_images: int = KIT_IMAGES, backbones: Mapping[str, int] = KIT_BACKBONES,
                   labels: tuple[str, ...] = KIT_LABELS, seed: int = KIT_SEED) -> SyntheticRun:
     """Write a finished run of ``n_images`` synthetic images into ``store``.
@@ -77,6 +92,7 @@ def synthetic_run(store: Store, n_images: int = KIT_IMAGES, backbones: Mapping[s
         store.record_backbone(KIT_RUN_ID, embedding_set.backbone, table_name=embedding_set.table,
                               weights_id=embedding_set.weights_id, weights_kind="random", dim=embedding_set.dim,
                               n_embedded=n_images, n_reused=0, seconds=0.0, status="ok")
+    store.record_clinical(KIT_RUN_ID, _kit_clinical(images))
     store.update_run(KIT_RUN_ID, status="ok", n_images=n_images, n_skipped=0, source="synthetic",
                      data_root="/synthetic", finished_at=datetime.now(timezone.utc).replace(tzinfo=None))
     return SyntheticRun(store, KIT_RUN_ID, sets)
