@@ -127,6 +127,8 @@ def build_app(plugins: list[str]) -> typer.Typer:
         precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16 | int8: numeric precision of extraction; bf16, fp16 and int8 embeddings form their own sets, with their parity against fp32 recorded. fp16 is for GPUs."),
         reveal_ids: bool = typer.Option(False, "--reveal-ids", help="Show real patient ids in the report."),
         template_dir: Optional[Path] = typer.Option(None, "--template-dir", help="Folder of report templates overriding the built-ins."),
+        stain: str = typer.Option("none", "--stain", help="none | macenko | reinhard | a plugin's normaliser: stain normalisation of every image before embedding; normalised embeddings form their own sets."),
+        stain_reference: Optional[Path] = typer.Option(None, "--stain-reference", metavar="IMAGE", help="Image whose stains --stain normalises to (default: the method's built-in reference)."),
         analysis_timeout: Optional[float] = typer.Option(None, "--analysis-timeout", min=0.01, help="Give up on an analysis after this many seconds (recorded as failed)."),
         set_values: Optional[List[str]] = typer.Option(None, "--set", metavar="NAME.KEY=VALUE", help="An analysis setting, e.g. --set probe.c=0.5 (repeatable; `tk plugins` lists them)."),
         plugin: Optional[List[str]] = PluginOption,
@@ -140,7 +142,7 @@ def build_app(plugins: list[str]) -> typer.Typer:
             raise TkError(f"--weights {weights}: no such file; use auto, imagenet, random or the path of a weights file")
         settings = RunSettings(data=data, backbones=backbone, weights=weights, store=store, out=out,
                                plugins=plugins, source=source, patient_from=patient_from, analyses=analysis,
-                               exports=export, seed=seed, batch_size=batch_size, precision=precision, reveal_ids=reveal_ids, template_dir=template_dir,
+                               exports=export, seed=seed, batch_size=batch_size, precision=precision, stain=stain, stain_reference=stain_reference, reveal_ids=reveal_ids, template_dir=template_dir,
                                analysis_timeout=analysis_timeout, analysis_settings=list(set_values or []))
         summary = execute_run(settings)
         for path in summary.outputs:
@@ -203,7 +205,7 @@ def build_app(plugins: list[str]) -> typer.Typer:
 
         registry = load_registry(plugins)
         with Store.open(store, must_exist=True) as opened:  # writes a new query image's embedding
-            frame = find_similar(opened, find_backbone(registry.backbones, backbone), image, k)
+            frame = find_similar(opened, find_backbone(registry.backbones, backbone), image, k, registry)
         _print_table(frame, fmt)
 
     @app.command()

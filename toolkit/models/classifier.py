@@ -115,7 +115,8 @@ def load_classifier(store: Store, registry: Registry, backbone_name: str, run_id
         raise TkError(f"run {run['run_id']} has no {backbone_name} embeddings; run `tk run --backbone {backbone_name}`")
     kind, weights_id, precision, dim = row["weights_kind"], row["weights_id"], row["precision"], int(row["dim"])
     backbone = find_backbone(registry.backbones, backbone_name)
-    metadata, embeddings = store.run_embeddings(run["run_id"], EmbeddingSet(backbone_name, weights_id, dim, precision))
+    metadata, embeddings = store.run_embeddings(run["run_id"], EmbeddingSet(backbone_name, weights_id, dim, precision,
+                                                                             row.get("stain") or "none"))
     if metadata["label"].isna().any():
         raise TkError("the classifier needs a label for every image of the run")
     head = fit_head(embeddings, metadata["label"].to_numpy(), seed)
