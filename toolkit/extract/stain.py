@@ -188,9 +188,9 @@ def strip(step: StainStep, images: Iterable[ScannedImage], n: int = STRIP_IMAGES
     for image in chosen:
         try:
             before = load_rgb(image.record.path, None)
-        except (UnreadableImage, OSError):
+            after, unchanged = step.transform(before)
+        except (UnreadableImage, OSError):  # said already, when it was skipped
             continue
-        after, unchanged = step.transform(before)
         entries.append({"label": image.record.label or "", "before": _thumbnail(before), "after": _thumbnail(after),
                         "unchanged": unchanged})
     return entries
