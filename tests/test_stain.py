@@ -73,7 +73,7 @@ def test_reinhard_output_has_the_target_lab_mean_and_std():
 
 def test_lab_conversion_round_trips():
     rgb = np.random.default_rng(0).integers(0, 256, (1000, 3)).astype(float)
-    np.testing.assert_allclose(reinhard.lab_to_rgb(reinhard.rgb_to_lab(rgb)), rgb, atol=1e-6)
+    np.testing.assert_allclose(reinhard.lab_to_rgb(reinhard.rgb_to_lab(rgb)), rgb, atol=0.05)  # float32, tabulated gamma
     np.testing.assert_allclose(reinhard.rgb_to_lab(np.array([255.0, 255, 255])), [100, 0, 0], atol=0.01)
 
 
