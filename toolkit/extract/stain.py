@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 NONE = "none"
 STRIP_IMAGES = 6
-THUMBNAIL = 160  # the longest side of a strip thumbnail, in pixels
+THUMBNAIL = 136  # the longest side of a strip thumbnail, in pixels (six fit the report's width)
 
 REFERENCES = TableSpec("stain_references", {
     "stain_id": "VARCHAR", "method": "VARCHAR", "reference_path": "VARCHAR", "reference_sha256": "VARCHAR",
