@@ -267,3 +267,24 @@ def test_a_second_macenko_is_refused(tmp_path):
     plugin.write_text(THIRD_PARTY.replace('"level"', '"macenko"'))
     with pytest.raises(PluginError, match=r"'macenko' is registered twice: by macenko and by .*clash_stain.py"):
         load_registry([plugin])
+
+
+def test_the_classifier_of_a_stained_run_reads_images_as_the_run_did(tmp_path):
+    """tk explain, the Grad-CAM analysis and exported models see the pixels the embeddings were made of."""
+    from toolkit.ingest.images import read_image
+    from toolkit.models.classifier import load_classifier
+
+    data = he_breakhis(tmp_path / "data")
+    run_id = run(tmp_path, data, "macenko", stain="macenko")
+    registry = load_registry([str(TINY)])
+    with Store.open(tmp_path / "tk.duckdb", read_only=True) as store:
+        classifier = load_classifier(store, registry, "tiny", run_id)
+    assert classifier.stain.stain_id == stain_normalisation.prepare("macenko", None, registry).stain_id
+    image = sorted(data.rglob("*.png"))[3]
+    step = stain_normalisation.prepare("macenko", None, registry)
+    expected = stain_normalisation.decode(image.read_bytes(), [(32, 32)], step)[0]
+    np.testing.assert_array_equal(classifier.read(image), expected)
+    assert np.abs(classifier.read(image).astype(int) - read_image(image, (32, 32))).mean() > 1
+    described = classifier.metadata()["stain"]
+    restored = stain_normalisation.restore(described, registry)
+    assert (restored.stain_id, restored.state) == (classifier.stain.stain_id, classifier.stain.state)

@@ -302,9 +302,10 @@ def build_app(plugins: list[str]) -> typer.Typer:
     ) -> None:
         """Classify images with an exported model: class, probability and latency."""
         from toolkit.models.explain import predict as predict_images
+        from toolkit.plugin.registry import load_registry
 
         print("image\tclass\tprobability\tlatency_ms\tweights")
-        predictions = predict_images(model, images)
+        predictions = predict_images(model, images, load_registry(plugins))
         for p in predictions:
             _print_fields(p.image, p.label, f"{p.probability:.4f}", f"{p.latency_ms:.1f}", p.weights_kind)
         _warn_notes(predictions)

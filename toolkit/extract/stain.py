@@ -164,12 +164,25 @@ def for_set(store: Store, registry: Registry, stain_id: str) -> StainStep | None
         raise TkError(f"the store does not hold the reference of stain normalisation {stain_id}; "
                       "re-run `tk run --stain ...` with this store")
     row = found.iloc[0]
-    if row["method"] not in registry.stain_normalisers:
-        raise TkError(f"the embeddings were stain-normalised with {row['method']!r}, which is not loaded; "
-                      "load its plugin with --plugin")
     state = row["state"] if isinstance(row["state"], dict) else json.loads(row["state"])
-    return StainStep(registry.stain_normalisers[row["method"]], state, stain_id, row["reference_path"],
-                     row["reference_sha256"])
+    return restore({"id": stain_id, "method": row["method"], "state": state}, registry, row["reference_path"],
+                   row["reference_sha256"])
+
+
+def describe(step: StainStep) -> dict[str, Any]:
+    """What an exported model's metadata says about the normalisation its inputs need (``restore`` reads it)."""
+    return {"id": step.stain_id, "method": step.normaliser.name, "state": step.state}
+
+
+def restore(described: dict[str, Any], registry: Registry, reference_path: str | None = None,
+            reference_sha256: str | None = None) -> StainStep:
+    """The step ``describe`` (or the store) recorded, with its method from the loaded plugins."""
+    method = described["method"]
+    if method not in registry.stain_normalisers:
+        raise TkError(f"the embeddings were stain-normalised with {method!r}, which is not loaded; "
+                      "load its plugin with --plugin")
+    return StainStep(registry.stain_normalisers[method], described["state"], described["id"], reference_path,
+                     reference_sha256)
 
 
 def record_run(store: Store, run_id: str, step: StainStep, images: Iterable[ScannedImage]) -> None:
