@@ -288,3 +288,27 @@ def test_the_classifier_of_a_stained_run_reads_images_as_the_run_did(tmp_path):
     described = classifier.metadata()["stain"]
     restored = stain_normalisation.restore(described, registry)
     assert (restored.stain_id, restored.state) == (classifier.stain.stain_id, classifier.stain.state)
+
+
+def test_m010_keeps_old_sets_and_lets_a_stained_set_join_them(tmp_path):
+    """A store made before stain normalisation: its sets keep their names and rows, read as stain none,
+    and a stained set of the same backbone, weights and precision can be added beside them."""
+    import duckdb
+
+    from toolkit.store.migrations import MIGRATIONS, utcnow
+
+    path = tmp_path / "old.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP)")
+    for migration in MIGRATIONS[:MIGRATIONS.index(next(m for m in MIGRATIONS if m.__name__ == "m010_stain"))]:
+        migration(con)
+        con.execute("INSERT INTO _migrations VALUES (?, ?)", [migration.__name__, utcnow()])
+    con.execute("INSERT INTO embedding_sets (table_name, backbone, weights_id, dim) "
+                "VALUES ('emb_tiny__random_seed0', 'tiny', 'random-seed0', 16)")
+    con.close()
+    with Store.open(path) as store:
+        assert store.con.execute("SELECT table_name, stain, precision FROM embedding_sets").fetchall() == [
+            ("emb_tiny__random_seed0", "none", "fp32")]
+        stained = EmbeddingSet("tiny", "random-seed0", 16, stain="macenko-1a2b3c4d")
+        assert store.ensure_set(stained, "random", None, None) == ["random-seed0"]
+        assert store.con.execute("SELECT count(*), count(created_at) FROM embedding_sets").fetchone() == (2, 2)
