@@ -127,6 +127,16 @@ def test_bad_stain_options_are_one_line_errors(tmp_path):
     Image.fromarray(WHITE).save(white)
     with pytest.raises(TkError, match="too little tissue or a single stain"):
         stain_normalisation.prepare("macenko", white, registry)
+    with pytest.raises(TkError, match=r"white.png: fragile could not fit it \(ValueError: bad\)"):
+        stain_normalisation.prepare("fragile", white, load_registry([_raising_fit(tmp_path)]))
+
+
+def _raising_fit(tmp_path: Path) -> Path:
+    """A plugin whose normaliser's fit raises."""
+    plugin = tmp_path / "raising_fit.py"
+    plugin.write_text(THIRD_PARTY.replace('return {"level": float(np.asarray(reference).mean())}',
+                                          'raise ValueError("bad")').replace('"level"', '"fragile"'))
+    return plugin
 
 
 def test_embedding_sets_without_stain_keep_their_names():

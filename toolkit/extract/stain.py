@@ -124,7 +124,14 @@ def prepare(method: str, reference: Path | None, registry: Registry) -> StainSte
             raise TkError(f"--stain {method} has no built-in reference; give one with --stain-reference IMAGE")
         return _step(normaliser, normaliser.default_state)
     pixels = read_image(Path(reference), None)
-    return _step(normaliser, normaliser.fit(pixels), str(reference), sha256_file(Path(reference)))
+    try:
+        state = normaliser.fit(pixels)
+    except TkError:
+        raise
+    except Exception as exc:  # a plugin's bug, said in one line with the file it choked on
+        raise TkError(f"--stain-reference {reference}: {method} could not fit it ({type(exc).__name__}: {exc}); "
+                      "choose another reference image") from exc
+    return _step(normaliser, state, str(reference), sha256_file(Path(reference)))
 
 
 def _step(normaliser: StainNormaliser, state: dict[str, Any], path: str | None = None,
