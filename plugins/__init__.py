@@ -24,4 +24,7 @@ BUILTIN_PLUGINS = (
     "toolkit.plugins.exporters.tflite",
     "toolkit.plugins.commands.new_plugin",
     "toolkit.plugins.commands.train",
+    "toolkit.plugins.stain.macenko",
+    "toolkit.plugins.stain.reinhard",
+    "toolkit.plugins.stain.report",
 )

@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_tk
+import numpy as np
+
+from toolkit.extract import stain as stain_normalisation
 from toolkit.plugin import hookspecs
 from toolkit.plugin.types import ExportContext
 from toolkit.plugin.registry import load_registry
@@ -29,9 +32,10 @@ def signature(fn) -> str:
     return f"{fn.__name__}({params}) -> {sig.return_annotation}"
 
 
-def test_the_hookspecs_are_the_six_hooks():
+def test_the_hookspecs_are_the_seven_hooks():
     assert sorted(HOOKS) == ["prepare_jinja2_environment", "register_analyses", "register_backbones",
-                             "register_commands", "register_exporters", "report_sections"]
+                             "register_commands", "register_exporters", "register_stain_normalisers",
+                             "report_sections"]
 
 
 @pytest.mark.parametrize("name", sorted(HOOKS))
@@ -71,6 +75,23 @@ def test_hook_register_exporters(tmp_path):
         [path] = exporter.export(ExportContext(run.run_id, store), tmp_path / "out")
     assert json.loads(path.read_text()) == [
         {"analysis": "feature_spread", "backbone": "alpha", "status": "skipped", "message": "too few", "seconds": 0.0}]
+
+
+def test_hook_register_stain_normalisers(tmp_path):
+    """The example normaliser is registered with its origin, fits a reference, shifts a tissue tile onto
+    it, leaves a blank tile unchanged, and drives the pixels `tk run --stain brightness` embeds."""
+    registry = load_registry([EVERY_HOOK])
+    assert registry.origins[("stain", "brightness")].source == "file"
+    normaliser = registry.stain_normaliser("brightness")
+    reference = np.full((4, 4, 3), [180, 120, 160], np.uint8)
+    state = normaliser.fit(reference)
+    tile = np.random.default_rng(0).integers(50, 200, (2, 8, 8, 3)).astype(np.uint8)
+    tile[1] = 255
+    out = normaliser.apply(tile, state)
+    np.testing.assert_allclose(out[0].reshape(-1, 3).mean(axis=0), [180, 120, 160], atol=1e-3)
+    np.testing.assert_array_equal(out[1], tile[1])
+    step = stain_normalisation.prepare("brightness", None, registry)
+    assert step.stain_id.startswith("brightness-") and step.state == normaliser.default_state
 
 
 def test_hook_register_commands():

@@ -16,7 +16,8 @@ BUILTINS = {("resnet50", "backbone"), ("efficientnetb0", "backbone"), ("densenet
             ("pca", "analysis"), ("ttest", "analysis"), ("anova", "analysis"), ("correlation", "analysis"),
             ("cka", "analysis"), ("clustering", "analysis"), ("clusters", "analysis"), ("probe", "analysis"), ("backbone_comparison", "analysis"), ("integrity", "analysis"),
             ("gradcam", "analysis"), ("clinical", "analysis"), ("html", "exporter"), ("savedmodel", "exporter"), ("tflite", "exporter"),
-            ("tflite-fp16", "exporter"), ("tflite-dynamic", "exporter"), ("tflite-int8", "exporter")}
+            ("tflite-fp16", "exporter"), ("tflite-dynamic", "exporter"), ("tflite-int8", "exporter"),
+            ("macenko", "stain"), ("reinhard", "stain")}
 
 
 def test_tk_plugins_lists_builtins_without_importing_tensorflow(tmp_path):

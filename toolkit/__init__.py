@@ -31,6 +31,7 @@ _PUBLIC = {
     "Backbone": "toolkit.plugin.types", "Analysis": "toolkit.plugin.types", "Exporter": "toolkit.plugin.types",
     "Needs": "toolkit.plugin.types", "AnalysisContext": "toolkit.plugin.types",
     "ExportContext": "toolkit.plugin.types", "CliContext": "toolkit.plugin.types",
+    "StainNormaliser": "toolkit.plugin.types",
     "ReportSection": "toolkit.plugin.sections", "ReportContext": "toolkit.plugin.sections",
     "ComparisonColumn": "toolkit.plugin.sections", "TableSpec": "toolkit.store.tables",
     "Setting": "toolkit.plugin.settings",

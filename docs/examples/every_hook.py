@@ -13,7 +13,8 @@ import pandas as pd
 
 from toolkit import hookimpl
 from toolkit.plugin.sections import ReportSection
-from toolkit.plugin.types import Analysis, AnalysisContext, Backbone, ExportContext, Exporter, Needs
+from toolkit.plugin.types import (Analysis, AnalysisContext, Backbone, ExportContext, Exporter, Needs,
+                                  StainNormaliser)
 from toolkit.plugin.results import Finding, Result, Table
 
 __version__ = "1.0.0"
@@ -65,6 +66,26 @@ def write_status(context: ExportContext, out_dir: Path) -> list[Path]:
 @hookimpl
 def register_exporters(register):
     register(Exporter(name="status_json", export=write_status, description="Analysis statuses as JSON"))
+
+
+def fit_brightness(reference: np.ndarray) -> dict:
+    """The reference's mean grey level per channel."""
+    return {"mean": np.asarray(reference, dtype=float).reshape(-1, 3).mean(axis=0).tolist()}
+
+
+def apply_brightness(batch: np.ndarray, state: dict) -> np.ndarray:
+    """Shift each image's channel means onto the reference's; a flat (blank) image comes back unchanged."""
+    batch = np.asarray(batch, dtype=np.float32)
+    flat = batch.std(axis=(1, 2, 3)) < 1e-3
+    shifted = batch - batch.mean(axis=(1, 2), keepdims=True) + np.asarray(state["mean"], np.float32)
+    return np.where(flat[:, None, None, None], batch, np.clip(shifted, 0, 255))
+
+
+@hookimpl
+def register_stain_normalisers(register):
+    register(StainNormaliser(name="brightness", fit=fit_brightness, apply=apply_brightness,
+                             default_state={"mean": [200.0, 160.0, 190.0]},
+                             description="Channel means matched to a reference"))
 
 
 @hookimpl

@@ -33,7 +33,6 @@ def choose(predictions: pd.DataFrame) -> pd.DataFrame:
 def gradcam_gallery(context: AnalysisContext) -> list:
     """Table ``main`` (image_id, y_true, y_pred, probability, correct, peak_row, peak_col: where the
     heatmap peaks, as a fraction of the image) and a gallery figure of the overlays."""
-    from toolkit.ingest.images import read_image
     from toolkit.models.classifier import load_classifier
     from toolkit.models.gradcam import gradcam, overlay_png
 
@@ -49,7 +48,7 @@ def gradcam_gallery(context: AnalysisContext) -> list:
         raise SkipAnalysis(f"backbone {context.backbone} declares no gradcam_layer")
     chosen = choose(predictions)
     paths = context.store.image_paths(chosen["image_id"])
-    pixels = np.stack([read_image(paths[i], classifier.backbone.input_size) for i in chosen["image_id"]])
+    pixels = np.stack([classifier.read(paths[i]) for i in chosen["image_id"]])  # stain-normalised as the run's
     class_index = [classifier.head.classes.index(label) for label in chosen["y_pred"]]
     heatmaps, _ = gradcam(classifier.model, layer, pixels, classifier.backbone.preprocess, class_index)
     peaks = [np.unravel_index(np.argmax(h), h.shape) for h in heatmaps]

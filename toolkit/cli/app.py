@@ -146,6 +146,8 @@ def build_app(plugins: list[str]) -> typer.Typer:
         precision: str = typer.Option("fp32", "--precision", help="fp32 | bf16 | fp16 | int8: numeric precision of extraction; bf16, fp16 and int8 embeddings form their own sets, with their parity against fp32 recorded. fp16 is for GPUs."),
         reveal_ids: bool = typer.Option(False, "--reveal-ids", help="Show real patient ids in the report."),
         template_dir: Optional[Path] = typer.Option(None, "--template-dir", help="Folder of report templates overriding the built-ins."),
+        stain: str = typer.Option("none", "--stain", help="none | macenko | reinhard | a plugin's normaliser: stain normalisation of every image before embedding; normalised embeddings form their own sets."),
+        stain_reference: Optional[Path] = typer.Option(None, "--stain-reference", metavar="IMAGE", help="Image whose stains --stain normalises to (default: the method's built-in reference)."),
         analysis_timeout: Optional[float] = typer.Option(None, "--analysis-timeout", min=0.01, help="Give up on an analysis after this many seconds (recorded as failed)."),
         set_values: Optional[List[str]] = typer.Option(None, "--set", metavar="NAME.KEY=VALUE", help="An analysis setting, e.g. --set probe.c=0.5 (repeatable; `tk plugins` lists them)."),
         plugin: Optional[List[str]] = PluginOption,
@@ -160,7 +162,7 @@ def build_app(plugins: list[str]) -> typer.Typer:
         settings = RunSettings(data=data, backbones=backbone, weights=weights, store=store, out=out,
                                plugins=plugins, source=source, patient_from=patient_from, analyses=analysis,
                                clinical=clinical, clinical_types=list(clinical_type or []),
-                               exports=export, seed=seed, batch_size=batch_size, precision=precision, reveal_ids=reveal_ids, template_dir=template_dir,
+                               exports=export, seed=seed, batch_size=batch_size, precision=precision, stain=stain, stain_reference=stain_reference, reveal_ids=reveal_ids, template_dir=template_dir,
                                analysis_timeout=analysis_timeout, analysis_settings=list(set_values or []))
         summary = execute_run(settings)
         for path in summary.outputs:
@@ -223,7 +225,7 @@ def build_app(plugins: list[str]) -> typer.Typer:
 
         registry = load_registry(plugins)
         with Store.open(store, must_exist=True) as opened:  # writes a new query image's embedding
-            frame = find_similar(opened, find_backbone(registry.backbones, backbone), image, k)
+            frame = find_similar(opened, find_backbone(registry.backbones, backbone), image, k, registry)
         _print_table(frame, fmt)
 
     @app.command()
@@ -320,9 +322,10 @@ def build_app(plugins: list[str]) -> typer.Typer:
     ) -> None:
         """Classify images with an exported model: class, probability and latency."""
         from toolkit.models.explain import predict as predict_images
+        from toolkit.plugin.registry import load_registry
 
         print("image\tclass\tprobability\tlatency_ms\tweights")
-        predictions = predict_images(model, images)
+        predictions = predict_images(model, images, load_registry(plugins))
         for p in predictions:
             _print_fields(p.image, p.label, f"{p.probability:.4f}", f"{p.latency_ms:.1f}", p.weights_kind)
         _warn_notes(predictions)

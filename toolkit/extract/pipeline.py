@@ -14,9 +14,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from toolkit.ingest.images import UnreadableImage, load_rgb, read_verified
+from toolkit.ingest.images import UnreadableImage, read_verified
 from toolkit.plugin.types import Backbone
 from toolkit.extract.memory import release_free_memory
+from toolkit.extract.stain import StainStep, decode as decode_image
 from toolkit.ingest.scan import ScannedImage
 from toolkit.store import EmbeddingSet, EmbeddingWriter
 from toolkit.extract.tfimport import tensorflow
@@ -91,11 +92,12 @@ def embed_padded(extract: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray
 
 
 def decoded_batches(images: list[ScannedImage], sizes: list[tuple[int, int]], batch_size: int,
-                    threads: int) -> Any:
+                    threads: int, stain: StainStep | None = None) -> Any:
     """A tf.data pipeline yielding (indices, ok flags, one uint8 batch per input size).
 
     Each file is read once and decoded from the bytes whose sha256 matches the scanned one; a file
-    changed since the scan is not decoded (its error says so)."""
+    changed since the scan is not decoded (its error says so). ``stain`` normalises each image once,
+    at its own size, before it is resized (``toolkit.extract.stain``)."""
     tf = tensorflow()
 
     paths = [str(image.record.path) for image in images]
@@ -105,7 +107,7 @@ def decoded_batches(images: list[ScannedImage], sizes: list[tuple[int, int]], ba
         index = int(index)
         try:
             data = read_verified(paths[index], images[index].sha256)
-            arrays = [load_rgb(data, size) for size in sizes]
+            arrays = decode_image(data, sizes, stain)
             return (np.bool_(True), *arrays)
         except UnreadableImage as exc:
             errors[index] = str(exc)
@@ -131,7 +133,8 @@ def decoded_batches(images: list[ScannedImage], sizes: list[tuple[int, int]], ba
 
 def extract(images: list[ScannedImage], jobs: list[BackboneJob], writer: EmbeddingWriter, run_id: str,
             on_progress: Callable[[int], None], on_unreadable: Callable[[ScannedImage, str], None],
-            batch_size: int = BATCH_SIZE, threads: int | None = None) -> list[ScannedImage]:
+            batch_size: int = BATCH_SIZE, threads: int | None = None,
+            stain: StainStep | None = None) -> list[ScannedImage]:
     """Embed every image some job needs, writing each batch (images + vectors) in one transaction.
 
     ``images`` holds one entry per distinct content; returns the images that decoded. A job whose
@@ -142,7 +145,7 @@ def extract(images: list[ScannedImage], jobs: list[BackboneJob], writer: Embeddi
     for job in jobs:
         if job.extract is None:  # a lowered-precision job brings its own (toolkit.extract.precision)
             job.extract = make_extractor(job.backbone, job.model, batch_size)
-    dataset, errors = decoded_batches(images, sizes, batch_size, threads)
+    dataset, errors = decoded_batches(images, sizes, batch_size, threads, stain)
     done: list[ScannedImage] = []
     for index_batch, ok_batch, *pixel_batches in dataset.as_numpy_iterator():
         ok = np.asarray(ok_batch, dtype=bool)

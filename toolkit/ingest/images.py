@@ -108,20 +108,27 @@ def _float_to_rgb(array: np.ndarray) -> Image.Image:
     return Image.fromarray(scaled.astype(np.uint8)).convert("RGB")
 
 
-def load_rgb(path: Path | str | bytes, size: tuple[int, int]) -> np.ndarray:
-    """Decode ``path`` (or a file's bytes), turned as its EXIF orientation says (as every viewer shows it),
-    and resize it to ``size`` = (height, width); uint8 array (h, w, 3)."""
+def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A uint8 RGB array resized to ``size`` = (height, width) the way ``load_rgb`` resizes."""
     height, width = size
+    if rgb.shape[:2] == (height, width):
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def load_rgb(path: Path | str | bytes, size: tuple[int, int] | None) -> np.ndarray:
+    """Decode ``path`` (or a file's bytes), turned as its EXIF orientation says (as every viewer shows it),
+    and resize it to ``size`` = (height, width), or keep its own size for None; uint8 array (h, w, 3)."""
     source = io.BytesIO(path) if isinstance(path, bytes) else path
     try:
         with Image.open(source) as image:
             turn = orientation(image)
-            if image.format == "JPEG":
-                image.draft("RGB", (height, width) if turn >= 5 else (width, height))
+            if image.format == "JPEG" and size is not None:
+                image.draft("RGB", (size[0], size[1]) if turn >= 5 else (size[1], size[0]))
             image.load()
             rgb = to_rgb(ImageOps.exif_transpose(image) if turn != 1 else image)
-            if rgb.size != (width, height):
-                rgb = rgb.resize((width, height), Image.Resampling.BILINEAR)
+            if size is not None and rgb.size != (size[1], size[0]):
+                rgb = rgb.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             return np.asarray(rgb, dtype=np.uint8)
     except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise UnreadableImage(_describe(exc)) from exc
@@ -129,7 +136,7 @@ def load_rgb(path: Path | str | bytes, size: tuple[int, int]) -> np.ndarray:
         raise UnreadableImage(f"cannot decode ({exc}); the file is damaged: copy or export it again") from exc
 
 
-def read_image(path: Path | str, size: tuple[int, int]) -> np.ndarray:
+def read_image(path: Path | str, size: tuple[int, int] | None) -> np.ndarray:
     """Check and decode one image file for a model input ``size``, or raise a one-line TkError naming it."""
     try:
         read_size(Path(path))

@@ -9,11 +9,13 @@ so Grad-CAM can read any inner layer.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from toolkit.errors import TkError
+from toolkit.extract import stain as stain_normalisation
 from toolkit.plugin.types import Backbone
 from toolkit.plugin.registry import Registry
 from toolkit.store import EmbeddingSet, Store
@@ -90,13 +92,20 @@ class Classifier:
     run_id: str
     weights_id: str
     weights_kind: str
+    stain: stain_normalisation.StainStep | None = None  # the normalisation of the embeddings the head was fitted on
 
     def metadata(self) -> dict[str, Any]:
-        """What an exported model's JSON says about it (read back by ``tk predict``)."""
+        """What an exported model's JSON says about it (read back by ``tk predict``), with the stain
+        normalisation its inputs need when the run had one."""
         height, width = self.backbone.input_size
-        return {"backbone": self.backbone.name, "classes": self.head.classes, "run_id": self.run_id,
-                "weights_id": self.weights_id, "weights_kind": self.weights_kind, "input": {"height": height, "width": width,
-                                                         "channels": 3, "range": "RGB 0..255"}}
+        found = {"backbone": self.backbone.name, "classes": self.head.classes, "run_id": self.run_id,
+                 "weights_id": self.weights_id, "weights_kind": self.weights_kind, "input": {"height": height, "width": width,
+                                                          "channels": 3, "range": "RGB 0..255"}}
+        return {**found, "stain": stain_normalisation.describe(self.stain)} if self.stain else found
+
+    def read(self, image: Path | str) -> np.ndarray:
+        """An image file as this classifier's input: resized, and stain-normalised as its run's images were."""
+        return stain_normalisation.read_normalised(Path(image), self.backbone.input_size, self.stain)
 
     def predict(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         """Outputs for a uint8/float batch of raw RGB pixels (n, h, w, 3)."""
@@ -115,10 +124,12 @@ def load_classifier(store: Store, registry: Registry, backbone_name: str, run_id
         raise TkError(f"run {run['run_id']} has no {backbone_name} embeddings; run `tk run --backbone {backbone_name}`")
     kind, weights_id, precision, dim = row["weights_kind"], row["weights_id"], row["precision"], int(row["dim"])
     backbone = find_backbone(registry.backbones, backbone_name)
-    metadata, embeddings = store.run_embeddings(run["run_id"], EmbeddingSet(backbone_name, weights_id, dim, precision))
+    metadata, embeddings = store.run_embeddings(run["run_id"], EmbeddingSet(backbone_name, weights_id, dim, precision,
+                                                                             row.get("stain") or "none"))
     if metadata["label"].isna().any():
         raise TkError("the classifier needs a label for every image of the run")
     head = fit_head(embeddings, metadata["label"].to_numpy(), seed)
     request, weights_seed = request_for(kind, weights_id, store.weights_path(backbone_name, weights_id))
     base, _ = build_model(backbone, request, weights_seed)
-    return Classifier(backbone, build_classifier(base, head), head, run["run_id"], weights_id, kind)
+    stain = stain_normalisation.for_set(store, registry, row.get("stain") or stain_normalisation.NONE)
+    return Classifier(backbone, build_classifier(base, head), head, run["run_id"], weights_id, kind, stain)

@@ -12,7 +12,9 @@ import numpy as np
 
 from toolkit.models.classifier import Classifier, weights_note
 from toolkit.errors import TkError
+from toolkit.extract import stain as stain_normalisation
 from toolkit.ingest.images import read_image, read_size
+from toolkit.plugin.registry import Registry, load_registry
 from toolkit.models.gradcam import explanation_png, gradcam
 
 DISPLAY_MAX = 700  # the longest side of the explanation's panels, in pixels (BreakHis: 700 x 460)
@@ -41,7 +43,7 @@ def explain(classifier: Classifier, image: Path, out_dir: Path) -> Prediction:
     layer = classifier.backbone.gradcam_layer
     if not layer:
         raise TkError(f"backbone {classifier.backbone.name} declares no gradcam_layer; Grad-CAM needs one")
-    pixels = read_image(image, classifier.backbone.input_size)
+    pixels = classifier.read(image)
     started = time.perf_counter()
     heatmaps, probabilities = gradcam(classifier.model, layer, pixels[None], classifier.backbone.preprocess)
     latency = (time.perf_counter() - started) * 1000
@@ -87,13 +89,15 @@ def _metadata(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def predict(model: Path, images: list[Path]) -> list[Prediction]:
-    """Class, probability and latency of an exported classifier on each image."""
+def predict(model: Path, images: list[Path], registry: Registry | None = None) -> list[Prediction]:
+    """Class, probability and latency of an exported classifier on each image, each stain-normalised
+    first when the model's run normalised its images (its method from ``registry``)."""
     run, meta = load_exported(model)
     size = (meta["input"]["height"], meta["input"]["width"])
+    stain = stain_normalisation.restore(meta["stain"], registry or load_registry()) if meta.get("stain") else None
     predictions = []
     for image in images:
-        pixels = read_image(image, size)[None]
+        pixels = stain_normalisation.read_normalised(image, size, stain)[None]
         started = time.perf_counter()
         probabilities = run(pixels)["probabilities"][0]
         latency = (time.perf_counter() - started) * 1000

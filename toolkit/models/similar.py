@@ -9,7 +9,8 @@ import pandas as pd
 
 from toolkit import console
 from toolkit.errors import TkError
-from toolkit.ingest.images import read_image
+from toolkit.extract import stain as stain_normalisation
+from toolkit.plugin.registry import Registry, load_registry
 from toolkit.plugin.types import Backbone
 from toolkit.extract.pipeline import embed_padded
 from toolkit.extract.precision import query_extractor
@@ -19,9 +20,10 @@ from toolkit.extract.weights import build_model, request_for
 
 
 def embed_one(backbone: Backbone, image: Path, kind: str, weights_id: str, path: str | None,
-              precision: str = "fp32", quantised: tuple[str, str] | None = None) -> np.ndarray:
-    """Embed a single image with the weights and precision an embedding set was made with
-    (``quantised``: the int8 model that made an int8 set)."""
+              precision: str = "fp32", quantised: tuple[str, str] | None = None,
+              stain: stain_normalisation.StainStep | None = None) -> np.ndarray:
+    """Embed a single image with the weights, precision and stain normalisation an embedding set was
+    made with (``quantised``: the int8 model that made an int8 set)."""
     request, seed = request_for(kind, weights_id, path)
     model, resolved = build_model(backbone, request, seed)
     if resolved.weights_id != weights_id:
@@ -29,11 +31,14 @@ def embed_one(backbone: Backbone, image: Path, kind: str, weights_id: str, path:
     extract, warning = query_extractor(backbone, model, precision, quantised)
     if warning:
         console.warn(warning)
-    return embed_padded(extract, read_image(image, backbone.input_size)[None], 1)[0]
+    pixels = stain_normalisation.read_normalised(image, backbone.input_size, stain)
+    return embed_padded(extract, pixels[None], 1)[0]
 
 
-def find_similar(store: Store, backbone: Backbone, image: Path, k: int = 10) -> pd.DataFrame:
-    """The ``k`` stored images closest to ``image`` (rank, image_id, relpath, label, similarity)."""
+def find_similar(store: Store, backbone: Backbone, image: Path, k: int = 10,
+                 registry: Registry | None = None) -> pd.DataFrame:
+    """The ``k`` stored images closest to ``image`` (rank, image_id, relpath, label, similarity); a new
+    query image is stain-normalised as the stored set was (its normaliser from ``registry``)."""
     if not image.is_file():
         raise TkError(f"{image} does not exist; give the path of an image file")
     current = store.current_set(backbone.name)
@@ -43,7 +48,8 @@ def find_similar(store: Store, backbone: Backbone, image: Path, k: int = 10) -> 
     sha = sha256_file(image)
     query = store.stored_vector(embedding_set, sha)
     if query is None:
+        stain = stain_normalisation.for_set(store, registry or load_registry(), embedding_set.stain)
         query = embed_one(backbone, image, kind, embedding_set.weights_id, weights_path, embedding_set.precision,
-                          store.set_model(embedding_set))
+                          store.set_model(embedding_set), stain)
     return store.nearest(embedding_set, query, k)
 

@@ -66,6 +66,23 @@ def register_exporters(register: Register) -> None:
 
 
 @hookspec
+def register_stain_normalisers(register: Register) -> None:
+    """Register stain normalisation methods that ``tk run --stain NAME`` applies to every image
+    before any backbone (and ``tk similar`` to its query image).
+
+    :param register: call ``register(StainNormaliser(...))`` once per method. A name that is
+        already taken (the built-ins are ``macenko`` and ``reinhard``) is refused.
+
+    Example::
+
+        @hookimpl
+        def register_stain_normalisers(register):
+            register(StainNormaliser(name="vahadane", fit=fit_vahadane, apply=apply_vahadane,
+                                     default_state=None))
+    """
+
+
+@hookspec
 def register_commands(app: typer.Typer, cli: CliContext) -> None:
     """Add sub-commands to the ``tk`` command line.
 

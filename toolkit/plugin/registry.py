@@ -16,7 +16,7 @@ import importlib.util
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FunctionType, ModuleType, SimpleNamespace
 from typing import Any, Generic, Iterable, TypeVar
@@ -27,7 +27,7 @@ from toolkit import __version__
 from toolkit.plugin import hookspecs
 from toolkit.errors import PluginError
 from toolkit.plugin.results import core_table_taken_by
-from toolkit.plugin.types import Analysis, Backbone, Exporter
+from toolkit.plugin.types import Analysis, Backbone, Exporter, StainNormaliser
 
 BUILTIN_GROUP = "tk.builtins"
 """Entry-point group whose entries load a list of built-in plugin module names."""
@@ -35,7 +35,7 @@ LOCAL_PLUGIN_DIR = "tk_plugins"
 PLUGIN_NAME = re.compile(r"^[a-z][a-z0-9_]{0,40}\Z")  # \Z: `$` would also accept a final newline
 EXPORTER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,40}\Z")  # exporter names are never SQL identifiers
 
-T = TypeVar("T", Backbone, Analysis, Exporter)
+T = TypeVar("T", Backbone, Analysis, Exporter, StainNormaliser)
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,7 @@ class Registry:
     exporters: dict[str, Exporter]
     origins: dict[tuple[str, str], Origin]
     pm: pluggy.PluginManager
+    stain_normalisers: dict[str, StainNormaliser] = field(default_factory=dict)
 
     def backbone(self, name: str) -> Backbone:
         """A registered backbone (fine-tuned variants: ``toolkit.models.variants.find_backbone``)."""
@@ -106,12 +107,15 @@ class Registry:
     def exporter(self, name: str) -> Exporter:
         return _lookup(self.exporters, name, "exporter")
 
+    def stain_normaliser(self, name: str) -> StainNormaliser:
+        return _lookup(self.stain_normalisers, name, "stain normaliser")
+
     def listing(self) -> list[dict[str, Any]]:
         """One row per registered item: name, kind, plugin, source, version, and for analyses the
         analyses they read (``needs``) and their settings (name, type, default, help)."""
         rows = []
         for kind, items in (("backbone", self.backbones), ("analysis", self.analyses),
-                            ("exporter", self.exporters)):
+                            ("exporter", self.exporters), ("stain", self.stain_normalisers)):
             for name, item in items.items():
                 origin = self.origins[(kind, name)]
                 row: dict[str, Any] = {"name": name, "kind": kind, "plugin": origin.plugin,
@@ -261,9 +265,10 @@ def load_registry(plugin_paths: Iterable[Path | str] = ()) -> Registry:
             "backbone": _collect(pm, origins, "register_backbones", Backbone),
             "analysis": _collect(pm, origins, "register_analyses", Analysis),
             "exporter": _collect(pm, origins, "register_exporters", Exporter),
+            "stain": _collect(pm, origins, "register_stain_normalisers", StainNormaliser),
         }
         all_origins = {(kind, name): origin for kind, reg in registers.items()
                        for name, origin in reg.origins.items()}
         _cache[key] = Registry(registers["backbone"].items, registers["analysis"].items,
-                               registers["exporter"].items, all_origins, pm)
+                               registers["exporter"].items, all_origins, pm, registers["stain"].items)
     return _cache[key]

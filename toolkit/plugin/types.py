@@ -1,4 +1,4 @@
-"""The three kinds of plugin object: Backbone, Analysis and Exporter.
+"""The kinds of plugin object: Backbone, Analysis, Exporter and StainNormaliser.
 
 Plugins construct these and hand them to ``register`` in the matching ``register_*`` hook. Nothing
 here imports TensorFlow: builders and preprocessing functions import it when they are called.
@@ -172,6 +172,32 @@ class Exporter:
     description: str = ""
     rerender: bool = False
     tables: tuple[TableSpec, ...] = ()
+
+
+@dataclass(frozen=True)
+class StainNormaliser:
+    """A stain normalisation method applied to every image before any backbone sees it
+    (``tk run --stain NAME``), at the image's own resolution, before resizing.
+
+    :param name: lower-case identifier used with ``--stain`` and in embedding-set table names.
+    :param fit: ``fit(reference)`` -> state: the statistics of a reference image (``(h, w, 3)``
+        uint8 RGB, from ``--stain-reference``). The state is a dict of numbers and (nested) lists,
+        JSON-serialisable: tk stores it with the embedding set, so that query images (``tk similar``)
+        are normalised exactly as the set was.
+    :param apply: ``apply(batch, state)`` -> batch: normalise a ``(n, h, w, 3)`` batch of RGB values
+        in 0..255 (uint8 or float) to RGB values in 0..255 (any real dtype; tk rounds and clips). An
+        image that cannot be normalised (blank background, a single stain) must come back unchanged:
+        tk counts such images and shows the count in the report. Vectorise over the batch; never
+        loop over pixels in Python.
+    :param default_state: the state used when no ``--stain-reference`` is given; ``None`` means the
+        method needs a reference image.
+    """
+
+    name: str
+    fit: Callable[[np.ndarray], dict[str, Any]]
+    apply: Callable[[np.ndarray, dict[str, Any]], np.ndarray]
+    default_state: dict[str, Any] | None = None
+    description: str = ""
 
 
 @dataclass(frozen=True)

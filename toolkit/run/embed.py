@@ -12,6 +12,7 @@ from toolkit import console
 from toolkit.errors import TkError
 from toolkit.extract.pipeline import BackboneJob, extract
 from toolkit.extract.precision import Lowered, lower, parity_warning
+from toolkit.extract.stain import NONE, StainStep
 from toolkit.extract.weights import ResolvedWeights, WeightsUnavailable, build_model, planned_weights, random_weights
 from toolkit.ingest.scan import ScannedImage
 from toolkit.plugin.types import Backbone
@@ -46,16 +47,16 @@ class PlannedBackbone:
 
 
 def plan_backbones(store: Store, backbones: list[Backbone], settings: RunSettings, run_id: str,
-                   scanned: list[ScannedImage], log: RunLog) -> list[PlannedBackbone]:
+                   scanned: list[ScannedImage], log: RunLog, stain: str = NONE) -> list[PlannedBackbone]:
     """Plan every backbone; one that cannot be built is recorded as failed and left out (weights that
-    cannot be had at all stop the run)."""
+    cannot be had at all stop the run). ``stain`` is the run's stain normalisation id (part of each set's key)."""
     shas = {image.sha256 for image in scanned}
     contents = [(str(image.record.path), image.sha256) for image in sorted({i.sha256: i for i in scanned}.values(),
                                                                            key=lambda i: i.sha256)]
     planned: list[PlannedBackbone] = []
     for backbone in backbones:
         try:
-            embedding_set, resolved, model, needed = _plan_backbone(store, backbone, settings, shas)
+            embedding_set, resolved, model, needed = _plan_backbone(store, backbone, settings, shas, stain)
             lowered = (lower(backbone, model, resolved, settings.precision, settings.batch_size, contents,
                              settings.seed, store.set_model(embedding_set))
                        if model is not None and settings.precision != "fp32" else None)
@@ -70,7 +71,7 @@ def plan_backbones(store: Store, backbones: list[Backbone], settings: RunSetting
         others = store.ensure_set(embedding_set, resolved.kind, resolved.sha256, resolved.path,
                                   *((lowered.model_path, lowered.model_sha256) if lowered else ()))
         if others:
-            console.info(f"{backbone.name}: weights and precision {embedding_set.label} differ from the stored "
+            console.info(f"{backbone.name}: weights, precision and stain {embedding_set.label} differ from the stored "
                          f"{', '.join(others)}; they start a new embedding set ({embedding_set.table}), "
                          "nothing is mixed")
         if lowered is not None:
@@ -82,9 +83,9 @@ def plan_backbones(store: Store, backbones: list[Backbone], settings: RunSetting
 
 
 def embed_missing(store: Store, planned: list[PlannedBackbone], scanned: list[ScannedImage], run_id: str,
-                  batch_size: int) -> int:
-    """Embed every content some backbone lacks (each decoded once), record the run's images, and
-    return how many contents could not be read."""
+                  batch_size: int, stain: StainStep | None = None) -> int:
+    """Embed every content some backbone lacks (each decoded once, stain-normalised by ``stain``),
+    record the run's images, and return how many contents could not be read."""
     jobs = [p.job for p in planned]
     needed_any = set().union(*(job.needed for job in jobs)) if jobs else set()
     representatives: dict[str, ScannedImage] = {}
@@ -107,7 +108,7 @@ def embed_missing(store: Store, planned: list[PlannedBackbone], scanned: list[Sc
     started = time.perf_counter()
     console.info(f"embedding {len(to_embed)} images with {names}")
     with console.progress("embedding", len(to_embed)) as advance:
-        extract(to_embed, working, store, run_id, advance, on_unreadable, batch_size)
+        extract(to_embed, working, store, run_id, advance, on_unreadable, batch_size, stain=stain)
     console.info(f"embedded {len(to_embed) - len(bad_shas)} images in {time.perf_counter() - started:.1f} s")
     done_reps = {id(representatives[sha]) for sha in representatives if sha in needed_any and sha not in bad_shas}
     store.add_images(run_id, [image for image in scanned if image.sha256 in needed_any
@@ -136,21 +137,22 @@ def record_backbones(store: Store, run_id: str, planned: list[PlannedBackbone], 
                               dim=job.backbone.dim, n_embedded=job.embedded,
                               n_reused=len(shas - job.needed), seconds=job.seconds,
                               images_per_second=rate, status="ok", error=None, precision=settings.precision,
+                              stain=job.embedding_set.stain,
                               **_parity_columns(parity))
         sets[job.backbone.name] = job.embedding_set
     return sets
 
 
-def _plan_backbone(store: Store, backbone: Backbone, settings: RunSettings,
-                   shas: set[str]) -> tuple[EmbeddingSet, ResolvedWeights, Any, set[str]]:
+def _plan_backbone(store: Store, backbone: Backbone, settings: RunSettings, shas: set[str],
+                   stain: str) -> tuple[EmbeddingSet, ResolvedWeights, Any, set[str]]:
     """The embedding set a backbone writes to, its weights, its model for inference (batch norms
     folded, ``toolkit.extract.folding``; None if nothing to do), and the hashes it still needs."""
     request = backbone.fixed_weights or settings.weights
     planned = planned_weights(request, settings.seed)
     if planned is None:
-        planned = _auto_without_building(store, backbone, settings.seed, shas, settings.precision)
+        planned = _auto_without_building(store, backbone, settings.seed, shas, settings.precision, stain)
     if planned is not None:
-        embedding_set = EmbeddingSet(backbone.name, planned.weights_id, backbone.dim, settings.precision)
+        embedding_set = EmbeddingSet(backbone.name, planned.weights_id, backbone.dim, settings.precision, stain)
         needed = store.missing(embedding_set, shas)
         if not needed:
             return embedding_set, planned, None, needed
@@ -158,19 +160,19 @@ def _plan_backbone(store: Store, backbone: Backbone, settings: RunSettings,
     from toolkit.extract.folding import fold_batch_norm  # after build_model: imports Keras
 
     model = fold_batch_norm(model)  # folded here, so the unfolded copy is freed before the next backbone is built
-    embedding_set = EmbeddingSet(backbone.name, resolved.weights_id, backbone.dim, settings.precision)
+    embedding_set = EmbeddingSet(backbone.name, resolved.weights_id, backbone.dim, settings.precision, stain)
     return embedding_set, resolved, model, store.missing(embedding_set, shas)
 
 
 def _auto_without_building(store: Store, backbone: Backbone, seed: int, shas: set[str],
-                           precision: str) -> ResolvedWeights | None:
+                           precision: str, stain: str) -> ResolvedWeights | None:
     """``--weights auto`` resolved from what the store already holds, so that a re-run builds no model."""
-    if not store.missing(EmbeddingSet(backbone.name, "imagenet", backbone.dim, precision), shas):
+    if not store.missing(EmbeddingSet(backbone.name, "imagenet", backbone.dim, precision, stain), shas):
         return ResolvedWeights("imagenet", "imagenet")
     fallback = random_weights(seed)
     if not backbone.imagenet:
         return fallback
-    if not store.missing(EmbeddingSet(backbone.name, fallback.weights_id, backbone.dim, precision), shas):
+    if not store.missing(EmbeddingSet(backbone.name, fallback.weights_id, backbone.dim, precision, stain), shas):
         note = (f"the stored {backbone.name} embeddings of these images use RANDOM weights (seed {seed}), because "
                 "ImageNet weights were unavailable when they were made; they are reused. "
                 "Use --weights imagenet to require pretrained weights.")

@@ -12,6 +12,7 @@ from typing import Any
 from toolkit import console
 from toolkit.analysis.runner import Outcome, run_analyses, with_dependencies
 from toolkit.errors import TkError
+from toolkit.extract import stain as stain_normalisation
 from toolkit.extract.precision import check_precision, device_note
 from toolkit.ingest.clinical import attach_clinical, parse_overrides
 from toolkit.ingest.scan import ScannedImage, scan
@@ -39,6 +40,7 @@ def execute_run(settings: RunSettings, command: str | None = None) -> RunSummary
         else select(registry.exporters, settings.exports, "exporter") if settings.exports != "none" else [])
     if not backbones:
         raise TkError("no backbone selected; name one with --backbone (see `tk plugins`)")
+    stain = stain_normalisation.prepare(settings.stain, settings.stain_reference, registry)
     if exporters:
         check_out_folder(settings.out)
 
@@ -58,6 +60,7 @@ def execute_run(settings: RunSettings, command: str | None = None) -> RunSummary
         recorded = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()}
         recorded["analysis_settings"] = {a.name: resolved(a, chosen) for a in analyses if a.settings}
         recorded["demo"] = settings.data is None  # the report says the data are synthetic
+        recorded["stain_id"] = stain.stain_id if stain else stain_normalisation.NONE
         store.start_run(run_id, command, recorded, versions())
         console.info(f"run {run_id}: {len(records)} images found ({kind}) in {root}")
         try:
@@ -71,7 +74,7 @@ def execute_run(settings: RunSettings, command: str | None = None) -> RunSummary
                 console.warn(f"{item.relpath}: {item.reason} — skipped")
                 store.record_skipped(run_id, item.relpath, item.reason)
             summary = _embed_and_analyse(store, registry, settings, run_id, backbones, analyses, chosen, scanned,
-                                         skipped, clinical.warnings)
+                                         skipped, clinical.warnings, stain)
             store.update_run(run_id, data_root=str(root), source=kind, dataset_fingerprint=dataset_fingerprint(scanned),
                              n_images=summary.n_images, n_skipped=summary.n_skipped, warnings=summary.warnings,
                              status="ok" if not summary.failures else "partial", finished_at=utcnow())
@@ -115,15 +118,21 @@ def is_interruption(exc: BaseException) -> bool:
 
 def _embed_and_analyse(store: Store, registry: Registry, settings: RunSettings, run_id: str,
                        backbones: list[Backbone], analyses: list[Analysis], chosen: dict[str, dict[str, Any]],
-                       scanned: list[ScannedImage], skipped: list, warnings: list[str]) -> _Progress:
+                       scanned: list[ScannedImage], skipped: list, warnings: list[str],
+                       stain: stain_normalisation.StainStep | None = None) -> _Progress:
     log = RunLog()
     for warning in warnings:
         log.warn(warning)
     slow = device_note(settings.precision)
     if slow:
         log.warn(slow)
-    planned = plan_backbones(store, backbones, settings, run_id, scanned, log)
-    n_unreadable = embed_missing(store, planned, scanned, run_id, settings.batch_size)
+    planned = plan_backbones(store, backbones, settings, run_id, scanned, log,
+                             stain.stain_id if stain else stain_normalisation.NONE)
+    if stain:
+        stain_normalisation.remember(store, stain)
+    n_unreadable = embed_missing(store, planned, scanned, run_id, settings.batch_size, stain)
+    if stain:
+        stain_normalisation.record_run(store, run_id, stain, scanned)
     sets = record_backbones(store, run_id, planned, settings, {image.sha256 for image in scanned}, log)
     if analyses and sets:
         _analyse(store, registry, settings, run_id, sets, analyses, chosen, log)

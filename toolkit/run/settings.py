@@ -50,6 +50,8 @@ class RunSettings:
     seed: int = 0
     batch_size: int = BATCH_SIZE
     precision: str = "fp32"
+    stain: str = "none"  # stain normalisation before embedding: none, macenko, reinhard or a plugin's
+    stain_reference: Path | None = None  # the image the normaliser is fitted to (default: its built-in reference)
     reveal_ids: bool = False
     template_dir: Path | None = None
     analysis_timeout: float | None = None

@@ -1,6 +1,7 @@
-"""Embedding sets: one table per backbone, weights and precision, keyed by the image content's sha256.
+"""Embedding sets: one table per backbone, weights, precision and stain normalisation, keyed by the
+image content's sha256.
 
-Embeddings live in ``emb_<backbone>__<weights>[_<precision>]`` (``sha256`` -> ``FLOAT[dim]``) and a
+Embeddings live in ``emb_<backbone>__<weights>[_<precision>][_stain_<stain>]`` (``sha256`` -> ``FLOAT[dim]``) and a
 view per backbone, ``embeddings_<backbone>``, joins them to ``images`` for the weights used last.
 Writers go through ``EmbeddingWriter`` so that another producer (Parquet shards from a cluster)
 can be added without touching the rest.
@@ -25,26 +26,31 @@ pd = lazy_import("pandas")
 
 @dataclass(frozen=True)
 class EmbeddingSet:
-    """Where one backbone's embeddings for one set of weights, at one precision, live.
+    """Where one backbone's embeddings for one set of weights, at one precision, of images with one
+    stain normalisation, live.
 
-    fp32 sets keep the names they always had; ``bf16`` and ``int8`` sets add the precision
-    (``emb_resnet50__random_seed0_int8``), so vectors of different precisions never mix.
+    fp32 sets of raw images keep the names they always had; ``bf16`` and ``int8`` sets add the
+    precision (``emb_resnet50__random_seed0_int8``) and stain-normalised sets the stain id
+    (``emb_resnet50__random_seed0_stain_macenko_1a2b3c4d``), so such vectors never mix.
     """
 
     backbone: str
     weights_id: str
     dim: int
     precision: str = "fp32"
+    stain: str = "none"  # ``<method>-<sha8 of its reference>`` (toolkit.extract.stain), or none
 
     @property
     def table(self) -> str:
         suffix = "" if self.precision == "fp32" else f"_{identifier(self.precision)}"
+        suffix += "" if self.stain == "none" else f"_stain_{identifier(self.stain)}"
         return f"emb_{identifier(self.backbone)}__{identifier(self.weights_id)}{suffix}"
 
     @property
     def label(self) -> str:
-        """``weights_id``, with the precision when it is not fp32 (for messages)."""
-        return self.weights_id if self.precision == "fp32" else f"{self.weights_id} {self.precision}"
+        """``weights_id``, with the precision when it is not fp32 and the stain when there is one (for messages)."""
+        return " ".join([self.weights_id, *([self.precision] if self.precision != "fp32" else []),
+                         *([f"stain {self.stain}"] if self.stain != "none" else [])])
 
 
 class EmbeddingWriter(Protocol):
@@ -79,8 +85,8 @@ class Embeddings(Connection):
                 raise TkError(f"embedding set {embedding_set.table} holds {row[0]}-d vectors but "
                               f"{embedding_set.backbone} now gives {embedding_set.dim}-d; use another --store")
             return []
-        others = [EmbeddingSet(embedding_set.backbone, r[0], embedding_set.dim, r[1]).label for r in self.con.execute(
-            "SELECT weights_id, precision FROM embedding_sets WHERE backbone = ? ORDER BY created_at",
+        others = [EmbeddingSet(embedding_set.backbone, r[0], embedding_set.dim, r[1], r[2]).label for r in self.con.execute(
+            "SELECT weights_id, precision, stain FROM embedding_sets WHERE backbone = ? ORDER BY created_at",
             [embedding_set.backbone]).fetchall()]
         with self.transaction():
             self.con.execute(f"""CREATE TABLE {embedding_set.table} (
@@ -89,11 +95,11 @@ class Embeddings(Connection):
                 run_id VARCHAR,
                 created_at TIMESTAMP DEFAULT current_timestamp)""")
             self.con.execute("INSERT INTO embedding_sets (table_name, backbone, weights_id, weights_kind, weights_sha256, "
-                             "weights_path, dim, precision, model_path, model_sha256) "
-                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             "weights_path, dim, precision, model_path, model_sha256, stain) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                              [embedding_set.table, embedding_set.backbone, embedding_set.weights_id,
                               weights_kind, weights_sha256, weights_path, embedding_set.dim,
-                              embedding_set.precision, model_path, model_sha256])
+                              embedding_set.precision, model_path, model_sha256, embedding_set.stain])
         return others
 
     def missing(self, embedding_set: EmbeddingSet, sha256s: Iterable[str]) -> set[str]:
@@ -128,10 +134,10 @@ class Embeddings(Connection):
     def current_set(self, backbone: str) -> tuple[EmbeddingSet, str, str | None] | None:
         """The set the ``embeddings_<backbone>`` view shows, with its weights kind and file path."""
         row = self.one(
-            "SELECT s.backbone, s.weights_id, s.dim, s.precision, s.weights_kind, s.weights_path FROM run_backbones rb "
+            "SELECT s.backbone, s.weights_id, s.dim, s.precision, s.stain, s.weights_kind, s.weights_path FROM run_backbones rb "
             "JOIN runs r USING (run_id) JOIN embedding_sets s ON s.table_name = rb.table_name "
             "WHERE rb.backbone = ? AND rb.status = 'ok' ORDER BY r.started_at DESC LIMIT 1", [backbone])
-        return (EmbeddingSet(*row[:4]), row[4], row[5]) if row else None
+        return (EmbeddingSet(*row[:5]), row[5], row[6]) if row else None
 
     def set_model(self, embedding_set: EmbeddingSet) -> tuple[str, str] | None:
         """The quantised model (path, sha256) recorded as the maker of an int8 set, if any."""

@@ -215,11 +215,28 @@ def create_clinical_tables(con: duckdb.DuckDBPyConnection, temporary: bool = Fal
         WHERE c.level = 'patient'""")
 
 
+def m010_stain(con: duckdb.DuckDBPyConnection) -> None:
+    """``tk run --stain``: the stain normalisation (method and reference, ``macenko-1a2b3c4d``) is part
+    of an embedding set's key, so normalised and raw vectors never mix; each run records it per
+    backbone. Sets made before keep ``none`` and their names."""
+    # rebuilt to drop UNIQUE (backbone, weights_id, precision), which DuckDB cannot drop in place;
+    # copied with SELECT * so that columns other migrations add are kept
+    con.execute("CREATE TABLE embedding_sets_m010 AS SELECT *, 'none'::VARCHAR AS stain FROM embedding_sets")
+    con.execute("DROP TABLE embedding_sets")
+    con.execute("ALTER TABLE embedding_sets_m010 RENAME TO embedding_sets")
+    con.execute("ALTER TABLE embedding_sets ADD PRIMARY KEY (table_name)")
+    for column, default in (("created_at", "current_timestamp"), ("precision", "'fp32'"), ("stain", "'none'")):
+        con.execute(f"ALTER TABLE embedding_sets ALTER COLUMN {column} SET DEFAULT {default}")
+    for column in ("backbone", "weights_id", "dim", "precision", "stain"):
+        con.execute(f"ALTER TABLE embedding_sets ALTER COLUMN {column} SET NOT NULL")
+    con.execute("ALTER TABLE run_backbones ADD COLUMN stain VARCHAR DEFAULT 'none'")
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_create_tables, m002_export_parity,
                                                                   m003_training, m004_analysis_cache_key,
                                                                   m005_precision, m006_run_error,
                                                                   m007_store_secrets, m008_run_image_metadata,
-                                                                  m009_clinical]
+                                                                  m009_clinical, m010_stain]
 
 
 def newer_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:

@@ -9,6 +9,8 @@ on a read-only file or medium. For the migrations listed here it stands in for t
 - ``m008_run_image_metadata``: each run's images as ``images`` holds them now (what the migration
   itself would backfill).
 - ``m009_clinical``: empty clinical tables (no run before it had clinical variables).
+- ``m010_stain``: every embedding set and run backbone without stain normalisation (``none``), as
+  the migration itself records them.
 
 Any other missing migration is one error line: open the store once with a writing command.
 """
@@ -38,9 +40,17 @@ def _no_clinical_variables(con: Any) -> None:
     create_clinical_tables(con, temporary=True)
 
 
+def _no_stain_normalisation(con: Any) -> None:
+    database = con.execute("SELECT current_database()").fetchone()[0].replace('"', '""')
+    for table in ("embedding_sets", "run_backbones"):
+        con.execute(f"""CREATE TEMP TABLE {table} AS SELECT *, 'none'::VARCHAR AS stain
+                        FROM "{database}".main.{table}""")
+
+
 STAND_INS: dict[str, Callable[[Any], None]] = {"m007_store_secrets": _secret_for_this_process,
                                                "m008_run_image_metadata": _run_images_from_images,
-                                               "m009_clinical": _no_clinical_variables}
+                                               "m009_clinical": _no_clinical_variables,
+                                               "m010_stain": _no_stain_normalisation}
 
 
 def missing_migrations(con: Any) -> list[str]:

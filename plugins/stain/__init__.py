@@ -1,0 +1,1 @@
+"""Built-in stain normalisers (Macenko, Reinhard) and the report's stain normalisation section."""
