@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from toolkit import console
 from toolkit.errors import TkError
@@ -82,9 +82,10 @@ def plan_backbones(store: Store, backbones: list[Backbone], settings: RunSetting
 
 
 def embed_missing(store: Store, planned: list[PlannedBackbone], scanned: list[ScannedImage], run_id: str,
-                  batch_size: int) -> int:
+                  batch_size: int, engine: Callable[..., list[ScannedImage]] = extract) -> int:
     """Embed every content some backbone lacks (each decoded once), record the run's images, and
-    return how many contents could not be read."""
+    return how many contents could not be read. ``engine`` is ``extract`` or one with its signature
+    (``toolkit.run.engine``)."""
     jobs = [p.job for p in planned]
     needed_any = set().union(*(job.needed for job in jobs)) if jobs else set()
     representatives: dict[str, ScannedImage] = {}
@@ -107,7 +108,7 @@ def embed_missing(store: Store, planned: list[PlannedBackbone], scanned: list[Sc
     started = time.perf_counter()
     console.info(f"embedding {len(to_embed)} images with {names}")
     with console.progress("embedding", len(to_embed)) as advance:
-        extract(to_embed, working, store, run_id, advance, on_unreadable, batch_size)
+        engine(to_embed, working, store, run_id, advance, on_unreadable, batch_size)
     console.info(f"embedded {len(to_embed) - len(bad_shas)} images in {time.perf_counter() - started:.1f} s")
     done_reps = {id(representatives[sha]) for sha in representatives if sha in needed_any and sha not in bad_shas}
     store.add_images(run_id, [image for image in scanned if image.sha256 in needed_any
