@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import os
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from toolkit.store import Store
 
 ENGINES = ("local", "ray")
 RAY_INSTALL = "pip install 'tk-embeddings[ray]'"
+INGEST_EVERY_S = 10.0  # the driver ingests finished shards while the cluster embeds, so ingest overlaps compute
 
 Extract = Callable[..., list[ScannedImage]]  # the signature of toolkit.extract.pipeline.extract
 
@@ -59,14 +61,15 @@ def default_shards(store: Path) -> Path:
     return store.with_name(store.stem + ".shards")
 
 
-def ingest_finished(store: Store, folder: Path, run_id: str | None) -> int:
+def ingest_finished(store: Store, folder: Path, run_id: str | None, quiet: bool = False) -> int:
     """Ingest the shards under ``folder`` not ingested before (left by a killed run, or by a cluster
-    job); says what each set got and returns the rows added."""
+    job); says what each set got (unless ``quiet``) and returns the rows added."""
     added = 0
     for done in store.ingest_shards(folder, run_id):
-        console.info(f"ingested {done.shards} shard(s) of {done.table} from {folder}: {done.rows} rows, "
-                     f"{done.new_rows} new" + (f", {done.rejected} rejected (NaN/infinite, bad sha256 or "
-                                               "another set's name)" if done.rejected else ""))
+        if not quiet:
+            console.info(f"ingested {done.shards} shard(s) of {done.table} from {folder}: {done.rows} rows, "
+                         f"{done.new_rows} new" + (f", {done.rejected} rejected (NaN/infinite, bad sha256 or "
+                                                   "another set's name)" if done.rejected else ""))
         added += done.new_rows
     return added
 
@@ -110,18 +113,25 @@ def extract_on_ray(options: RayOptions, images: list[ScannedImage], jobs: list[B
             fn_constructor_kwargs={"jobs": worker_jobs, "plugins": list(options.plugins), "shard_dir": str(shards),
                                    "batch_size": batch_size, "threads": max(1, int(options.cpus_per_actor))})
         try:
-            _follow(embedded, by_sha, by_table, bad, on_progress, on_unreadable)
+            _follow(embedded, by_sha, by_table, bad, on_progress, on_unreadable,
+                    lambda: ingest_finished(store, shards, run_id, quiet=True))
         finally:  # what finished is kept, even when the run stops here
-            ingest_finished(store, shards, run_id)
+            ingest_finished(store, shards, run_id, quiet=True)
     done = [image for image in images if image.sha256 not in bad]
     store.add_images(run_id, done)
     return done
 
 
 def _follow(embedded: Any, by_sha: dict[str, ScannedImage], by_table: dict[str, BackboneJob], bad: set[str],
-            on_progress: Callable[[int], None], on_unreadable: Callable[[ScannedImage, str], None]) -> None:
-    """Read the workers' reports as their tasks finish: progress, unreadable files, counts, errors."""
+            on_progress: Callable[[int], None], on_unreadable: Callable[[ScannedImage, str], None],
+            ingest: Callable[[], object]) -> None:
+    """Read the workers' reports as their tasks finish (progress, unreadable files, counts, errors),
+    ingesting the finished shards every ``INGEST_EVERY_S`` seconds."""
+    last_ingest = time.monotonic()
     for report in embedded.iter_rows():
+        if time.monotonic() - last_ingest >= INGEST_EVERY_S:
+            ingest()
+            last_ingest = time.monotonic()
         for sha, reason in json.loads(report["unreadable"]).items():
             bad.add(sha)
             on_unreadable(by_sha[sha], reason)
