@@ -46,16 +46,18 @@ class PlannedBackbone:
 
 
 def plan_backbones(store: Store, backbones: list[Backbone], settings: RunSettings, run_id: str,
-                   scanned: list[ScannedImage], log: RunLog) -> list[PlannedBackbone]:
+                   scanned: list[ScannedImage], log: RunLog, build: bool = True) -> list[PlannedBackbone]:
     """Plan every backbone; one that cannot be built is recorded as failed and left out (weights that
-    cannot be had at all stop the run)."""
+    cannot be had at all stop the run). ``build=False``: build a model only where planning needs one
+    (``--weights auto``, a lowered precision), for an engine whose workers build their own."""
     shas = {image.sha256 for image in scanned}
     sample_paths = [str(image.record.path) for image in sorted({i.sha256: i for i in scanned}.values(),
                                                                 key=lambda i: i.sha256)]
     planned: list[PlannedBackbone] = []
     for backbone in backbones:
         try:
-            embedding_set, resolved, model, needed = _plan_backbone(store, backbone, settings, shas)
+            embedding_set, resolved, model, needed = _plan_backbone(store, backbone, settings, shas,
+                                                                    build or settings.precision != "fp32")
             lowered = (lower(backbone, model, resolved, settings.precision, settings.batch_size, sample_paths,
                              settings.seed, store.set_model(embedding_set))
                        if model is not None and settings.precision != "fp32" else None)
@@ -142,10 +144,11 @@ def record_backbones(store: Store, run_id: str, planned: list[PlannedBackbone], 
     return sets
 
 
-def _plan_backbone(store: Store, backbone: Backbone, settings: RunSettings,
-                   shas: set[str]) -> tuple[EmbeddingSet, ResolvedWeights, Any, set[str]]:
+def _plan_backbone(store: Store, backbone: Backbone, settings: RunSettings, shas: set[str],
+                   build: bool = True) -> tuple[EmbeddingSet, ResolvedWeights, Any, set[str]]:
     """The embedding set a backbone writes to, its weights, its model for inference (batch norms
-    folded, ``toolkit.extract.folding``; None if nothing to do), and the hashes it still needs."""
+    folded, ``toolkit.extract.folding``; None if nothing to do or not ``build``), and the hashes it
+    still needs."""
     request = backbone.fixed_weights or settings.weights
     planned = planned_weights(request, settings.seed)
     if planned is None:
@@ -153,7 +156,7 @@ def _plan_backbone(store: Store, backbone: Backbone, settings: RunSettings,
     if planned is not None:
         embedding_set = EmbeddingSet(backbone.name, planned.weights_id, backbone.dim, settings.precision)
         needed = store.missing(embedding_set, shas)
-        if not needed:
+        if not needed or not build:
             return embedding_set, planned, None, needed
     model, resolved = build_model(backbone, request, settings.seed)
     from toolkit.extract.folding import fold_batch_norm  # after build_model: imports Keras

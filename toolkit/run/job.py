@@ -116,7 +116,7 @@ def _embed_and_analyse(store: Store, registry: Registry, settings: RunSettings, 
     if slow:
         log.warn(slow)
     engine = engine_extract(settings.engine, store, run_id, _ray_options(settings))  # before planning: ingests finished shards
-    planned = plan_backbones(store, backbones, settings, run_id, scanned, log)
+    planned = plan_backbones(store, backbones, settings, run_id, scanned, log, build=settings.engine == "local")
     n_unreadable = embed_missing(store, planned, scanned, run_id, settings.batch_size, engine)
     sets = record_backbones(store, run_id, planned, settings, {image.sha256 for image in scanned}, log)
     if analyses and sets:
