@@ -101,12 +101,13 @@ def extract_on_ray(options: RayOptions, images: list[ScannedImage], jobs: list[B
             for image in images]
     shards = options.shards.resolve()
     bad: set[str] = set()
+    n_tasks = max(1, math.ceil(len(rows) / batch_size))
     with ray_session(options.address) as cluster:
-        n_actors = _pool_size(cluster, options)
+        n_actors = min(_pool_size(cluster, options), n_tasks)  # an actor without a task would only build models
         console.info(f"Ray: {n_actors} actor(s) of {options.cpus_per_actor:g} CPU"
                      + (f" and {options.gpus_per_actor:g} GPU" if options.gpus_per_actor else "")
                      + f"; shards in {shards}")
-        dataset = ray.data.from_items(rows, override_num_blocks=max(1, math.ceil(len(rows) / batch_size)))
+        dataset = ray.data.from_items(rows, override_num_blocks=n_tasks)
         embedded = dataset.map_batches(
             EmbedActor, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=n_actors),
             num_cpus=options.cpus_per_actor, num_gpus=options.gpus_per_actor or None,
