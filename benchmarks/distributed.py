@@ -106,6 +106,7 @@ def main() -> None:
     parser.add_argument("--backbone", default="resnet50")
     parser.add_argument("--ingest-rows", type=int, default=32_000)
     parser.add_argument("--ingest-dim", type=int, default=2048)
+    parser.add_argument("--repeats", type=int, default=1, help="local and ray arms, interleaved")
     parser.add_argument("--skip", nargs="*", default=[], help="arms to leave out: local ray nodes ingest")
     parser.add_argument("--data-root", type=Path, default=Path(tempfile.gettempdir()) / "tk-bench-data")
     args = parser.parse_args()
@@ -113,10 +114,12 @@ def main() -> None:
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        if "local" not in args.skip:
-            results["local"] = tk_run(data, root / "local.duckdb", args.backbone)
-        if "ray" not in args.skip:
-            results["ray"] = tk_run(data, root / "ray.duckdb", args.backbone, "--engine", "ray")
+        for repeat in range(args.repeats):  # interleaved, so that a busy neighbour slows both alike
+            suffix = f"-{repeat + 1}" if args.repeats > 1 else ""
+            if "local" not in args.skip:
+                results[f"local{suffix}"] = tk_run(data, root / f"local{suffix}.duckdb", args.backbone)
+            if "ray" not in args.skip:
+                results[f"ray{suffix}"] = tk_run(data, root / f"ray{suffix}.duckdb", args.backbone, "--engine", "ray")
         if "nodes" not in args.skip:
             for nodes in (1, 2):
                 results[f"nodes-{nodes}"] = on_cluster(data, root, args.backbone, nodes)
@@ -128,9 +131,11 @@ def main() -> None:
         if arm != "ingest":
             print(f"{arm:>8}  run {found['run_img_s']:6.2f} img/s  embedding phase {found['embed_img_s']:6.2f} img/s"
                   + (f"  steady {found['steady_img_s']} img/s" if found.get("steady_img_s") else ""))
-    if "local" in results and "ray" in results:
-        for key in ("run_img_s", "embed_img_s"):
-            print(f"ray / local ({key}): {results['ray'][key] / results['local'][key]:.2f}")
+    pairs = [(results[k], results["ray" + k[5:]]) for k in results if k.startswith("local") and "ray" + k[5:] in results]
+    for key in ("run_img_s", "embed_img_s"):
+        ratios = [ray[key] / local[key] for local, ray in pairs]
+        if ratios:
+            print(f"ray / local ({key}): {' '.join(f'{r:.2f}' for r in ratios)}")
     if "ingest" in results and "nodes-1" in results:
         per_node = results["nodes-1"].get("steady_img_s") or results["nodes-1"]["embed_img_s"]
         rate = results["ingest"]["rows_per_s"]
