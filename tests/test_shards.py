@@ -3,8 +3,10 @@ bad rows refused, and ``tk run --engine ray`` without Ray installed. None of the
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -127,3 +129,24 @@ def test_engine_ray_without_ray_says_how_to_install_it(tmp_path, breakhis):
     assert len(lines) == 1, completed.stderr
     assert "pip install 'tk-embeddings[ray]'" in lines[0]
     assert not (tmp_path / "tk.duckdb").exists()  # refused before any work
+
+
+def test_a_worker_skips_a_changed_file_and_writes_no_non_finite_vector(tmp_path, breakhis):
+    """The Ray actor, called directly: a file whose bytes no longer hash to the planned sha256 is
+    reported and not embedded; a backbone giving NaN writes no shard and reports why."""
+    from toolkit.extract.distributed import EmbedActor, WorkerJob
+
+    paths = sorted(breakhis.rglob("*.png"))[:3]
+    shas = [sha256_file(p) for p in paths]
+    paths[1].write_bytes(paths[1].read_bytes() + b"changed after the scan")
+    nan_set = ShardSet("nan", "random-seed0", 4, "fp32", "random")
+    jobs = [WorkerJob("tiny", "random", 0, TINY_SET), WorkerJob("nan", "random", 0, nan_set)]
+    actor = EmbedActor(jobs, [str(TINY), str(TINY.parent / "nan_backbone.py")], str(tmp_path / "shards"), 2, 1)
+    both = f"{TINY_SET.embedding_set.table},{nan_set.embedding_set.table}"
+    report = actor({"sha256": np.array(shas), "path": np.array([str(p) for p in paths]), "sets": np.array([both] * 3)})
+    assert json.loads(report["unreadable"][0]) == {shas[1]: "changed since it was scanned; run again"}
+    assert json.loads(report["embedded"][0]) == {"emb_tiny__random_seed0": 2}
+    assert "NaN or infinite" in json.loads(report["errors"][0])["emb_nan__random_seed0"]
+    [shard] = [Path(p) for p in json.loads(report["shards"][0])]
+    assert pq.read_table(shard).column("sha256").to_pylist() == [shas[0], shas[2]]
+    assert shard_files(tmp_path / "shards") == {"emb_tiny__random_seed0": [shard]}
