@@ -1,4 +1,4 @@
-"""A tiny backbone that takes ~0.4 s per batch, so that a test can kill a run in the middle."""
+"""A test backbone that sleeps in every batch, so that a test can kill a run mid-extraction."""
 
 import time
 
@@ -7,19 +7,19 @@ import numpy as np
 from toolkit import hookimpl
 from toolkit.plugin.types import Backbone
 
-DIM = 8
-SECONDS_PER_BATCH = 0.4
+SECONDS_PER_BATCH = 0.25
 
 
 def build(weights):
     import keras
 
     inputs = keras.Input((32, 32, 3))
-    x = keras.layers.Conv2D(DIM, 3, strides=4, activation="relu", name="last_conv")(inputs)
-    return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x), name="slow")
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, x)
 
 
-def _wait(batch: np.ndarray) -> np.ndarray:
+def _sleep(batch: np.ndarray) -> np.ndarray:
     time.sleep(SECONDS_PER_BATCH)
     return batch
 
@@ -27,12 +27,11 @@ def _wait(batch: np.ndarray) -> np.ndarray:
 def preprocess(batch):
     import tensorflow as tf
 
-    waited = tf.numpy_function(_wait, [batch], tf.float32, stateful=True)
-    waited.set_shape(batch.shape)
-    return waited / 127.5 - 1.0
+    slowed = tf.numpy_function(_sleep, [batch], tf.float32)
+    slowed.set_shape(batch.shape)
+    return slowed / 255.0
 
 
 @hookimpl
 def register_backbones(register):
-    register(Backbone(name="slow", dim=DIM, build=build, preprocess=preprocess, input_size=(32, 32),
-                      gradcam_layer="last_conv", imagenet=False, description="slow test backbone"))
+    register(Backbone(name="slow", dim=8, build=build, preprocess=preprocess, input_size=(32, 32), imagenet=False))

@@ -49,8 +49,11 @@ class EmbedActor:
         from toolkit.extract.tfimport import tensorflow
 
         tf = tensorflow()
-        tf.config.threading.set_intra_op_parallelism_threads(threads)  # the CPUs Ray gave this actor, no more
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
+        try:  # the CPUs Ray gave this actor, no more
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        except RuntimeError:  # TensorFlow already ran in this process (not a fresh worker): keep its pools
+            pass
         from toolkit.extract.pipeline import BackboneJob
         from toolkit.plugin.registry import load_registry
         from toolkit.store import EmbeddingSet
