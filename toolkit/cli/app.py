@@ -150,6 +150,11 @@ def build_app(plugins: list[str]) -> typer.Typer:
         stain_reference: Optional[Path] = typer.Option(None, "--stain-reference", metavar="IMAGE", help="Image whose stains --stain normalises to (default: the method's built-in reference)."),
         analysis_timeout: Optional[float] = typer.Option(None, "--analysis-timeout", min=0.01, help="Give up on an analysis after this many seconds (recorded as failed)."),
         set_values: Optional[List[str]] = typer.Option(None, "--set", metavar="NAME.KEY=VALUE", help="An analysis setting, e.g. --set probe.c=0.5 (repeatable; `tk plugins` lists them)."),
+        engine: str = typer.Option("local", "--engine", help="local | ray: embed in this process, or on a Ray cluster that writes Parquet shards the run ingests (pip install 'tk-embeddings[ray]')."),
+        ray_address: Optional[str] = typer.Option(None, "--ray-address", metavar="auto|ray://HOST:PORT", help="Ray cluster for --engine ray (default: start a local Ray with this machine's cores)."),
+        shards: Optional[Path] = typer.Option(None, "--shards", metavar="DIR", help="Shard folder of --engine ray, readable by every worker (default: beside the store, tk.shards/)."),
+        ray_cpus_per_actor: float = typer.Option(1.0, "--ray-cpus-per-actor", min=0, help="CPUs per embedding actor of --engine ray."),
+        ray_gpus_per_actor: float = typer.Option(0.0, "--ray-gpus-per-actor", min=0, help="GPUs per embedding actor of --engine ray."),
         plugin: Optional[List[str]] = PluginOption,
     ) -> None:
         """Embed images with the selected backbones, store, analyse and report."""
@@ -163,13 +168,31 @@ def build_app(plugins: list[str]) -> typer.Typer:
                                plugins=plugins, source=source, patient_from=patient_from, analyses=analysis,
                                clinical=clinical, clinical_types=list(clinical_type or []),
                                exports=export, seed=seed, batch_size=batch_size, precision=precision, stain=stain, stain_reference=stain_reference, reveal_ids=reveal_ids, template_dir=template_dir,
-                               analysis_timeout=analysis_timeout, analysis_settings=list(set_values or []))
+                               analysis_timeout=analysis_timeout, analysis_settings=list(set_values or []),
+                               engine=engine, ray_address=ray_address, shards=shards,
+                               ray_cpus_per_actor=ray_cpus_per_actor, ray_gpus_per_actor=ray_gpus_per_actor)
         summary = execute_run(settings)
         for path in summary.outputs:
             print(path)
         state = "finished" if not summary.failures else f"finished with {len(summary.failures)} failure(s)"
         console.info(f"run {summary.run_id} {state}: {summary.n_images} images, {summary.n_skipped} skipped; store {store}")
         raise typer.Exit(summary.exit_code)
+
+    @app.command()
+    def ingest(
+        shards_dir: Path = typer.Argument(..., metavar="SHARDS_DIR", help="Folder of Parquet shards, one subfolder per embedding set (docs/store.md)."),
+        store: Path = typer.Option(Path("tk.duckdb"), "--store"),
+    ) -> None:
+        """Ingest Parquet shards written by a cluster job into the store (idempotent)."""
+        from toolkit import console
+        from toolkit.run.engine import ingest_finished
+        from toolkit.store import Store
+
+        if not shards_dir.is_dir():
+            raise TkError(f"{shards_dir} is not a folder; give the shard folder of a cluster job")
+        with Store.open(store) as opened:
+            added = ingest_finished(opened, shards_dir, None)
+        console.info(f"{added} new embeddings in {store}")
 
     @app.command(name="plugins")
     def plugins_command(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from toolkit import console
 from toolkit.errors import TkError
@@ -47,16 +47,20 @@ class PlannedBackbone:
 
 
 def plan_backbones(store: Store, backbones: list[Backbone], settings: RunSettings, run_id: str,
-                   scanned: list[ScannedImage], log: RunLog, stain: str = NONE) -> list[PlannedBackbone]:
+                   scanned: list[ScannedImage], log: RunLog, stain: str = NONE,
+                   build: bool = True) -> list[PlannedBackbone]:
     """Plan every backbone; one that cannot be built is recorded as failed and left out (weights that
-    cannot be had at all stop the run). ``stain`` is the run's stain normalisation id (part of each set's key)."""
+    cannot be had at all stop the run). ``stain`` is the run's stain normalisation id (part of each set's
+    key). ``build=False``: build a model only where planning needs one (``--weights auto``, a lowered
+    precision), for an engine whose workers build their own."""
     shas = {image.sha256 for image in scanned}
     contents = [(str(image.record.path), image.sha256) for image in sorted({i.sha256: i for i in scanned}.values(),
                                                                            key=lambda i: i.sha256)]
     planned: list[PlannedBackbone] = []
     for backbone in backbones:
         try:
-            embedding_set, resolved, model, needed = _plan_backbone(store, backbone, settings, shas, stain)
+            embedding_set, resolved, model, needed = _plan_backbone(store, backbone, settings, shas, stain,
+                                                                    build or settings.precision != "fp32")
             lowered = (lower(backbone, model, resolved, settings.precision, settings.batch_size, contents,
                              settings.seed, store.set_model(embedding_set))
                        if model is not None and settings.precision != "fp32" else None)
@@ -83,9 +87,11 @@ def plan_backbones(store: Store, backbones: list[Backbone], settings: RunSetting
 
 
 def embed_missing(store: Store, planned: list[PlannedBackbone], scanned: list[ScannedImage], run_id: str,
-                  batch_size: int, stain: StainStep | None = None) -> int:
+                  batch_size: int, stain: StainStep | None = None,
+                  engine: Callable[..., list[ScannedImage]] = extract) -> int:
     """Embed every content some backbone lacks (each decoded once, stain-normalised by ``stain``),
-    record the run's images, and return how many contents could not be read."""
+    record the run's images, and return how many contents could not be read. ``engine`` is
+    ``extract`` or one with its signature (``toolkit.run.engine``)."""
     jobs = [p.job for p in planned]
     needed_any = set().union(*(job.needed for job in jobs)) if jobs else set()
     representatives: dict[str, ScannedImage] = {}
@@ -108,7 +114,7 @@ def embed_missing(store: Store, planned: list[PlannedBackbone], scanned: list[Sc
     started = time.perf_counter()
     console.info(f"embedding {len(to_embed)} images with {names}")
     with console.progress("embedding", len(to_embed)) as advance:
-        extract(to_embed, working, store, run_id, advance, on_unreadable, batch_size, stain=stain)
+        engine(to_embed, working, store, run_id, advance, on_unreadable, batch_size, stain=stain)
     console.info(f"embedded {len(to_embed) - len(bad_shas)} images in {time.perf_counter() - started:.1f} s")
     done_reps = {id(representatives[sha]) for sha in representatives if sha in needed_any and sha not in bad_shas}
     store.add_images(run_id, [image for image in scanned if image.sha256 in needed_any
@@ -144,9 +150,10 @@ def record_backbones(store: Store, run_id: str, planned: list[PlannedBackbone], 
 
 
 def _plan_backbone(store: Store, backbone: Backbone, settings: RunSettings, shas: set[str],
-                   stain: str) -> tuple[EmbeddingSet, ResolvedWeights, Any, set[str]]:
+                   stain: str, build: bool = True) -> tuple[EmbeddingSet, ResolvedWeights, Any, set[str]]:
     """The embedding set a backbone writes to, its weights, its model for inference (batch norms
-    folded, ``toolkit.extract.folding``; None if nothing to do), and the hashes it still needs."""
+    folded, ``toolkit.extract.folding``; None if nothing to do or not ``build``), and the hashes it
+    still needs."""
     request = backbone.fixed_weights or settings.weights
     planned = planned_weights(request, settings.seed)
     if planned is None:
@@ -154,7 +161,7 @@ def _plan_backbone(store: Store, backbone: Backbone, settings: RunSettings, shas
     if planned is not None:
         embedding_set = EmbeddingSet(backbone.name, planned.weights_id, backbone.dim, settings.precision, stain)
         needed = store.missing(embedding_set, shas)
-        if not needed:
+        if not needed or not build:
             return embedding_set, planned, None, needed
     model, resolved = build_model(backbone, request, settings.seed)
     from toolkit.extract.folding import fold_batch_norm  # after build_model: imports Keras

@@ -20,6 +20,7 @@ from toolkit.ingest.sources import find_images
 from toolkit.plugin.registry import Registry, load_registry
 from toolkit.plugin.settings import parse_assignments, resolved
 from toolkit.plugin.types import Analysis, Backbone, ExportContext, Exporter
+from toolkit.run.engine import RayOptions, check_engine, default_shards, engine_extract
 from toolkit.run.exports import export_into
 from toolkit.run.embed import RunLog, embed_missing, plan_backbones, record_backbones
 from toolkit.run.settings import (EXIT_OK, EXIT_PARTIAL, RunSettings, RunSummary, check_out_folder,
@@ -30,6 +31,7 @@ from toolkit.store import EmbeddingSet, Store
 def execute_run(settings: RunSettings, command: str | None = None) -> RunSummary:
     """Run the whole job; raises TkError for problems that stop it before anything is written."""
     check_precision(settings.precision)
+    check_engine(settings.engine, settings.stain)
     registry = load_registry(settings.plugins)
     backbones: list[Backbone] = select(registry.backbones, settings.backbones, "backbone")
     analyses = (with_dependencies(select(registry.analyses, settings.analyses, "analysis"), registry.analyses)
@@ -126,17 +128,26 @@ def _embed_and_analyse(store: Store, registry: Registry, settings: RunSettings, 
     slow = device_note(settings.precision)
     if slow:
         log.warn(slow)
+    engine = engine_extract(settings.engine, store, run_id, _ray_options(settings))  # before planning: ingests finished shards
     planned = plan_backbones(store, backbones, settings, run_id, scanned, log,
-                             stain.stain_id if stain else stain_normalisation.NONE)
+                             stain.stain_id if stain else stain_normalisation.NONE, build=settings.engine == "local")
     if stain:
         stain_normalisation.remember(store, stain)
-    n_unreadable = embed_missing(store, planned, scanned, run_id, settings.batch_size, stain)
+    n_unreadable = embed_missing(store, planned, scanned, run_id, settings.batch_size, stain, engine)
     if stain:
         stain_normalisation.record_run(store, run_id, stain, scanned)
     sets = record_backbones(store, run_id, planned, settings, {image.sha256 for image in scanned}, log)
     if analyses and sets:
         _analyse(store, registry, settings, run_id, sets, analyses, chosen, log)
     return _Progress(store.run_image_count(run_id), len(skipped) + n_unreadable, log.failures, log.warnings)
+
+
+def _ray_options(settings: RunSettings) -> RayOptions | None:
+    if settings.engine != "ray":
+        return None
+    return RayOptions(settings.shards or default_shards(settings.store), settings.ray_address,
+                      settings.ray_cpus_per_actor, settings.ray_gpus_per_actor,
+                      tuple(str(Path(p).resolve()) for p in settings.plugins))  # workers may start elsewhere
 
 
 def _analyse(store: Store, registry: Registry, settings: RunSettings, run_id: str, sets: dict[str, EmbeddingSet],

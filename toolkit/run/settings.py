@@ -56,6 +56,11 @@ class RunSettings:
     template_dir: Path | None = None
     analysis_timeout: float | None = None
     analysis_settings: list[str] = field(default_factory=list)  # NAME.KEY=VALUE, as given to --set
+    engine: str = "local"  # local | ray (toolkit.run.engine)
+    ray_address: str | None = None  # None: a local Ray with this machine's cores
+    shards: Path | None = None  # the Ray engine's shard folder; None: beside the store
+    ray_cpus_per_actor: float = 1.0
+    ray_gpus_per_actor: float = 0.0
 
 
 @dataclass

@@ -232,11 +232,20 @@ def m010_stain(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("ALTER TABLE run_backbones ADD COLUMN stain VARCHAR DEFAULT 'none'")
 
 
+def m011_shards(con: duckdb.DuckDBPyConnection) -> None:
+    """The Parquet shards already ingested (``toolkit.store.shards``), so that a run reads each once."""
+    con.execute("""CREATE TABLE ingested_shards (
+        shard VARCHAR NOT NULL,
+        table_name VARCHAR NOT NULL,
+        ingested_at TIMESTAMP DEFAULT current_timestamp,
+        PRIMARY KEY (table_name, shard))""")
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_create_tables, m002_export_parity,
                                                                   m003_training, m004_analysis_cache_key,
                                                                   m005_precision, m006_run_error,
                                                                   m007_store_secrets, m008_run_image_metadata,
-                                                                  m009_clinical, m010_stain]
+                                                                  m009_clinical, m010_stain, m011_shards]
 
 
 def newer_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:

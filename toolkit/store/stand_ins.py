@@ -11,6 +11,7 @@ on a read-only file or medium. For the migrations listed here it stands in for t
 - ``m009_clinical``: empty clinical tables (no run before it had clinical variables).
 - ``m010_stain``: every embedding set and run backbone without stain normalisation (``none``), as
   the migration itself records them.
+- ``m011_shards``: no shard ingested (a reading command ingests none).
 
 Any other missing migration is one error line: open the store once with a writing command.
 """
@@ -47,10 +48,16 @@ def _no_stain_normalisation(con: Any) -> None:
                         FROM "{database}".main.{table}""")
 
 
+
+def _no_shards_ingested(con: Any) -> None:
+    con.execute("CREATE TEMP TABLE ingested_shards (shard VARCHAR, table_name VARCHAR, ingested_at TIMESTAMP)")
+
+
 STAND_INS: dict[str, Callable[[Any], None]] = {"m007_store_secrets": _secret_for_this_process,
                                                "m008_run_image_metadata": _run_images_from_images,
                                                "m009_clinical": _no_clinical_variables,
-                                               "m010_stain": _no_stain_normalisation}
+                                               "m010_stain": _no_stain_normalisation,
+                                               "m011_shards": _no_shards_ingested}
 
 
 def missing_migrations(con: Any) -> list[str]:

@@ -12,19 +12,19 @@ from typing import Any, Sequence
 
 from toolkit.errors import StoreBusy, TkError
 from toolkit.lazy import lazy_import
-from toolkit.store.embeddings import Embeddings
 from toolkit.store.images import Images
 from toolkit.store.migrations import MIGRATIONS, migrate, newer_migrations
 from toolkit.store.results import Results
 from toolkit.store.runs import Runs
 from toolkit.store.sandbox import confine, refuse_all_but_select
 from toolkit.store.stand_ins import missing_migrations, stand_in
+from toolkit.store.shards import Shards
 from toolkit.store.tables import DeclaredTables
 
 duckdb = lazy_import("duckdb")
 
 
-class Store(Images, Embeddings, Runs, Results, DeclaredTables):
+class Store(Images, Shards, Runs, Results, DeclaredTables):
     """A tk DuckDB file. Open with ``Store.open(path)``; use as a context manager."""
 
     stand_ins: list[str] = []
