@@ -108,9 +108,22 @@ def _float_to_rgb(array: np.ndarray) -> Image.Image:
     return Image.fromarray(scaled.astype(np.uint8)).convert("RGB")
 
 
-def load_rgb(path: Path | str | bytes, size: tuple[int, int]) -> np.ndarray:
+RESIZE_RULES = ("stretch", "center-crop")
+
+
+def _centre_box(image_size: tuple[int, int], size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The largest centred box of ``image_size`` (width, height) with the aspect of ``size`` (height, width)."""
+    width, height = image_size
+    scale = min(width / size[1], height / size[0])
+    crop_w, crop_h = max(1, round(size[1] * scale)), max(1, round(size[0] * scale))
+    left, top = (width - crop_w) // 2, (height - crop_h) // 2
+    return left, top, left + crop_w, top + crop_h
+
+
+def load_rgb(path: Path | str | bytes, size: tuple[int, int], resize: str = "stretch") -> np.ndarray:
     """Decode ``path`` (or a file's bytes), turned as its EXIF orientation says (as every viewer shows it),
-    and resize it to ``size`` = (height, width); uint8 array (h, w, 3)."""
+    and resize it to ``size`` = (height, width); uint8 array (h, w, 3). ``resize="center-crop"`` first
+    cuts out the largest centred box of that aspect (torchvision's Resize + CenterCrop)."""
     height, width = size
     source = io.BytesIO(path) if isinstance(path, bytes) else path
     try:
@@ -120,6 +133,8 @@ def load_rgb(path: Path | str | bytes, size: tuple[int, int]) -> np.ndarray:
                 image.draft("RGB", (height, width) if turn >= 5 else (width, height))
             image.load()
             rgb = to_rgb(ImageOps.exif_transpose(image) if turn != 1 else image)
+            if resize == "center-crop":
+                rgb = rgb.crop(_centre_box(rgb.size, size))
             if rgb.size != (width, height):
                 rgb = rgb.resize((width, height), Image.Resampling.BILINEAR)
             return np.asarray(rgb, dtype=np.uint8)
@@ -129,10 +144,10 @@ def load_rgb(path: Path | str | bytes, size: tuple[int, int]) -> np.ndarray:
         raise UnreadableImage(f"cannot decode ({exc}); the file is damaged: copy or export it again") from exc
 
 
-def read_image(path: Path | str, size: tuple[int, int]) -> np.ndarray:
+def read_image(path: Path | str, size: tuple[int, int], resize: str = "stretch") -> np.ndarray:
     """Check and decode one image file for a model input ``size``, or raise a one-line TkError naming it."""
     try:
         read_size(Path(path))
-        return load_rgb(path, size)
+        return load_rgb(path, size, resize)
     except (UnreadableImage, FileNotFoundError) as exc:
         raise TkError(f"{path}: {exc}") from exc

@@ -18,6 +18,7 @@ from toolkit.plugin.types import Backbone
 from toolkit.plugin.registry import Registry
 from toolkit.store import EmbeddingSet, Store
 from toolkit.analysis.evaluation import C_DEFAULT, SOLVER_MAX_ITER, SOLVER_TOL
+from toolkit.extract.external import require_keras
 from toolkit.extract.weights import build_model, request_for
 from toolkit.models.variants import find_backbone
 
@@ -121,4 +122,5 @@ def load_classifier(store: Store, registry: Registry, backbone_name: str, run_id
     head = fit_head(embeddings, metadata["label"].to_numpy(), seed)
     request, weights_seed = request_for(kind, weights_id, store.weights_path(backbone_name, weights_id))
     base, _ = build_model(backbone, request, weights_seed)
+    require_keras(backbone, base, "a classifier (tk export, tk explain, tk predict, Grad-CAM)")
     return Classifier(backbone, build_classifier(base, head), head, run["run_id"], weights_id, kind)

@@ -29,7 +29,7 @@ def embed_one(backbone: Backbone, image: Path, kind: str, weights_id: str, path:
     extract, warning = query_extractor(backbone, model, precision, quantised)
     if warning:
         console.warn(warning)
-    return embed_padded(extract, read_image(image, backbone.input_size)[None], 1)[0]
+    return embed_padded(extract, read_image(image, backbone.input_size, backbone.resize)[None], 1)[0]
 
 
 def find_similar(store: Store, backbone: Backbone, image: Path, k: int = 10) -> pd.DataFrame:

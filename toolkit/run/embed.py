@@ -146,7 +146,7 @@ def _plan_backbone(store: Store, backbone: Backbone, settings: RunSettings,
     """The embedding set a backbone writes to, its weights, its model for inference (batch norms
     folded, ``toolkit.extract.folding``; None if nothing to do), and the hashes it still needs."""
     request = backbone.fixed_weights or settings.weights
-    planned = planned_weights(request, settings.seed)
+    planned = planned_weights(request, settings.seed, backbone.fingerprint)
     if planned is None:
         planned = _auto_without_building(store, backbone, settings.seed, shas, settings.precision)
     if planned is not None:
