@@ -204,21 +204,32 @@ def test_onnx_encoder_embeds_like_a_plain_session_and_refuses_keras_only_paths(t
     assert code == 3 and "enc is not a Keras model" in err and "--precision bf16 cannot use it" in err
     code, _, err = tk(capsys, "export", "--backbone", "enc", "--store", store, "--out", tmp_path / "export")
     assert code != 0 and "enc is not a Keras model" in err
+    code, _, err = tk(capsys, "train", breakhis, "--backbone", "enc", "--store", tmp_path / "train.duckdb", "--epochs", "1")
+    assert code != 0 and "so tk train cannot use it" in err
 
 
-def test_onnx_token_output_pooled_cls_and_mean(tmp_path, breakhis, capsys):
+def test_onnx_token_output_pooled_cls_and_mean_on_centre_crops(tmp_path, breakhis, capsys):
+    """Two encoders of one input size, one cropping and one stretching the (non-square) images, in one run:
+    each gets its own pixels."""
     ort = pytest.importorskip("onnxruntime")
     model = make_onnx(tmp_path / "tokens.onnx", tokens=True)
-    assert tk(capsys, "encoders", "add", "tok", "--onnx", model, "--pooling", "cls+mean", "--prefix-tokens", "1")[0] == 0
+    pooled = make_onnx(tmp_path / "pooled.onnx")
+    assert tk(capsys, "encoders", "add", "tok", "--onnx", model, "--pooling", "cls+mean", "--prefix-tokens", "1",
+              "--resize", "center-crop")[0] == 0
+    assert tk(capsys, "encoders", "add", "flat", "--onnx", pooled)[0] == 0
     store = tmp_path / "tk.duckdb"
-    assert run(capsys, breakhis, store, "tok")[0] == 0
+    assert run(capsys, breakhis, store, "tok,flat")[0] == 0
     [vectors] = stored(store, "tok").values()
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     direct = {}
-    for sha, pixels in pixels_by_sha(breakhis).items():
+    for sha, pixels in pixels_by_sha(breakhis, "center-crop").items():
         tokens = session.run(None, {"pixels": normalised(pixels, 0.0, 1.0).transpose(2, 0, 1)[None]})[0][0]
         direct[sha] = np.concatenate([tokens[0], tokens[1:].mean(axis=0)])
     assert_same_embeddings(vectors, direct)
+    [flat] = stored(store, "flat").values()
+    session = ort.InferenceSession(str(pooled), providers=["CPUExecutionProvider"])
+    assert_same_embeddings(flat, {sha: session.run(None, {"pixels": normalised(p, 0.0, 1.0).transpose(2, 0, 1)[None]})[0][0]
+                                  for sha, p in pixels_by_sha(breakhis).items()})
 
 
 def test_keras_hub_encoder_embeds_like_the_keras_hub_backbone(tmp_path, breakhis, capsys):
@@ -253,6 +264,12 @@ def test_savedmodel_encoder_embeds_like_its_serving_signature(tmp_path, breakhis
     shas, pixels = zip(*pixels_by_sha(breakhis).items())
     direct = serve(image=tf.constant(normalised(np.stack(pixels), 0.0, 1.0)))["embedding"].numpy()  # inputs in [0, 1]
     assert_same_embeddings(vectors, dict(zip(shas, direct)))
+
+    code, out, err = tk(capsys, "export", "--backbone", "pathfm", "--store", store, "--out", tmp_path / "export",
+                        "--format", "tflite", "--json")
+    assert code == 0, err  # a Keras kind exports like a CNN: backbone + probe head, checked against Keras
+    [row] = json.loads(out)["export_parity"]
+    assert row["format"] == "tflite" and row["centred_cosine_mean"] > 0.999
 
 
 # -- embedding sets keyed by file and spec --------------------------------------------------------------

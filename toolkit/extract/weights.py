@@ -111,6 +111,8 @@ def build_model(backbone: Backbone, request: str, seed: int = 0) -> tuple[Any, R
     ``imagenet`` raises WeightsUnavailable when the weights cannot be had. A backbone with an
     ``extractor`` gives an ``ExternalModel`` of its weights file instead of a Keras model.
     """
+    if backbone.fixed_weights and request in WEIGHT_CHOICES:  # its weights apply whatever --weights says
+        request = backbone.fixed_weights
     if backbone.extractor is not None:
         return _external(backbone, request)
     tensorflow()
@@ -151,7 +153,8 @@ def _external(backbone: Backbone, request: str) -> tuple[Any, ResolvedWeights]:
     from toolkit.extract.external import ExternalModel, external_extractor
 
     if request in WEIGHT_CHOICES:
-        raise TkError(f"backbone {backbone.name} needs a weights file (--weights {request} does not apply to it)")
+        raise TkError(f"backbone {backbone.name} runs a weights file and names none; --weights {request} "
+                      "does not apply to it")
     resolved = file_weights(Path(request).expanduser(), backbone.fingerprint)
     model = ExternalModel(backbone.name, backbone.extractor(resolved.path))
     external_extractor(backbone, model)(np.zeros((1, *backbone.input_size, 3), np.uint8))  # its dim, before any image
