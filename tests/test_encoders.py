@@ -283,6 +283,13 @@ def test_a_changed_spec_or_file_starts_a_new_set_and_mixes_nothing(tmp_path, bre
     code, _, err = run(capsys, breakhis, store, "enc")
     assert code == 0 and "nothing to extract" in err  # same file, same spec: reused
     [first] = stored(store, "enc")
+    moved = tmp_path / "usb" / "enc.onnx"  # the stick mounted elsewhere: same bytes, same spec, same set
+    moved.parent.mkdir()
+    moved.write_bytes(model.read_bytes())
+    assert tk(capsys, "encoders", "add", "enc", "--onnx", moved, "--force")[0] == 0
+    code, _, err = run(capsys, breakhis, store, "enc")
+    assert code == 0 and "nothing to extract" in err
+    assert list(stored(store, "enc")) == [first]
 
     assert tk(capsys, "encoders", "add", "enc", "--onnx", model, "--mean", "0.5,0.5,0.5", "--force")[0] == 0
     code, _, err = run(capsys, breakhis, store, "enc")

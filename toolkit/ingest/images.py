@@ -108,9 +108,6 @@ def _float_to_rgb(array: np.ndarray) -> Image.Image:
     return Image.fromarray(scaled.astype(np.uint8)).convert("RGB")
 
 
-RESIZE_RULES = ("stretch", "center-crop")
-
-
 def _centre_box(image_size: tuple[int, int], size: tuple[int, int]) -> tuple[int, int, int, int]:
     """The largest centred box of ``image_size`` (width, height) with the aspect of ``size`` (height, width)."""
     width, height = image_size

@@ -120,7 +120,11 @@ def load_classifier(store: Store, registry: Registry, backbone_name: str, run_id
     if metadata["label"].isna().any():
         raise TkError("the classifier needs a label for every image of the run")
     head = fit_head(embeddings, metadata["label"].to_numpy(), seed)
-    request, weights_seed = request_for(kind, weights_id, store.weights_path(backbone_name, weights_id))
-    base, _ = build_model(backbone, request, weights_seed)
+    request, weights_seed = ((backbone.fixed_weights, 0) if backbone.fixed_weights else
+                             request_for(kind, weights_id, store.weights_path(backbone_name, weights_id)))
+    base, resolved = build_model(backbone, request, weights_seed)
+    if resolved.weights_id != weights_id:
+        raise TkError(f"{backbone_name}'s weights now resolve to {resolved.weights_id}, but run {run['run_id']} "
+                      f"embedded with {weights_id}; restore that file and spec, or run again")
     require_keras(backbone, base, "a classifier (tk export, tk explain, tk predict, Grad-CAM)")
     return Classifier(backbone, build_classifier(base, head), head, run["run_id"], weights_id, kind)

@@ -22,7 +22,8 @@ def embed_one(backbone: Backbone, image: Path, kind: str, weights_id: str, path:
               precision: str = "fp32", quantised: tuple[str, str] | None = None) -> np.ndarray:
     """Embed a single image with the weights and precision an embedding set was made with
     (``quantised``: the int8 model that made an int8 set)."""
-    request, seed = request_for(kind, weights_id, path)
+    # a backbone with fixed weights (an encoder's file, a variant's model) finds them itself, wherever they are now
+    request, seed = (backbone.fixed_weights, 0) if backbone.fixed_weights else request_for(kind, weights_id, path)
     model, resolved = build_model(backbone, request, seed)
     if resolved.weights_id != weights_id:
         raise TkError(f"weights now resolve to {resolved.weights_id}, but the store holds {weights_id}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -116,7 +117,7 @@ def add_encoder(name: str, kind: str, path: Path, preset: str | None = None, inp
     if known and dim != known.dim:
         raise TkError(f"{name}: the file gives {dim}-d embeddings but {known.model} documents {known.dim}-d "
                       f"({known.source}); is it the right file, or the right --preset?")
-    spec = EncoderSpec(**{**spec.__dict__, "pooling": chosen, "dim": dim}).checked(f"for {name}")
+    spec = replace(spec, pooling=chosen, dim=dim).checked(f"for {name}")
     write_spec(spec)
     return spec
 

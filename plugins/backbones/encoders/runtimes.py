@@ -8,6 +8,7 @@ and returns ``(n, dim)`` embeddings after the spec's pooling.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from typing import Any, Callable
 
 import numpy as np
@@ -16,6 +17,9 @@ from toolkit import TkError
 
 from toolkit.plugins.backbones.encoders.spec import EncoderSpec
 
+# ONNX Runtime on a CPU ran a ViT-S/16 ~10% faster in batches of 8 than of 32 (benchmarks/onnx_encoder.py,
+# docs/performance.md): tk's batches are cut into such chunks when the session runs on the CPU
+CPU_CHUNK = 8
 INSTALL = {"onnx": "pip install 'tk-embeddings[onnx]'", "keras-hub": "pip install 'tk-embeddings[keras-hub]'"}
 
 
@@ -37,13 +41,15 @@ def _missing(kind: str, exc: ImportError) -> TkError:
 
 
 def session_options(threads: int | None = None) -> Any:
-    """ONNX Runtime options tk uses: every graph optimisation, one intra-op thread per core (the
-    settings benchmarks/onnx_encoder.py compares)."""
+    """ONNX Runtime options tk uses: every graph optimisation, one intra-op thread per core, and threads
+    that sleep instead of spinning between operators: on a busy machine spinning threads fight the
+    decoding threads and other processes for the cores (benchmarks/onnx_encoder.py compares them)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads or os.cpu_count() or 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # warnings about unused initialisers are not the user's business
     return options
 
@@ -74,9 +80,13 @@ def onnx_runner(spec: EncoderSpec, path: str) -> Callable[[np.ndarray], np.ndarr
     if output not in outputs:
         raise TkError(f"{path} has no output {output!r}; its outputs are {', '.join(outputs)} (--output NAME)")
 
+    chunk = CPU_CHUNK if session.get_providers()[0] == "CPUExecutionProvider" else None
+
     def run(pixels: np.ndarray) -> np.ndarray:
         batch = np.ascontiguousarray(pixels.transpose(0, 3, 1, 2) if spec.layout == "nchw" else pixels, np.float32)
-        result = session.run([output], {input_name: batch})[0]
+        size = chunk or len(batch)
+        result = np.concatenate([session.run([output], {input_name: batch[i:i + size]})[0]
+                                 for i in range(0, len(batch), size)])
         return pool_tokens(np.asarray(result, np.float32), spec.pooling, spec.prefix_tokens)
 
     return run
@@ -136,7 +146,7 @@ def _savedmodel_output(spec: EncoderSpec, path: str, inputs: Any) -> Any:
 def probe_shape(spec: EncoderSpec, path: str) -> tuple[int, ...]:
     """The shape of the raw output (before pooling) for one blank image, as ``tk encoders add`` probes it."""
     blank = np.zeros((1, spec.input_size, spec.input_size, 3), np.float32)
-    raw = EncoderSpec(**{**spec.__dict__, "pooling": "as-is"})
+    raw = replace(spec, pooling="as-is")
     try:
         if spec.kind == "onnx":
             return tuple(onnx_runner(raw, path)(blank).shape)
