@@ -8,6 +8,7 @@ BUILTIN_PLUGINS = (
     "toolkit.plugins.backbones.resnet50",
     "toolkit.plugins.backbones.efficientnetb0",
     "toolkit.plugins.backbones.densenet201",
+    "toolkit.plugins.backbones.encoders",
     "toolkit.plugins.analyses.pca",
     "toolkit.plugins.analyses.ttest",
     "toolkit.plugins.analyses.anova",

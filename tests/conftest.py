@@ -57,6 +57,7 @@ def isolated_cache(tmp_path_factory, monkeypatch):
     """Keep the demo cache and plugin lookups away from the user's home and working directory."""
     monkeypatch.setenv("TK_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cache"))
     monkeypatch.setenv("TK_LOAD_PLUGINS", "")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path_factory.mktemp("config")))  # no user's encoders
 
 
 @pytest.fixture

@@ -50,7 +50,7 @@ def test_the_boundary_check_catches_every_form_of_import():
     assert plugin_imports("from toolkit.plugin.types import Analysis\nimport toolkit.pluginsx") == []
 
 
-HEAVY = ("pandas", "scipy.stats", "matplotlib", "tensorflow", "sklearn", "duckdb")
+HEAVY = ("pandas", "scipy.stats", "matplotlib", "tensorflow", "sklearn", "duckdb", "onnxruntime", "keras_hub")
 STARTUP_PROBE = """
 import json, sys, time
 from toolkit.cli import main

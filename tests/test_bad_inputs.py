@@ -56,7 +56,7 @@ def test_a_file_replaced_after_scanning_is_not_embedded_under_the_old_hash(tmp_p
     tile(rng, False).save(path)
     scanned, _ = scan([ImageRecord(path, "benign/a.png", "folders", "benign")], {})
     tile(rng, True).save(path)  # replaced between scanning and reading
-    dataset, errors = decoded_batches(scanned, [(32, 32)], batch_size=1, threads=1)
+    dataset, errors = decoded_batches(scanned, [((32, 32), "stretch")], batch_size=1, threads=1)
     [(index, ok, _pixels)] = list(dataset.as_numpy_iterator())
     assert not ok.any()
     assert errors[int(index[0])] == "changed since it was scanned; run again"

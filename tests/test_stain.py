@@ -292,7 +292,7 @@ def test_the_classifier_of_a_stained_run_reads_images_as_the_run_did(tmp_path):
     assert classifier.stain.stain_id == stain_normalisation.prepare("macenko", None, registry).stain_id
     image = sorted(data.rglob("*.png"))[3]
     step = stain_normalisation.prepare("macenko", None, registry)
-    expected = stain_normalisation.decode(image.read_bytes(), [(32, 32)], step)[0]
+    expected = stain_normalisation.decode(image.read_bytes(), [((32, 32), "stretch")], step)[0]
     np.testing.assert_array_equal(classifier.read(image), expected)
     assert np.abs(classifier.read(image).astype(int) - read_image(image, (32, 32))).mean() > 1
     described = classifier.metadata()["stain"]

@@ -42,6 +42,9 @@ def gradcam_gallery(context: AnalysisContext) -> list:
     if predictions.empty:
         raise SkipAnalysis("the probe made no patient-held-out predictions for label in this run")
     predictions = predictions[["image_id", "y_true", "y_pred", "class", "probability"]].reset_index(drop=True)
+    registered = context.registry.backbones.get(context.backbone or "") if context.registry else None
+    if registered is not None and not registered.gradcam_layer:  # before building a model for nothing
+        raise SkipAnalysis(f"backbone {context.backbone} declares no gradcam_layer (Grad-CAM needs a convolutional layer)")
     classifier = load_classifier(context.store, context.registry, context.backbone, context.run_id, context.seed)
     layer = classifier.backbone.gradcam_layer
     if not layer:

@@ -131,7 +131,7 @@ def build_app(plugins: list[str]) -> typer.Typer:
     @app.command()
     def run(
         data: Optional[Path] = typer.Argument(None, help="Image folder (BreakHis tree or one folder per class) or CSV manifest. Omit for the bundled demo."),
-        backbone: str = typer.Option("all", "--backbone", "-b", help="all, or a comma list of backbone names."),
+        backbone: str = typer.Option("all", "--backbone", "-b", help="all (the built-in CNNs and every encoder registered with `tk encoders add`), or a comma list of backbone names."),
         weights: str = typer.Option("auto", "--weights", "-w", help="auto | imagenet | random | PATH to a local weights file."),
         store: Path = typer.Option(Path("tk.duckdb"), "--store", help="DuckDB file that keeps every embedding and result."),
         out: Path = typer.Option(DEFAULT_REPORTS, "--out", help="Folder for the report and other exports."),

@@ -66,7 +66,7 @@ class EmbedActor:
             embedding_set = EmbeddingSet(backbone.name, job.shard_set.weights_id, backbone.dim, job.shard_set.precision)
             self.jobs.append((job, BackboneJob(backbone, embedding_set, None, set(),
                                                extract=_extractor(backbone, job, batch_size))))
-        self.sizes = sorted({backbone_job.backbone.input_size for _, backbone_job in self.jobs})
+        self.sizes = sorted({(b.backbone.input_size, b.backbone.resize) for _, b in self.jobs})
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list[Any]]:
         from toolkit.extract.memory import release_free_memory
@@ -83,7 +83,7 @@ class EmbedActor:
             rows = [k for k, sha in enumerate(shas) if job.table in wanted[k] and sha not in unreadable]
             if not rows:
                 continue
-            size = self.sizes.index(backbone_job.backbone.input_size)
+            size = self.sizes.index((backbone_job.backbone.input_size, backbone_job.backbone.resize))
             pixels = np.stack([decoded[k][size] for k in rows])
             started = time.perf_counter()
             out = embed_padded(backbone_job.extract, pixels, self.batch_size)
@@ -100,11 +100,11 @@ class EmbedActor:
 
     def _decode(self, path: str, sha256: str) -> list[np.ndarray] | str:
         """The image at every input size, or why it cannot be embedded."""
-        from toolkit.ingest.images import UnreadableImage, load_rgb, read_verified
+        from toolkit.extract.stain import decode
+        from toolkit.ingest.images import UnreadableImage, read_verified
 
         try:
-            data = read_verified(path, sha256)
-            return [load_rgb(data, size) for size in self.sizes]
+            return decode(read_verified(path, sha256), self.sizes, None)
         except UnreadableImage as exc:
             return str(exc)
 

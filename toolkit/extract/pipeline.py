@@ -41,7 +41,8 @@ class BackboneJob:
 
 def make_extractor(backbone: Backbone, model: Any, batch_size: int,
                    fold: bool = False) -> Callable[[np.ndarray], np.ndarray]:
-    """A graph-mode function with one fixed input shape (no retracing): uint8 batch -> embeddings.
+    """A graph-mode function with one fixed input shape (no retracing): uint8 batch -> embeddings
+    (for a backbone with an ``extractor``, its function on the preprocessed batch in numpy).
 
     ``fold`` first merges each batch norm into the convolution before it (``toolkit.extract.folding``; the
     same embeddings, 1.05-1.26x faster, ``model`` itself unchanged). ``tk run`` folds its models
@@ -49,6 +50,10 @@ def make_extractor(backbone: Backbone, model: Any, batch_size: int,
     parity images) leave it off.
     """
     tf = tensorflow()
+    from toolkit.extract.external import ExternalModel, external_extractor
+
+    if isinstance(model, ExternalModel):
+        return external_extractor(backbone, model)
     if fold:
         from toolkit.extract.folding import fold_batch_norm
 
@@ -91,9 +96,9 @@ def embed_padded(extract: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray
     return np.concatenate(chunks)
 
 
-def decoded_batches(images: list[ScannedImage], sizes: list[tuple[int, int]], batch_size: int,
+def decoded_batches(images: list[ScannedImage], sizes: list[tuple[tuple[int, int], str]], batch_size: int,
                     threads: int, stain: StainStep | None = None) -> Any:
-    """A tf.data pipeline yielding (indices, ok flags, one uint8 batch per input size).
+    """A tf.data pipeline yielding (indices, ok flags, one uint8 batch per (input size, resize rule)).
 
     Each file is read once and decoded from the bytes whose sha256 matches the scanned one; a file
     changed since the scan is not decoded (its error says so). ``stain`` normalises each image once,
@@ -111,12 +116,12 @@ def decoded_batches(images: list[ScannedImage], sizes: list[tuple[int, int]], ba
             return (np.bool_(True), *arrays)
         except UnreadableImage as exc:
             errors[index] = str(exc)
-            return (np.bool_(False), *[np.zeros((*size, 3), np.uint8) for size in sizes])
+            return (np.bool_(False), *[np.zeros((*size, 3), np.uint8) for size, _ in sizes])
 
     def tf_decode(index: tf.Tensor) -> tuple[tf.Tensor, ...]:
         out = tf.numpy_function(decode, [index], [tf.bool, *[tf.uint8] * len(sizes)], stateful=False)
         shaped = [out[0]]
-        for tensor, size in zip(out[1:], sizes):
+        for tensor, (size, _) in zip(out[1:], sizes):
             tensor.set_shape((*size, 3))
             shaped.append(tensor)
         return (index, *shaped)
@@ -141,7 +146,7 @@ def extract(images: list[ScannedImage], jobs: list[BackboneJob], writer: Embeddi
     batch holds a NaN or infinite vector stores none of it, gets its ``error`` and embeds no more.
     """
     threads = threads or max(2, os.cpu_count() or 2)
-    sizes = sorted({job.backbone.input_size for job in jobs})
+    sizes = sorted({(job.backbone.input_size, job.backbone.resize) for job in jobs})
     for job in jobs:
         if job.extract is None:  # a lowered-precision job brings its own (toolkit.extract.precision)
             job.extract = make_extractor(job.backbone, job.model, batch_size)
@@ -159,7 +164,7 @@ def extract(images: list[ScannedImage], jobs: list[BackboneJob], writer: Embeddi
             rows = [k for k, image in enumerate(batch_images) if ok[k] and image.sha256 in job.needed]
             if not rows or job.error:
                 continue
-            pixels = pixel_batches[sizes.index(job.backbone.input_size)][rows]
+            pixels = pixel_batches[sizes.index((job.backbone.input_size, job.backbone.resize))][rows]
             started = time.perf_counter()
             out = job.extract(_pad(pixels, batch_size))[: len(rows)]
             job.seconds += time.perf_counter() - started

@@ -152,9 +152,11 @@ def lower(backbone: Backbone, model: Any, resolved: ResolvedWeights, precision: 
     so far: it is reused, so that one set never holds vectors of two quantised models.
     """
     from toolkit.extract.conversion import calibration_sample
+    from toolkit.extract.external import require_keras
 
     if precision == "fp32":
         return Lowered(precision, extractor_at(backbone, model, precision, batch_size))
+    require_keras(backbone, model, f"--precision {precision}")
     n_calibration = N_CALIBRATION if precision == "int8" else 0
     calibration, held_out = calibration_sample(contents, backbone.input_size, seed, n_calibration, N_PARITY)
     if precision == "int8":

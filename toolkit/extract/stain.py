@@ -90,21 +90,23 @@ class StainStep:
         return out
 
 
-def decode(data: bytes | str | Path, sizes: list[tuple[int, int]], step: StainStep | None) -> list[np.ndarray]:
-    """One image decoded for each of ``sizes``: normalised once, at its own size, when ``step`` is given."""
+def decode(data: bytes | str | Path, sizes: list[tuple[tuple[int, int], str]],
+           step: StainStep | None) -> list[np.ndarray]:
+    """One image decoded for each (input size, resize rule) of ``sizes``: normalised once, at its own
+    size, when ``step`` is given."""
     if step is None:
-        return [load_rgb(data, size) for size in sizes]
+        return [load_rgb(data, size, rule) for size, rule in sizes]
     normalised = step.normalise(load_rgb(data, None))
-    return [resize_rgb(normalised, size) for size in sizes]
+    return [resize_rgb(normalised, size, rule) for size, rule in sizes]
 
 
-def read_normalised(path: Path, size: tuple[int, int], step: StainStep | None) -> np.ndarray:
-    """A query image file for a model input ``size``, normalised like the set it is compared with;
-    errors are one line naming the file."""
+def read_normalised(path: Path, size: tuple[int, int], step: StainStep | None, resize: str = "stretch") -> np.ndarray:
+    """A query image file for a model input ``size`` (resized by the backbone's ``resize`` rule),
+    normalised like the set it is compared with; errors are one line naming the file."""
     if step is None:
-        return read_image(path, size)
+        return read_image(path, size, resize)
     try:
-        return resize_rgb(step.normalise(read_image(path, None)), size)
+        return resize_rgb(step.normalise(read_image(path, None)), size, resize)
     except UnreadableImage as exc:
         raise TkError(f"{path}: {exc}") from exc
 

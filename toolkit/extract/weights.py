@@ -1,7 +1,9 @@
 """Choosing and loading a backbone's weights: auto, imagenet, random (seeded) or a local file.
 
 The identity of the weights (``weights_id``) keys the embedding set in the store, so different
-weights never mix: ``imagenet``, ``random-seed<N>`` or ``file-<sha256 prefix>``.
+weights never mix: ``imagenet``, ``random-seed<N>`` or ``file-<sha256 prefix>``, followed by
+``-spec<fingerprint prefix>`` for a backbone with a ``fingerprint`` (an encoder's preprocessing and
+pooling). A weights folder (a Keras-Hub preset, a SavedModel) is hashed file by file.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from typing import Any
 
 from toolkit.errors import TkError
 from toolkit.plugin.types import Backbone
-from toolkit.ingest.scan import sha256_file
+from toolkit.ingest.scan import sha256_path
 from toolkit.extract.tfimport import tensorflow
 
 WEIGHT_CHOICES = ("auto", "imagenet", "random")
@@ -63,15 +65,17 @@ def random_weights(seed: int) -> ResolvedWeights:
     return ResolvedWeights("random", f"random-seed{seed}")
 
 
-def file_weights(path: Path) -> ResolvedWeights:
-    if not path.is_file():
+def file_weights(path: Path, fingerprint: str = "") -> ResolvedWeights:
+    """The weights of a local file or folder; ``fingerprint`` (the backbone's) joins its identity."""
+    if not path.exists():
         raise TkError(f"weights file {path} does not exist; give a .h5/.weights.h5/.keras file, "
                       "or --weights auto|imagenet|random")
-    sha = sha256_file(path)
-    return ResolvedWeights("file", f"file-{sha[:16]}", sha, str(path.resolve()))
+    sha = sha256_path(path)
+    spec = f"-spec{fingerprint[:8]}" if fingerprint else ""
+    return ResolvedWeights("file", f"file-{sha[:16]}{spec}", sha, str(path.resolve()))
 
 
-def planned_weights(request: str, seed: int) -> ResolvedWeights | None:
+def planned_weights(request: str, seed: int, fingerprint: str = "") -> ResolvedWeights | None:
     """The weights a request will give, when that is known without building the model."""
     if request == "random":
         return random_weights(seed)
@@ -79,7 +83,7 @@ def planned_weights(request: str, seed: int) -> ResolvedWeights | None:
         return ResolvedWeights("imagenet", "imagenet")
     if request == "auto":
         return None
-    return file_weights(Path(request).expanduser())
+    return file_weights(Path(request).expanduser(), fingerprint)
 
 
 def request_for(kind: str, weights_id: str, path: str | None) -> tuple[str, int]:
@@ -87,7 +91,7 @@ def request_for(kind: str, weights_id: str, path: str | None) -> tuple[str, int]
     if kind == "random":
         return "random", int(weights_id.removeprefix("random-seed") or 0)
     if kind == "file":
-        if not path or not Path(path).is_file():
+        if not path or not Path(path).exists():
             raise TkError(f"the weights file of the stored embeddings ({path}) is gone; restore it to embed new images")
         return path, 0
     return "imagenet", 0
@@ -104,8 +108,13 @@ def build_model(backbone: Backbone, request: str, seed: int = 0) -> tuple[Any, R
     """Build ``backbone`` with the requested weights; returns (Keras model, what was used).
 
     ``auto`` tries ImageNet and falls back to seeded random weights with a warning in ``note``;
-    ``imagenet`` raises WeightsUnavailable when the weights cannot be had.
+    ``imagenet`` raises WeightsUnavailable when the weights cannot be had. A backbone with an
+    ``extractor`` gives an ``ExternalModel`` of its weights file instead of a Keras model.
     """
+    if backbone.fixed_weights and request in WEIGHT_CHOICES:  # its weights apply whatever --weights says
+        request = backbone.fixed_weights
+    if backbone.extractor is not None:
+        return _external(backbone, request)
     tensorflow()
     if request == "random":
         _seeded(seed)
@@ -123,7 +132,7 @@ def build_model(backbone: Backbone, request: str, seed: int = 0) -> tuple[Any, R
             resolved = random_weights(seed)
             return _checked(backbone, backbone.build(None)), ResolvedWeights(
                 resolved.kind, resolved.weights_id, note=note)
-    resolved = file_weights(Path(request).expanduser())
+    resolved = file_weights(Path(request).expanduser(), backbone.fingerprint)
     if request.endswith(".keras"):
         import keras
 
@@ -135,6 +144,21 @@ def build_model(backbone: Backbone, request: str, seed: int = 0) -> tuple[Any, R
             raise TkError(f"weights file {request} does not fit {backbone.name}: {str(exc).splitlines()[0]}; "
                           "give the notop weights of this architecture") from exc
     return _checked(backbone, model), resolved
+
+
+def _external(backbone: Backbone, request: str) -> tuple[Any, ResolvedWeights]:
+    """The ExternalModel of ``backbone``'s weights file, checked on one blank image."""
+    import numpy as np
+
+    from toolkit.extract.external import ExternalModel, external_extractor
+
+    if request in WEIGHT_CHOICES:
+        raise TkError(f"backbone {backbone.name} runs a weights file and names none; --weights {request} "
+                      "does not apply to it")
+    resolved = file_weights(Path(request).expanduser(), backbone.fingerprint)
+    model = ExternalModel(backbone.name, backbone.extractor(resolved.path))
+    external_extractor(backbone, model)(np.zeros((1, *backbone.input_size, 3), np.uint8))  # its dim, before any image
+    return model, resolved
 
 
 def _build_imagenet(backbone: Backbone) -> Any:

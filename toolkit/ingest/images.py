@@ -108,17 +108,37 @@ def _float_to_rgb(array: np.ndarray) -> Image.Image:
     return Image.fromarray(scaled.astype(np.uint8)).convert("RGB")
 
 
-def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def _centre_box(image_size: tuple[int, int], size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The largest centred box of ``image_size`` (width, height) with the aspect of ``size`` (height, width)."""
+    width, height = image_size
+    scale = min(width / size[1], height / size[0])
+    crop_w, crop_h = max(1, round(size[1] * scale)), max(1, round(size[0] * scale))
+    left, top = (width - crop_w) // 2, (height - crop_h) // 2
+    return left, top, left + crop_w, top + crop_h
+
+
+def resize_rgb(rgb: np.ndarray, size: tuple[int, int], resize: str = "stretch") -> np.ndarray:
     """A uint8 RGB array resized to ``size`` = (height, width) the way ``load_rgb`` resizes."""
+    image = Image.fromarray(rgb)
+    return np.asarray(_resized(image, size, resize), dtype=np.uint8)
+
+
+def _resized(image: Image.Image, size: tuple[int, int], resize: str) -> Image.Image:
+    """``image`` cut to the largest centred box of ``size``'s aspect (``center-crop``) and resized to
+    ``size`` = (height, width)."""
     height, width = size
-    if rgb.shape[:2] == (height, width):
-        return rgb
-    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BILINEAR), dtype=np.uint8)
+    if resize == "center-crop":
+        image = image.crop(_centre_box(image.size, size))
+    if image.size != (width, height):
+        image = image.resize((width, height), Image.Resampling.BILINEAR)
+    return image
 
 
-def load_rgb(path: Path | str | bytes, size: tuple[int, int] | None) -> np.ndarray:
+def load_rgb(path: Path | str | bytes, size: tuple[int, int] | None, resize: str = "stretch") -> np.ndarray:
     """Decode ``path`` (or a file's bytes), turned as its EXIF orientation says (as every viewer shows it),
-    and resize it to ``size`` = (height, width), or keep its own size for None; uint8 array (h, w, 3)."""
+    and resize it to ``size`` = (height, width), or keep its own size for None; uint8 array (h, w, 3).
+    ``resize="center-crop"`` first cuts out the largest centred box of that aspect (torchvision's
+    Resize + CenterCrop)."""
     source = io.BytesIO(path) if isinstance(path, bytes) else path
     try:
         with Image.open(source) as image:
@@ -127,8 +147,8 @@ def load_rgb(path: Path | str | bytes, size: tuple[int, int] | None) -> np.ndarr
                 image.draft("RGB", (size[0], size[1]) if turn >= 5 else (size[1], size[0]))
             image.load()
             rgb = to_rgb(ImageOps.exif_transpose(image) if turn != 1 else image)
-            if size is not None and rgb.size != (size[1], size[0]):
-                rgb = rgb.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+            if size is not None:
+                rgb = _resized(rgb, size, resize)
             return np.asarray(rgb, dtype=np.uint8)
     except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise UnreadableImage(_describe(exc)) from exc
@@ -136,10 +156,10 @@ def load_rgb(path: Path | str | bytes, size: tuple[int, int] | None) -> np.ndarr
         raise UnreadableImage(f"cannot decode ({exc}); the file is damaged: copy or export it again") from exc
 
 
-def read_image(path: Path | str, size: tuple[int, int] | None) -> np.ndarray:
+def read_image(path: Path | str, size: tuple[int, int] | None, resize: str = "stretch") -> np.ndarray:
     """Check and decode one image file for a model input ``size``, or raise a one-line TkError naming it."""
     try:
         read_size(Path(path))
-        return load_rgb(path, size)
+        return load_rgb(path, size, resize)
     except (UnreadableImage, FileNotFoundError) as exc:
         raise TkError(f"{path}: {exc}") from exc

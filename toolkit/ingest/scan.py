@@ -45,6 +45,21 @@ def sha256_file(path: Path | str, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def sha256_path(path: Path | str) -> str:
+    """Hex sha256 of a file's bytes, or of a folder's files: every file below it that is not hidden
+    (no part of its relative path starts with ``.``, so a hub's ``.cache`` is left out), as sorted
+    (relative path, file sha256) pairs."""
+    path = Path(path)
+    if not path.is_dir():
+        return sha256_file(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        relative = file.relative_to(path).as_posix()
+        if not any(part.startswith(".") for part in relative.split("/")):
+            digest.update(f"{relative}\0{sha256_file(file)}\n".encode())
+    return digest.hexdigest()
+
+
 def _scan_one(record: ImageRecord, known: KnownFile | None) -> ScannedImage | SkippedFile:
     try:
         stat = os.stat(record.path)

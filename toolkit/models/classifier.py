@@ -20,6 +20,7 @@ from toolkit.plugin.types import Backbone
 from toolkit.plugin.registry import Registry
 from toolkit.store import EmbeddingSet, Store
 from toolkit.analysis.evaluation import C_DEFAULT, SOLVER_MAX_ITER, SOLVER_TOL
+from toolkit.extract.external import require_keras
 from toolkit.extract.weights import build_model, request_for
 from toolkit.models.variants import find_backbone
 
@@ -100,12 +101,14 @@ class Classifier:
         height, width = self.backbone.input_size
         found = {"backbone": self.backbone.name, "classes": self.head.classes, "run_id": self.run_id,
                  "weights_id": self.weights_id, "weights_kind": self.weights_kind, "input": {"height": height, "width": width,
-                                                          "channels": 3, "range": "RGB 0..255"}}
+                                                          "channels": 3, "range": "RGB 0..255",
+                                                          "resize": self.backbone.resize}}
         return {**found, "stain": stain_normalisation.describe(self.stain)} if self.stain else found
 
     def read(self, image: Path | str) -> np.ndarray:
         """An image file as this classifier's input: resized, and stain-normalised as its run's images were."""
-        return stain_normalisation.read_normalised(Path(image), self.backbone.input_size, self.stain)
+        return stain_normalisation.read_normalised(Path(image), self.backbone.input_size, self.stain,
+                                                   self.backbone.resize)
 
     def predict(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         """Outputs for a uint8/float batch of raw RGB pixels (n, h, w, 3)."""
@@ -129,7 +132,12 @@ def load_classifier(store: Store, registry: Registry, backbone_name: str, run_id
     if metadata["label"].isna().any():
         raise TkError("the classifier needs a label for every image of the run")
     head = fit_head(embeddings, metadata["label"].to_numpy(), seed)
-    request, weights_seed = request_for(kind, weights_id, store.weights_path(backbone_name, weights_id))
-    base, _ = build_model(backbone, request, weights_seed)
+    request, weights_seed = ((backbone.fixed_weights, 0) if backbone.fixed_weights else
+                             request_for(kind, weights_id, store.weights_path(backbone_name, weights_id)))
+    base, resolved = build_model(backbone, request, weights_seed)
+    if resolved.weights_id != weights_id:
+        raise TkError(f"{backbone_name}'s weights now resolve to {resolved.weights_id}, but run {run['run_id']} "
+                      f"embedded with {weights_id}; restore that file and spec, or run again")
+    require_keras(backbone, base, "a classifier (tk export, tk explain, tk predict, Grad-CAM)")
     stain = stain_normalisation.for_set(store, registry, row.get("stain") or stain_normalisation.NONE)
     return Classifier(backbone, build_classifier(base, head), head, run["run_id"], weights_id, kind, stain)

@@ -97,7 +97,7 @@ def predict(model: Path, images: list[Path], registry: Registry | None = None) -
     stain = stain_normalisation.restore(meta["stain"], registry or load_registry()) if meta.get("stain") else None
     predictions = []
     for image in images:
-        pixels = stain_normalisation.read_normalised(image, size, stain)[None]
+        pixels = stain_normalisation.read_normalised(image, size, stain, meta["input"].get("resize", "stretch"))[None]
         started = time.perf_counter()
         probabilities = run(pixels)["probabilities"][0]
         latency = (time.perf_counter() - started) * 1000

@@ -24,14 +24,15 @@ def embed_one(backbone: Backbone, image: Path, kind: str, weights_id: str, path:
               stain: stain_normalisation.StainStep | None = None) -> np.ndarray:
     """Embed a single image with the weights, precision and stain normalisation an embedding set was
     made with (``quantised``: the int8 model that made an int8 set)."""
-    request, seed = request_for(kind, weights_id, path)
+    # a backbone with fixed weights (an encoder's file, a variant's model) finds them itself, wherever they are now
+    request, seed = (backbone.fixed_weights, 0) if backbone.fixed_weights else request_for(kind, weights_id, path)
     model, resolved = build_model(backbone, request, seed)
     if resolved.weights_id != weights_id:
         raise TkError(f"weights now resolve to {resolved.weights_id}, but the store holds {weights_id}")
     extract, warning = query_extractor(backbone, model, precision, quantised)
     if warning:
         console.warn(warning)
-    pixels = stain_normalisation.read_normalised(image, backbone.input_size, stain)
+    pixels = stain_normalisation.read_normalised(image, backbone.input_size, stain, backbone.resize)
     return embed_padded(extract, pixels[None], 1)[0]
 
 

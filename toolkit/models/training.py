@@ -230,6 +230,7 @@ def _seed_everything(seed: int) -> None:
 def train_one(store_path: Path, backbone: Backbone, data: TrainingData, settings: TrainSettings,
               ablation_id: str | None = None) -> TrainOutcome:
     """Train, evaluate on held-out patients, save and register one variant; every step is stored."""
+    from toolkit.extract.external import require_keras
     from toolkit.extract.weights import build_model
 
     train_id = new_train_id()
@@ -239,6 +240,7 @@ def train_one(store_path: Path, backbone: Backbone, data: TrainingData, settings
     try:
         _seed_everything(settings.seed)
         base, resolved = build_model(backbone, settings.weights, settings.seed)
+        require_keras(backbone, base, "tk train")
         if resolved.note:
             console.warn(resolved.note)
         spread = probe_spread(base, backbone.preprocess, data.pixels[np.flatnonzero(~data.val)[:PROBED_IMAGES]])

@@ -33,8 +33,18 @@ class Backbone:
     :param input_size: ``(height, width)`` the images are resized to.
     :param gradcam_layer: name of the last convolutional layer (read by Grad-CAM).
     :param imagenet: whether ``build("imagenet")`` is supported.
-    :param fixed_weights: a weights file that always applies, whatever ``--weights`` says (e.g. a
-        fine-tuned variant's ``.keras`` model); its sha256 identifies the embedding set.
+    :param fixed_weights: a weights file (or folder) that always applies, whatever ``--weights`` says
+        (e.g. a fine-tuned variant's ``.keras`` model); its sha256 identifies the embedding set.
+    :param extractor: for a network that is not a Keras model (an ONNX graph, say):
+        ``extractor(weights)`` returns a function from a preprocessed float32 numpy batch
+        ``(n, height, width, 3)`` to ``(n, dim)`` embeddings, and ``build`` is not called to embed.
+        Such a backbone embeds in fp32 only; Grad-CAM, ``tk train`` and the model exporters, which
+        need a Keras model, refuse it with one line.
+    :param fingerprint: what decides the embeddings besides the weights (an encoder's preprocessing
+        and pooling, hashed); it is part of the embedding set's weights id, so changing it starts a
+        new set.
+    :param resize: how an image becomes ``input_size``: ``"stretch"`` (the whole image resized) or
+        ``"center-crop"`` (the shorter side resized to fit, then the centre cut out).
     """
 
     name: str
@@ -46,6 +56,9 @@ class Backbone:
     imagenet: bool = True
     description: str = ""
     fixed_weights: str | None = None
+    extractor: Callable[[str | None], Callable[[Any], Any]] | None = None
+    fingerprint: str = ""
+    resize: str = "stretch"
 
 
 @dataclass(frozen=True)

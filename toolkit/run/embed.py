@@ -155,7 +155,7 @@ def _plan_backbone(store: Store, backbone: Backbone, settings: RunSettings, shas
     folded, ``toolkit.extract.folding``; None if nothing to do or not ``build``), and the hashes it
     still needs."""
     request = backbone.fixed_weights or settings.weights
-    planned = planned_weights(request, settings.seed)
+    planned = planned_weights(request, settings.seed, backbone.fingerprint)
     if planned is None:
         planned = _auto_without_building(store, backbone, settings.seed, shas, settings.precision, stain)
     if planned is not None:
