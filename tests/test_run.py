@@ -187,3 +187,15 @@ def test_progress_fits_80_columns_and_covers_the_analyses(tmp_path, breakhis):
     assert "32/32" in embedding and "img/s" in embedding and embedding.count("0:00:") == 2, embedding
     assert "2/2" in analysing and "step/s" in analysing, analysing
     assert max(len(line) for line in (embedding, analysing)) <= 80
+
+
+def test_an_analysis_skipped_for_the_same_reason_on_every_backbone_is_one_line(tmp_path, breakhis):
+    """``clinical`` skips on every backbone of a run without clinical variables: one line naming the
+    backbones, not one long line per backbone."""
+    extra = TINY.parent / "extra_plugin.py"
+    result = run_tk("run", breakhis, "--backbone", "tiny,micro", "--weights", "random", "--analysis", "clinical",
+                    "--export", "none", "--store", tmp_path / "tk.duckdb", "--plugin", TINY, "--plugin", extra)
+    assert result.exit_code == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith("analysis clinical")]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("analysis clinical on tiny, micro skipped: the run has no clinical variables")

@@ -154,6 +154,7 @@ def _analyse(store: Store, registry: Registry, settings: RunSettings, run_id: st
              analyses: list[Analysis], chosen: dict[str, dict[str, Any]], log: RunLog) -> None:
     """Run the analyses, saying which failed or were skipped and which reused earlier results."""
     reused: set[str] = set()
+    skipped: dict[tuple[str, str], list[str]] = {}  # (analysis, why) -> backbones: one line for all of them
 
     def on_outcome(outcome: Outcome) -> None:
         if outcome.reused_from:
@@ -162,13 +163,15 @@ def _analyse(store: Store, registry: Registry, settings: RunSettings, run_id: st
             log.failures.append(f"analysis {outcome.analysis} ({outcome.backbone}): {outcome.message}")
             console.error(f"analysis {outcome.analysis} on {outcome.backbone} failed: {outcome.message}")
         elif outcome.status == "skipped":
-            console.info(f"analysis {outcome.analysis} on {outcome.backbone} skipped: {outcome.message}")
+            skipped.setdefault((outcome.analysis, outcome.message), []).append(outcome.backbone)
 
     console.info(f"running {len(analyses)} analyses on {len(sets)} backbone(s)")
     steps = sum(1 if a.needs.all_backbones else len(sets) for a in analyses)
     with console.progress("analysing", steps, unit="step") as advance:
         run_analyses(store, run_id, sets, analyses, chosen, settings.seed, registry, settings.analysis_timeout,
                      lambda outcome: (on_outcome(outcome), advance(1)))
+    for (analysis, why), backbones in skipped.items():
+        console.info(f"analysis {analysis} on {', '.join(backbones)} skipped: {why}")
     if reused:
         console.info(f"analyses whose code, data and settings were unchanged reused the results of run(s) "
                      f"{', '.join(sorted(reused))}")

@@ -15,6 +15,7 @@ import numpy as np
 
 from toolkit import TkError
 
+from toolkit.extract.tfimport import tensorflow
 from toolkit.plugins.backbones.encoders.spec import EncoderSpec
 
 # ONNX Runtime on a CPU ran a ViT-S/16 ~10% faster in batches of 8 than of 32 (benchmarks/onnx_encoder.py,
@@ -94,6 +95,7 @@ def onnx_runner(spec: EncoderSpec, path: str) -> Callable[[np.ndarray], np.ndarr
 
 def keras_model(spec: EncoderSpec, path: str) -> Any:
     """A Keras model: preprocessed NHWC batch -> pooled ``(n, dim)`` embeddings (Keras-Hub or SavedModel)."""
+    tensorflow()  # TensorFlow first, without its start-up chatter on stderr
     import keras
 
     size = (spec.input_size, spec.input_size, 3)
@@ -173,8 +175,7 @@ def model_input_size(kind: str, path: str, signature: str = "serving_default") -
         size = json.loads(config.read_text()).get("image_size") if config.is_file() else None
         sides = [size, size] if isinstance(size, int) else []
     else:
-        import tensorflow as tf
-
+        tf = tensorflow()
         try:
             specs = tf.saved_model.load(path).signatures[signature].structured_input_signature[1]
         except (KeyError, OSError, ValueError):
