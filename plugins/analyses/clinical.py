@@ -11,6 +11,7 @@ accuracy with a patient-bootstrap interval, against chance).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -254,12 +255,17 @@ def _probe_finding(row: dict) -> Finding:
     return Finding(text, detail={"variable": row["variable"], "model": row["model"], "value": row["value"]})
 
 
+def _panels(n: int, height: float) -> tuple[Any, np.ndarray]:
+    """A figure of ``n`` panels side by side, one per clinical column."""
+    figure, _ = new_figure(3.0 * n, height)
+    figure.clf()
+    return figure, figure.subplots(1, n, squeeze=False)[0]
+
+
 def _top_figure(backbone: str | None, main: pd.DataFrame) -> Figure:
     """The features of largest |rho| for each numeric column (first ``SHOWN_VARIABLES``)."""
     variables = list(dict.fromkeys(main["variable"]))[:SHOWN_VARIABLES]
-    figure, _ = new_figure(3.0 * len(variables), 3.2)
-    figure.clf()
-    grid = figure.subplots(1, len(variables), squeeze=False)[0]
+    figure, grid = _panels(len(variables), 3.2)
     for axis, name in zip(grid, variables):
         rows = main[main["variable"] == name]
         top = rows.loc[rows["rho"].abs().sort_values(ascending=False).index[:TOP_FEATURES]]
@@ -287,9 +293,7 @@ def _pc_scatter(backbone: str | None, units: Units, components: np.ndarray, rati
                 pcs: pd.DataFrame) -> Figure:
     """Each numeric column against its most correlated principal component, one point per unit."""
     variables = list(dict.fromkeys(pcs["variable"]))[:SHOWN_VARIABLES]
-    figure, _ = new_figure(3.0 * len(variables), 3.0)
-    figure.clf()
-    grid = figure.subplots(1, len(variables), squeeze=False)[0]
+    figure, grid = _panels(len(variables), 3.0)
     for axis, name in zip(grid, variables):
         rows = pcs[pcs["variable"] == name]
         best = rows.loc[rows["rho"].abs().fillna(-1).idxmax()]
