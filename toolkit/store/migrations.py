@@ -234,7 +234,13 @@ def m010_stain(con: duckdb.DuckDBPyConnection) -> None:
 
 def m011_shards(con: duckdb.DuckDBPyConnection) -> None:
     """The Parquet shards already ingested (``toolkit.store.shards``), so that a run reads each once."""
-    con.execute("""CREATE TABLE ingested_shards (
+    create_ingested_shards(con)
+
+
+def create_ingested_shards(con: duckdb.DuckDBPyConnection, temporary: bool = False) -> None:
+    """The table of ``m011_shards``; ``temporary`` makes it in the connection's memory (the stand-in
+    for a read-only store written before m011, ``toolkit.store.stand_ins``)."""
+    con.execute(f"""CREATE {"TEMP " if temporary else ""}TABLE ingested_shards (
         shard VARCHAR NOT NULL,
         table_name VARCHAR NOT NULL,
         ingested_at TIMESTAMP DEFAULT current_timestamp,

@@ -22,7 +22,7 @@ import secrets
 from typing import Any, Callable
 
 from toolkit.errors import TkError
-from toolkit.store.migrations import MIGRATIONS, RUN_IMAGE_COLUMNS, create_clinical_tables
+from toolkit.store.migrations import MIGRATIONS, RUN_IMAGE_COLUMNS, create_clinical_tables, create_ingested_shards
 
 
 def _secret_for_this_process(con: Any) -> None:
@@ -30,11 +30,16 @@ def _secret_for_this_process(con: Any) -> None:
     con.execute("INSERT INTO store_secrets VALUES ('report_pseudonyms', ?)", [secrets.token_hex(32)])
 
 
-def _run_images_from_images(con: Any) -> None:
+def _stored(con: Any, table: str) -> str:
+    """``table`` as the store file holds it, past any temporary stand-in of the same name."""
     database = con.execute("SELECT current_database()").fetchone()[0].replace('"', '""')
+    return f'"{database}".main.{table}'
+
+
+def _run_images_from_images(con: Any) -> None:
     columns = ", ".join(f"i.{column}" for column in RUN_IMAGE_COLUMNS)
     con.execute(f"""CREATE TEMP TABLE run_images AS SELECT r.run_id, r.image_id, {columns}
-                    FROM "{database}".main.run_images r LEFT JOIN "{database}".main.images i USING (image_id)""")
+                    FROM {_stored(con, "run_images")} r LEFT JOIN {_stored(con, "images")} i USING (image_id)""")
 
 
 def _no_clinical_variables(con: Any) -> None:
@@ -42,15 +47,12 @@ def _no_clinical_variables(con: Any) -> None:
 
 
 def _no_stain_normalisation(con: Any) -> None:
-    database = con.execute("SELECT current_database()").fetchone()[0].replace('"', '""')
     for table in ("embedding_sets", "run_backbones"):
-        con.execute(f"""CREATE TEMP TABLE {table} AS SELECT *, 'none'::VARCHAR AS stain
-                        FROM "{database}".main.{table}""")
-
+        con.execute(f"CREATE TEMP TABLE {table} AS SELECT *, 'none'::VARCHAR AS stain FROM {_stored(con, table)}")
 
 
 def _no_shards_ingested(con: Any) -> None:
-    con.execute("CREATE TEMP TABLE ingested_shards (shard VARCHAR, table_name VARCHAR, ingested_at TIMESTAMP)")
+    create_ingested_shards(con, temporary=True)
 
 
 STAND_INS: dict[str, Callable[[Any], None]] = {"m007_store_secrets": _secret_for_this_process,
