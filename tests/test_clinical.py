@@ -4,6 +4,7 @@ stored per run and analysed (grouping of ttest/anova, Spearman + BH, the patient
 from __future__ import annotations
 
 import csv
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -273,9 +274,13 @@ def test_anova_factors_take_clinical_columns(clinical_run):
     con = duckdb.connect(str(clinical_run.store), read_only=True)
     factors = con.execute("SELECT DISTINCT factor, level FROM results_anova").fetchall()
     rm = con.execute("SELECT DISTINCT factor FROM results_anova_rm").fetchall()
+    recorded = con.execute("SELECT settings FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()[0]
     con.close()
     assert sorted(factors) == [("er_status", "image"), ("er_status", "patient"), ("magnification", "image")]
     assert rm == [("magnification",)]  # within patients: repeated measures, not a between-patient test
+    analysis_settings = json.loads(recorded)["analysis_settings"]  # the list, as the run record keeps it
+    assert analysis_settings["anova"] == {"tukey_top": 3, "factors": ["er_status", "magnification"]}
+    assert analysis_settings["ttest"] == {"grouping": "er_status", "top_k": 20}
 
 
 def test_spearman_at_patient_level_matches_scipy_on_the_planted_column(clinical_run):
@@ -342,33 +347,33 @@ def test_store_keeps_image_level_values_with_the_images_and_patient_values_per_p
 
 
 def test_anova_factors_refuse_unknown_and_numeric_columns():
-    from toolkit.plugins.analyses.anova import anova
+    from toolkit.plugins.analyses.anova import AnovaSettings, anova
 
     context = synthetic_context()
-    context.settings = {"factors": "marker,bogus"}
+    context.settings = AnovaSettings(factors=("marker", "bogus"))
     with pytest.raises(SkipAnalysis, match="'bogus' is not a metadata column.*marker, coin"):
         anova(context)
-    context.settings = {"factors": "signal"}
+    context.settings = AnovaSettings(factors=("signal",))
     with pytest.raises(SkipAnalysis, match="'signal' is a numeric clinical column"):
         anova(context)
-    context.settings = {"factors": "marker"}
+    context.settings = AnovaSettings(factors=("marker",))
     main = by_name(anova(context), "main")
     assert set(zip(main["factor"], main["level"])) == {("marker", "image"), ("marker", "patient")}
     assert main[(main["level"] == "patient") & (main["feature"] == 5)]["q_val"].iloc[0] < 1e-3
 
 
 def test_ttest_on_a_within_patient_clinical_column_tests_images_only_and_says_why():
-    from toolkit.plugins.analyses.ttest import ttest
+    from toolkit.plugins.analyses.ttest import TtestSettings, ttest
 
     context = synthetic_context()
     side = np.tile(["left", "right", "left"], 40)  # every patient has images on both sides
     context.metadata = context.metadata.assign(side=side)
     context.clinical_columns = {**context.clinical_columns, "side": "categorical"}
-    context.settings = {"grouping": "side"}
+    context.settings = TtestSettings(grouping="side")
     results = ttest(context)
     assert set(by_name(results, "main")["level"]) == {"image"}
     assert any("side varies within patients" in f.message and "anova.factors=side" in f.message
                for f in results if isinstance(f, Finding))
-    context.settings = {"grouping": "signal"}
+    context.settings = TtestSettings(grouping="signal")
     with pytest.raises(SkipAnalysis, match="'signal' is a numeric clinical column"):
         ttest(context)

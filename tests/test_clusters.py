@@ -3,6 +3,8 @@ its behaviour on pure noise and on planted clusters, the contingency statistics,
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import duckdb
 import numpy as np
 import pandas as pd
@@ -14,10 +16,13 @@ from statsmodels.stats.multitest import multipletests
 from tests.browser import open_page
 from tests.conftest import TINY, run_tk
 from tests.test_stats_common import synthetic_context, synthetic_metadata
+from toolkit.errors import TkError
+from toolkit.plugin.registry import load_registry
 from toolkit.plugin.results import SkipAnalysis, Table
+from toolkit.plugin.settings import parse_assignments
 from toolkit.plugin.types import AnalysisContext
-from toolkit.plugins.analyses.clustering import clustering
-from toolkit.plugins.analyses.clusters import association, cluster_counts, clusters, halves
+from toolkit.plugins.analyses.clustering import ClusteringSettings, clustering
+from toolkit.plugins.analyses.clusters import ClustersSettings, association, cluster_counts, clusters, halves
 
 
 class StoredResults:
@@ -31,8 +36,10 @@ class StoredResults:
 
 
 def run_clusters(context: AnalysisContext) -> dict[str, pd.DataFrame]:
-    """``clustering`` then ``clusters`` on one context, as the runner orders them; the tables by name."""
-    stored = {("clustering", r.name): r.data for r in clustering(context) if isinstance(r, Table)}
+    """``clustering`` (with its default settings) then ``clusters`` on one context, as the runner orders
+    them; the tables by name."""
+    stored = {("clustering", r.name): r.data for r in clustering(replace(context, settings=ClusteringSettings()))
+              if isinstance(r, Table)}
     context.store = StoredResults(stored)
     return {r.name: r.data for r in clusters(context) if isinstance(r, Table)}
 
@@ -41,11 +48,11 @@ def noise_context(seed: int, n_patients: int = 40, per_patient: int = 5, dim: in
     """Pure-noise embeddings: no feature has anything to do with any grouping."""
     metadata = synthetic_metadata(n_patients, per_patient, seed)
     x = np.random.default_rng(seed).normal(size=(len(metadata), dim)).astype(np.float32)
-    return AnalysisContext("test", "demo", x, metadata, {"demo": x}, settings={"k": "2"}, seed=seed)
+    return AnalysisContext("test", "demo", x, metadata, {"demo": x}, settings=ClustersSettings(k=(2,)), seed=seed)
 
 
 def test_cluster_welch_and_mann_whitney_equal_scipy_on_the_same_cluster_labels():
-    context = synthetic_context(n_patients=12, per_patient=8, dim=6, signal=3.0)
+    context = synthetic_context(n_patients=12, per_patient=8, dim=6, signal=3.0, settings=ClustersSettings())
     tables = run_clusters(context)
     x = np.asarray(context.embeddings, dtype=np.float64)
     ward = fcluster(linkage(x, "ward"), 2, criterion="maxclust")  # scipy's own Ward on the same images
@@ -70,7 +77,7 @@ def test_cluster_welch_and_mann_whitney_equal_scipy_on_the_same_cluster_labels()
 
 
 def test_more_than_two_clusters_get_anova_and_one_against_the_rest():
-    context = synthetic_context(n_patients=12, per_patient=8, dim=6, signal=3.0, settings={"k": "3"})
+    context = synthetic_context(n_patients=12, per_patient=8, dim=6, signal=3.0, settings=ClustersSettings(k=(3,)))
     tables = run_clusters(context)
     x = np.asarray(context.embeddings, dtype=np.float64)
     ward = fcluster(linkage(x, "ward"), 3, criterion="maxclust")
@@ -116,7 +123,7 @@ def test_the_split_clusters_one_half_of_the_patients_and_tests_the_other():
     assert (patient["n_a"] + patient["n_b"] >= len(patients_b)).all()
     assert (patient["n_a"] + patient["n_b"] <= 2 * len(patients_b)).all()
     off = noise_context(0)
-    off.settings["split"] = False
+    off.settings = replace(off.settings, split=False)
     assert set(run_clusters(off)["main"]["design"]) == {"circular"}
 
 
@@ -132,7 +139,7 @@ def planted_context(seed: int = 0) -> AnalysisContext:
     x = rng.normal(size=(len(metadata), 30))
     x[:, :5] += 3.0 * group[:, None]
     x = x.astype(np.float32)
-    return AnalysisContext("test", "demo", x, metadata, {"demo": x}, settings={"k": "2"}, seed=seed,
+    return AnalysisContext("test", "demo", x, metadata, {"demo": x}, settings=ClustersSettings(k=(2,)), seed=seed,
                            clinical_columns={"er_status": "categorical", "age": "numeric"})
 
 
@@ -178,11 +185,18 @@ def test_contingency_statistics_equal_scipy():
 
 def test_cluster_counts_setting():
     metadata = synthetic_metadata(12, 2)
-    assert cluster_counts("auto", metadata) == [2, 4]
-    assert cluster_counts("3, 2", metadata) == [2, 3]
-    for bad in ("1,2", "two", ""):
-        with pytest.raises(SkipAnalysis, match="clusters.k"):
-            cluster_counts(bad, metadata)
+    analyses = {"clusters": load_registry().analyses["clusters"]}
+
+    def parsed(text: str) -> tuple[int, ...]:
+        return parse_assignments([f"clusters.k={text}"], analyses)["clusters"]["k"]
+
+    assert cluster_counts(parsed("auto"), metadata) == [2, 4]
+    assert cluster_counts(parsed("3, 2"), metadata) == [2, 3]
+    with pytest.raises(SkipAnalysis, match="clusters.k"):
+        cluster_counts(parsed("1,2"), metadata)
+    for bad in ("two", ""):  # refused by --set, before anything runs
+        with pytest.raises(TkError, match="clusters.k"):
+            parsed(bad)
 
 
 def test_tk_run_stores_the_cluster_tables_and_reports_a_clusters_section(tmp_path, breakhis):

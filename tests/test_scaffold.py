@@ -52,7 +52,7 @@ def test_analysis_scaffold_installs_lists_runs_and_passes_its_own_test(tmp_path,
     tested = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"], cwd=package,
                             capture_output=True, text=True, env={**os.environ, **env}, timeout=300)
     assert tested.returncode == 0, tested.stdout + tested.stderr
-    assert "5 passed" in tested.stdout  # the registration test and the four analysis checks
+    assert "6 passed" in tested.stdout  # the registration test and the five analysis checks
 
 
 @pytest.mark.parametrize("kind, name", [("backbone", "my_net"), ("exporter", "my_csv")])

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pandas as pd
 import pytest
 from statsmodels.stats.multitest import multipletests
 
+from toolkit.plugin.settings import NoSettings
 from toolkit.plugin.types import AnalysisContext
 from toolkit.analysis.stats import bh_qvalues, group_sums, patient_means, top_rows
 
@@ -44,15 +47,16 @@ def synthetic_embeddings(metadata: pd.DataFrame, dim: int, signal: float, seed: 
 
 
 def synthetic_context(n_patients: int = 24, per_patient: int = 12, dim: int = 32, signal: float = 1.5,
-                      seed: int = 0, settings: dict | None = None, backbones: tuple[str, ...] = ("demo",),
+                      seed: int = 0, settings: Any = None, backbones: tuple[str, ...] = ("demo",),
                       ) -> AnalysisContext:
-    """An AnalysisContext on synthetic data, no TensorFlow; several backbones share the metadata."""
+    """An AnalysisContext on synthetic data, no TensorFlow; several backbones share the metadata.
+    ``settings`` is the analysis' settings instance (``TtestSettings()``, say), as the runner gives it."""
     metadata = synthetic_metadata(n_patients, per_patient, seed)
     embeddings = {name: synthetic_embeddings(metadata, dim + 8 * i, signal, seed + i) for i, name in enumerate(backbones)}
     first = backbones[0] if len(backbones) == 1 else None
     return AnalysisContext(run_id="test", backbone=first, embeddings=embeddings[first] if first else None,
                            metadata=metadata, all_embeddings=embeddings,
-                           settings=settings or {}, seed=seed)
+                           settings=settings if settings is not None else NoSettings(), seed=seed)
 
 
 def test_bh_reproduces_benjamini_hochberg_1995():

@@ -9,7 +9,7 @@ from sklearn.metrics import balanced_accuracy_score, confusion_matrix, roc_auc_s
 from tests.test_stats_common import synthetic_context
 from toolkit.analysis.evaluation import (SOLVER_TOL, OutOfFold, confusion_counts, confusion_metrics, metric_rows,
                                          patient_resamples, weighted_auc)
-from toolkit.plugins.analyses.probe import probe
+from toolkit.plugins.analyses.probe import ProbeSettings, probe
 from toolkit.plugin.results import SkipAnalysis, Table
 
 
@@ -75,7 +75,7 @@ def test_point_estimates_and_patient_score():
 
 
 def test_probe_finds_the_signal_and_stores_predictions():
-    results = probe(synthetic_context(dim=24, signal=2.0, settings={"bootstrap": 200}))
+    results = probe(synthetic_context(dim=24, signal=2.0, settings=ProbeSettings(bootstrap=200)))
     metrics = _metrics(results)
     assert set(metrics["split"]) == {"patient", "image"} and set(metrics["target"]) == {"label", "subtype"}
     honest = _value(metrics, "label", "patient", "balanced_accuracy")
@@ -93,14 +93,14 @@ def test_probe_finds_the_signal_and_stores_predictions():
 
 
 def test_probe_on_shuffled_labels_is_at_chance():
-    context = synthetic_context(dim=24, signal=0.0, settings={"bootstrap": 200})
+    context = synthetic_context(dim=24, signal=0.0, settings=ProbeSettings(bootstrap=200))
     context.metadata["label"] = context.metadata["label"].sample(frac=1.0, random_state=5).to_numpy()
     value = _value(_metrics(probe(context)), "label", "patient", "balanced_accuracy")
     assert 0.38 < value["value"] < 0.62 and value["ci_low"] < 0.5  # CV under the null sits at or below chance
 
 
 def test_probe_skips_without_two_patients_per_class():
-    context = synthetic_context(n_patients=3, per_patient=6, dim=6)  # one benign patient
+    context = synthetic_context(n_patients=3, per_patient=6, dim=6, settings=ProbeSettings())  # one benign patient
     context.metadata["subtype"] = None
     with pytest.raises(SkipAnalysis, match="at least 2 patients"):
         probe(context)
@@ -254,15 +254,15 @@ def test_probe_fits_converge_and_record_their_tolerance():
     evaluation.standardise(fit_rows, test_rows)
     converged = LogisticRegression(C=0.1, tol=1e-12, max_iter=100_000).fit(fit_rows, y[train]).predict_proba(test_rows)
     assert np.abs(fitted - converged).max() < 1e-4
-    main = next(r.data for r in probe(synthetic_context(dim=24, settings={"bootstrap": 50})) if getattr(r, "name", "") == "main")
+    main = next(r.data for r in probe(synthetic_context(dim=24, settings=ProbeSettings(bootstrap=50))) if getattr(r, "name", "") == "main")
     assert set(main["solver_tol"]) == {evaluation.SOLVER_TOL}
 
 
 def test_the_breakhis_protocol_probes_40x_images_of_its_four_subtypes_over_repeated_splits():
     """Issue #16: --set probe.protocol=breakhis-40x-4class gives a number comparable with published
     linear-probe results, and the store says which protocol made each row."""
-    context = synthetic_context(n_patients=32, per_patient=8, dim=24, signal=2.0, settings={
-        "bootstrap": 50, "protocol": "breakhis-40x-4class"})
+    context = synthetic_context(n_patients=32, per_patient=8, dim=24, signal=2.0, settings=ProbeSettings(
+        bootstrap=50, protocol="breakhis-40x-4class"))
     meta = context.metadata
     meta["subtype"] = meta["subtype"].replace({"adenosis": "tubular_adenoma", "lobular_carcinoma": "mucinous_carcinoma"})
     results = probe(context)

@@ -8,7 +8,7 @@ from scipy.cluster.hierarchy import linkage
 from sklearn.metrics import adjusted_rand_score, silhouette_score
 
 from tests.test_stats_common import synthetic_context
-from toolkit.plugins.analyses.clustering import (clustering, cluster_distance_sums, condensed_euclidean, purity,
+from toolkit.plugins.analyses.clustering import (ClusteringSettings, clustering, cluster_distance_sums, condensed_euclidean, purity,
                                                  silhouette, silhouettes, upper_gram, ward_linkage)
 from toolkit.plugins.analyses.correlation import cka, cka_matrix, correlation, redundancy, top_pairs
 from toolkit.plugins.analyses.integrity import conflicting_files, integrity, near_duplicates
@@ -82,7 +82,7 @@ def test_cka_of_an_all_zero_backbone_is_nan_with_a_warning_or_a_skip():
 
 
 def test_clustering_matches_scipy_and_sklearn():
-    context = synthetic_context(n_patients=12, per_patient=8, dim=6, signal=3.0)
+    context = synthetic_context(n_patients=12, per_patient=8, dim=6, signal=3.0, settings=ClusteringSettings())
     x = np.asarray(context.embeddings, dtype=np.float64)
     links = ward_linkage(condensed_euclidean(upper_gram(x)))
     np.testing.assert_allclose(links[:, 2], linkage(x, "ward")[:, 2], rtol=1e-4)

@@ -8,9 +8,9 @@ from scipy import stats
 from statsmodels.stats.multicomp import pairwise_tukeyhsd
 
 from tests.test_stats_common import SIGNAL_FEATURES, synthetic_context
-from toolkit.plugins.analyses.anova import anova, f_test, one_way, tukey
+from toolkit.plugins.analyses.anova import AnovaSettings, anova, f_test, one_way, tukey
 from toolkit.analysis.stats import bh_qvalues, level_views
-from toolkit.plugins.analyses.ttest import compare_two, ttest
+from toolkit.plugins.analyses.ttest import TtestSettings, compare_two, ttest
 from toolkit.plugin.results import Finding, SkipAnalysis, Table
 
 
@@ -39,7 +39,7 @@ def test_ttest_matches_scipy_feature_by_feature():
 
 
 def test_ttest_finds_the_signal_on_images_and_patients():
-    results = ttest(synthetic_context(dim=40))
+    results = ttest(synthetic_context(dim=40, settings=TtestSettings()))
     table = _tables(results)["main"]
     assert set(table["level"]) == {"image", "patient"}
     for level, rows in table.groupby("level"):
@@ -52,7 +52,7 @@ def test_ttest_finds_the_signal_on_images_and_patients():
 
 
 def test_ttest_on_shuffled_labels_finds_nothing():
-    context = synthetic_context(dim=40, signal=0.0)
+    context = synthetic_context(dim=40, signal=0.0, settings=TtestSettings())
     shuffled = context.metadata["label"].sample(frac=1.0, random_state=3).to_numpy()
     context.metadata["label"] = shuffled
     table = _tables(ttest(context))["main"]
@@ -62,7 +62,7 @@ def test_ttest_on_shuffled_labels_finds_nothing():
 
 
 def test_ttest_other_grouping_and_skips():
-    context = synthetic_context(dim=8, settings={"grouping": "magnification"})
+    context = synthetic_context(dim=8, settings=TtestSettings(grouping="magnification"))
     with pytest.raises(SkipAnalysis, match="two groups"):
         ttest(context)
     context.metadata["magnification"] = np.where(context.metadata["magnification"] < 200, 40, 400)
@@ -96,7 +96,7 @@ def test_anova_matches_scipy_and_statsmodels():
 
 
 def test_anova_tables_and_levels():
-    results = anova(synthetic_context(dim=12))
+    results = anova(synthetic_context(dim=12, settings=AnovaSettings()))
     tables = _tables(results)
     main = tables["main"]
     assert set(zip(main["factor"], main["level"])) == {("subtype", "image"), ("subtype", "patient"),
@@ -141,7 +141,7 @@ def test_the_comparison_table_headlines_the_patient_level_count():
 def test_top_feature_figure_shows_patient_level_effects():
     """Issue #16, item 7: the effect sizes and intervals plotted are the patient-level ones, and the
     caption says so (image-level intervals ignore that a patient's images are alike)."""
-    results = ttest(synthetic_context(dim=12))
+    results = ttest(synthetic_context(dim=12, settings=TtestSettings()))
     figure = next(r for r in results if getattr(r, "name", "") == "top_features")
     top = _tables(results)["top"]
     patient_top = top[top["level"] == "patient"]["feature"].head(10).tolist()

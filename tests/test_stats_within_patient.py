@@ -4,6 +4,8 @@ independent (issue #16, item 1)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 from scipy.stats import friedmanchisquare
@@ -12,13 +14,14 @@ from statsmodels.stats.anova import AnovaRM
 from tests.test_stats_common import synthetic_context
 from toolkit.analysis.stats import patient_blocks, patient_means, within_patient
 from toolkit.plugin.results import Finding, Table
-from toolkit.plugins.analyses.anova import anova, repeated_measures
+from toolkit.plugins.analyses.anova import AnovaSettings, anova, repeated_measures
 
 
 def _within_effect_context(n_patients: int = 12, dim: int = 6, seed: int = 3):
     """Large differences between patients, a small magnification effect that every patient shares,
     in features 0 and 1."""
-    context = synthetic_context(n_patients=n_patients, per_patient=8, dim=dim, signal=0.0, seed=seed)
+    context = synthetic_context(n_patients=n_patients, per_patient=8, dim=dim, signal=0.0, seed=seed,
+                                settings=AnovaSettings())
     meta = context.metadata
     rng = np.random.default_rng(seed)
     patient_offset = dict(zip(meta["patient_id"].unique(), rng.normal(0, 5, meta["patient_id"].nunique())))
@@ -93,7 +96,8 @@ def test_patient_blocks_orders_levels_numerically():
 def test_kruskal_wallis_is_not_reported_for_groups_of_few_patients():
     """Issue #16, item 10: with 2 to 4 patients per subtype the chi² approximation of Kruskal–Wallis
     can never reach significance; it is left out, and the finding says why."""
-    context = synthetic_context(n_patients=12, per_patient=8, dim=6, signal=3.0)  # 3 patients per subtype
+    context = synthetic_context(n_patients=12, per_patient=8, dim=6, signal=3.0,  # 3 patients per subtype
+                                settings=AnovaSettings())
     results = anova(context)
     main = next(r.data for r in results if isinstance(r, Table) and r.name == "main")
     patient = main[(main["factor"] == "subtype") & (main["level"] == "patient")]
@@ -108,9 +112,9 @@ def test_kruskal_wallis_is_not_reported_for_groups_of_few_patients():
 def test_an_image_content_counts_once_and_conflicting_contents_are_left_out():
     """Issue #16, item 8: the same file bytes under two subtypes (BreakHis 14-13412, DC and LC) entered
     image-level tests twice. Each content counts once per group; one filed under two groups is left out."""
-    from toolkit.plugins.analyses.ttest import ttest
+    from toolkit.plugins.analyses.ttest import TtestSettings, ttest
 
-    context = synthetic_context(n_patients=12, per_patient=8, dim=6)
+    context = synthetic_context(n_patients=12, per_patient=8, dim=6, settings=AnovaSettings())
     meta = context.metadata
     copies = meta.iloc[:3].copy()  # the first three contents again, same labels and subtypes
     copies["image_id"] += 10_000
@@ -120,7 +124,8 @@ def test_an_image_content_counts_once_and_conflicting_contents_are_left_out():
     context.metadata = pd.concat([meta, copies, conflict], ignore_index=True)
     x = np.asarray(context.embeddings)
     context.embeddings = np.vstack([x, x[:3], x[[3]]])
-    main = next(r.data for r in ttest(context) if isinstance(r, Table) and r.name == "main")
+    main = next(r.data for r in ttest(replace(context, settings=TtestSettings()))
+                if isinstance(r, Table) and r.name == "main")
     image = main[main["level"] == "image"].iloc[0]
     assert image["n_a"] + image["n_b"] == len(meta)  # the three copies counted once
     results = anova(context)

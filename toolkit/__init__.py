@@ -2,11 +2,17 @@
 
 The public API for plugin authors is importable from here::
 
-    from toolkit import Analysis, Needs, Setting, Table, hookimpl
+    from dataclasses import dataclass
+
+    from toolkit import Analysis, Needs, Table, hookimpl, setting
+
+    @dataclass(frozen=True)
+    class MySettings:
+        top_k: int = setting(10, "features shown in table top")
 
     @hookimpl
     def register_analyses(register):
-        register(Analysis(name="my_analysis", run=my_function, needs=Needs(labels=True)))
+        register(Analysis(name="my_analysis", run=my_function, needs=Needs(labels=True), settings=MySettings))
 
 Names other than ``hookimpl`` are loaded on first use, so that ``import toolkit`` stays fast.
 """
@@ -34,7 +40,7 @@ _PUBLIC = {
     "StainNormaliser": "toolkit.plugin.types",
     "ReportSection": "toolkit.plugin.sections", "ReportContext": "toolkit.plugin.sections",
     "ComparisonColumn": "toolkit.plugin.sections", "TableSpec": "toolkit.store.tables",
-    "Setting": "toolkit.plugin.settings",
+    "setting": "toolkit.plugin.settings", "Setting": "toolkit.plugin.settings",
     "Table": "toolkit.plugin.results", "Figure": "toolkit.plugin.results", "Finding": "toolkit.plugin.results",
     "Result": "toolkit.plugin.results", "SkipAnalysis": "toolkit.plugin.results",
     "TkError": "toolkit.errors",

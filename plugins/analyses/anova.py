@@ -9,12 +9,13 @@ not swamp the effect."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
 from toolkit import hookimpl
-from toolkit.plugin.settings import Setting
+from toolkit.plugin.settings import setting
 from toolkit.plugin.types import Analysis, AnalysisContext, Needs
 from toolkit.analysis.stats import (FDR_ALPHA, Blocks, ColumnRanks, LevelView, RankCache, bh_qvalues,
                                     duplicate_note, embeddings_f64, group_codes, group_sums, level_views, patient_blocks,
@@ -233,7 +234,7 @@ def _factor_results(metadata: pd.DataFrame, x: np.ndarray, factor: str, top_k: i
 def chosen_factors(context: AnalysisContext) -> list[str]:
     """The ``factors`` setting's columns; a name that is no metadata column, or a numeric clinical
     column, skips the analysis with the reason."""
-    requested = [f.strip() for f in str(context.settings.get("factors", ",".join(FACTORS))).split(",") if f.strip()]
+    requested = list(context.settings.factors)
     unknown = [f for f in requested if f not in context.metadata.columns]
     if unknown:
         raise SkipAnalysis(f"anova.factors {unknown[0]!r} is not a metadata column; choose among subtype, "
@@ -256,7 +257,7 @@ def anova(context: AnalysisContext) -> list:
     factors = [f for f in requested if len(valid_groups(context.metadata[f])) >= 2]
     if not factors:
         raise SkipAnalysis(f"anova needs at least 2 groups of at least 2 images in one of {', '.join(requested)}")
-    top_k = int(context.settings.get("tukey_top", TUKEY_TOP))
+    top_k = context.settings.tukey_top
     tables, posthoc, repeated, findings, cache = [], [], [], [patient_note(context.metadata)], RankCache()
     for factor in factors:
         factor_tables, factor_posthoc, factor_repeated, factor_findings = _factor_results(
@@ -275,16 +276,21 @@ def anova(context: AnalysisContext) -> list:
     return [*results, *findings]
 
 
+@dataclass(frozen=True)
+class AnovaSettings:
+    """The settings of ``anova``."""
+
+    tukey_top: int = setting(TUKEY_TOP, "features of largest F per factor and level that get Tukey HSD")
+    factors: tuple[str, ...] = setting(FACTORS, "grouping columns: subtype, magnification, label or categorical "
+                                                "clinical columns (one varying within patients gets the "
+                                                "repeated-measures test)")
+
+
 @hookimpl
 def register_analyses(register):
     """Register ``anova``."""
     register(Analysis(name="anova", run=anova, needs=Needs(min_samples=4), title="Many-group tests per feature",
-                      order=40, settings=(Setting("tukey_top", int, TUKEY_TOP,
-                                                  "features of largest F per factor and level that get Tukey HSD"),
-                                          Setting("factors", str, ",".join(FACTORS),
-                                                  "comma list of grouping columns: subtype, magnification, label or "
-                                                  "categorical clinical columns (one varying within patients gets "
-                                                  "the repeated-measures test)")),
+                      order=40, settings=AnovaSettings,
                       description="One-way ANOVA and Kruskal–Wallis per feature across subtype and magnification, "
                                   "repeated-measures ANOVA and Friedman for magnification within patients, "
                                   "BH-corrected, with Tukey HSD for the strongest features."))

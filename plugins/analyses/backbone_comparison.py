@@ -8,7 +8,7 @@ from itertools import combinations
 
 import numpy as np
 
-from toolkit.analysis.evaluation import (N_BOOTSTRAP, OutOfFold, patient_classes, patient_resamples, percentile_ci,
+from toolkit.analysis.evaluation import (OutOfFold, patient_classes, patient_resamples, percentile_ci,
                                          probe_metrics)
 from toolkit.analysis.stats import group_codes
 from toolkit.lazy import lazy_import
@@ -47,8 +47,7 @@ def backbone_comparison(context: AnalysisContext) -> list:
         raise SkipAnalysis("needs the probe's patient-split label predictions of at least 2 backbones")
     patients, _ = group_codes(meta["patient_id"])
     first = next(iter(fitted.values()))
-    resamples = patient_resamples(patient_classes(first.y_true, patients), int(context.settings.get(
-        "bootstrap", N_BOOTSTRAP)), context.seed)
+    resamples = patient_resamples(patient_classes(first.y_true, patients), context.settings.bootstrap, context.seed)
     ones = np.ones((1, resamples.shape[1]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)

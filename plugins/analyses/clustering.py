@@ -8,12 +8,14 @@ for Ward's condensed input and for the per-cluster distance sums that every silh
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from toolkit import hookimpl
 from toolkit.analysis.figures import colour_for, new_figure, to_svg
 from toolkit.plugin.sections import ComparisonColumn, ReportContext, ReportSection
-from toolkit.plugin.settings import Setting
+from toolkit.plugin.settings import setting
 from toolkit.report.environment import format_number
 from toolkit.plugin.types import Analysis, AnalysisContext, Needs
 from toolkit.analysis.stats import group_codes
@@ -88,7 +90,7 @@ def partition_scores(partition: np.ndarray, references: dict[str, np.ndarray]) -
 
 def _sample(context: AnalysisContext) -> tuple[np.ndarray, pd.DataFrame, list[Finding]]:
     meta = context.metadata.reset_index(drop=True)
-    limit = int(context.settings.get("max_images", MAX_IMAGES))
+    limit = context.settings.max_images
     keep = sample_rows(len(meta), limit, context.seed)
     x = np.asarray(context.embeddings, dtype=np.float32)
     if len(keep) == len(meta):
@@ -167,12 +169,18 @@ def _dendrogram(backbone: str | None, links: np.ndarray, labels: np.ndarray) -> 
                   caption="Leaf label colour: the majority class of the cluster.")
 
 
+@dataclass(frozen=True)
+class ClusteringSettings:
+    """The settings of ``clustering``."""
+
+    max_images: int = setting(MAX_IMAGES, "most images clustered (a seeded sample beyond it)")
+
+
 @hookimpl
 def register_analyses(register):
     """Register ``clustering``."""
     register(Analysis(name="clustering", run=clustering, needs=Needs(labels=True, min_samples=4), order=20,
-                      settings=(Setting("max_images", int, MAX_IMAGES,
-                                        "most images clustered (a seeded sample beyond it)"),),
+                      settings=ClusteringSettings,
                       title="Hierarchical clustering",
                       description="Ward clustering of the images; silhouettes, adjusted Rand index, NMI and purity "
                                   "against label and subtype."))

@@ -32,7 +32,7 @@ from toolkit.lazy import lazy_import
 from toolkit.analysis.figures import PALETTE, new_figure, to_svg
 from toolkit.plugin.results import Figure, Finding, SkipAnalysis, Table
 from toolkit.plugin.sections import ReportContext, ReportSection
-from toolkit.plugin.settings import Setting
+from toolkit.plugin.settings import setting
 from toolkit.plugin.types import Analysis, AnalysisContext, Needs
 from toolkit.plugins.analyses.anova import one_way
 from toolkit.plugins.analyses.clustering import MAX_IMAGES
@@ -64,20 +64,16 @@ class Partition:
     clusters: np.ndarray
 
 
-def cluster_counts(setting: str, metadata: pd.DataFrame) -> list[int]:
-    """The k values to cut at: ``auto`` is 2 and the number of subtypes (as ``clustering`` cuts), or a
-    comma-separated list of whole numbers of at least 2."""
-    if setting.strip().lower() == "auto":
+def cluster_counts(requested: tuple[int, ...], metadata: pd.DataFrame) -> list[int]:
+    """The k values to cut at, sorted: ``requested``, each at least 2, or for none (``auto``) 2 and the
+    number of subtypes (as ``clustering`` cuts)."""
+    if not requested:
         n_subtypes = metadata["subtype"].nunique() if "subtype" in metadata else 0
         return sorted({2} | ({n_subtypes} if n_subtypes >= 2 else set()))
-    try:
-        ks = sorted({int(part) for part in setting.split(",") if part.strip()})
-    except ValueError:
-        raise SkipAnalysis(f"clusters.k {setting!r} is not 'auto' or whole numbers like 2,4; "
-                           "set it with --set clusters.k=2,4") from None
-    if not ks or ks[0] < 2:
-        raise SkipAnalysis(f"clusters.k {setting!r}: every k must be at least 2; set it with --set clusters.k=2,4")
-    return ks
+    if min(requested) < 2:
+        raise SkipAnalysis(f"clusters.k {','.join(map(str, requested))}: every k must be at least 2; "
+                           "set it with --set clusters.k=2,4")
+    return sorted(set(requested))
 
 
 def halves(metadata: pd.DataFrame, seed: int) -> np.ndarray:
@@ -286,13 +282,13 @@ def clusters(context: AnalysisContext) -> list:
     x = np.asarray(context.embeddings, dtype=np.float32)
     if np.allclose(x.std(axis=0, dtype=np.float64), 0):
         raise SkipAnalysis("every feature is constant; nothing to cluster")
-    ks = cluster_counts(str(context.settings.get("k", "auto")), metadata)
+    ks = cluster_counts(context.settings.k, metadata)
     stored = context.results("clustering", "linkage")
     if stored.empty:
         raise SkipAnalysis("clustering stored no Ward tree for this backbone")
     links = stored.sort_values("step")[["cluster_a", "cluster_b", "distance", "size"]].to_numpy(dtype=np.float64)
     partitions = circular_partitions(links, len(metadata), ks, context.seed)
-    if context.settings.get("split", True):
+    if context.settings.split:
         partitions += split_partitions(x, metadata, ks, context.seed)
     references = [r for r in REFERENCES if r in metadata] + [
         name for name, kind in context.clinical_columns.items() if kind == "categorical" and name in metadata]
@@ -316,7 +312,7 @@ def clusters(context: AnalysisContext) -> list:
     summary_table = summary(main, omnibus_table)
     results: list = [
         Table("main", main, "Welch t and Mann–Whitney U per feature between Ward clusters (circular and split designs)"),
-        Table("top", top_rows(main, "hedges_g", int(context.settings.get("top_k", TOP_K)), first),
+        Table("top", top_rows(main, "hedges_g", context.settings.top_k, first),
               "Features with the largest |Hedges' g| per design, k, contrast and level"),
         Table("summary", summary_table, "Features significant at q < 0.05 per design, k and level")]
     if not omnibus_table.empty:
@@ -329,15 +325,23 @@ def clusters(context: AnalysisContext) -> list:
                                           pd.DataFrame(columns=["design", "level"]))
 
 
+@dataclass(frozen=True)
+class ClustersSettings:
+    """The settings of ``clusters``."""
+
+    k: tuple[int, ...] = setting((), "cluster counts to cut at, e.g. 2,4; auto: 2 and the number of subtypes",
+                                 empty="auto")
+    top_k: int = setting(TOP_K, "features of largest |hedges_g| per design, k, contrast and level in table top")
+    split: bool = setting(True, "also the honest split-sample test (clusters on half the patients, tests on the "
+                                "other half)")
+
+
 @hookimpl
 def register_analyses(register):
     """Register ``clusters``."""
     register(Analysis(
         name="clusters", run=clusters, needs=Needs(labels=True, min_samples=8, analyses=("clustering",)), order=25,
-        settings=(Setting("k", str, "auto", "cluster counts to cut at: auto (2 and the number of subtypes) or e.g. 2,4"),
-                  Setting("top_k", int, TOP_K, "features of largest |hedges_g| per design, k, contrast and level in table top"),
-                  Setting("split", bool, True, "also the honest split-sample test (clusters on half the patients, "
-                                               "tests on the other half)")),
+        settings=ClustersSettings,
         title="Cluster comparison",
         description="Features that differ between the Ward clusters (Welch, Mann–Whitney, ANOVA, Kruskal–Wallis, BH, "
                     "Hedges' g), circular and split-sample; clusters against label, subtype and clinical columns "

@@ -8,6 +8,7 @@ in both training and test folds) is stored beside it for comparison.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -21,7 +22,7 @@ from toolkit.plugin.sections import ReportContext, ReportSection
 from toolkit.plugins.analyses.backbone_comparison import backbone_comparison
 from toolkit.plugins.analyses.probe_report import model_card_section, summary_section
 from toolkit.plugins.analyses.protocols import PATIENT_CV, PROTOCOLS, Protocol
-from toolkit.plugin.settings import Setting
+from toolkit.plugin.settings import setting
 from toolkit.plugin.types import Analysis, AnalysisContext, Needs
 from toolkit.lazy import lazy_import
 
@@ -40,7 +41,7 @@ def _target_problem(meta: pd.DataFrame, target: str) -> str | None:
 def _fit_all(context: AnalysisContext) -> tuple[list[OutOfFold], list[str]]:
     meta = context.metadata
     patients, _ = group_codes(meta["patient_id"])
-    c = float(context.settings.get("c", C_DEFAULT))
+    c = context.settings.c
     planned, skipped = [], []
     for target in TARGETS:
         problem = _target_problem(meta, target)
@@ -76,14 +77,14 @@ def protocol_rows(context: AnalysisContext, protocol: Protocol) -> pd.DataFrame:
     y, classes = group_codes(meta.loc[keep, "subtype"].reset_index(drop=True))
     patients, _ = group_codes(meta.loc[keep, "patient_id"].reset_index(drop=True))
     x = np.asarray(context.embeddings)[keep]
-    c = float(context.settings.get("c", C_DEFAULT))
+    c = context.settings.c
     repeats = [fold_indices(y, patients, "patient", context.seed + r) for r in range(protocol.repeats)]
     probas = cross_validate(x, [(y, len(classes), folds) for folds in repeats], c)
     names = [str(k) for k in classes]
     fitted = [OutOfFold("subtype", "patient", names, y, proba, len(folds)) for proba, folds in zip(probas, repeats)]
     scores = [float(probe_metrics(oof, patients, np.ones((1, int(patients.max()) + 1)))["balanced_accuracy"][0])
               for oof in fitted]
-    rows = metric_rows(fitted[0], patients, int(context.settings.get("bootstrap", N_BOOTSTRAP)), context.seed)
+    rows = metric_rows(fitted[0], patients, context.settings.bootstrap, context.seed)
     rows = rows[rows["metric"] == "balanced_accuracy"].assign(value=float(np.mean(scores)), sd=float(np.std(scores)),
                                                                n_repeats=protocol.repeats)
     return rows.assign(protocol=protocol.name)
@@ -98,10 +99,10 @@ def probe(context: AnalysisContext) -> list:
     if not fitted:
         raise SkipAnalysis("; ".join(skipped))
     patients, _ = group_codes(context.metadata["patient_id"])
-    n_bootstrap = int(context.settings.get("bootstrap", N_BOOTSTRAP))
+    n_bootstrap = context.settings.bootstrap
     tables = [metric_rows(oof, patients, n_bootstrap, context.seed).assign(protocol=PATIENT_CV) for oof in fitted]
     protocol_findings = []
-    protocol = PROTOCOLS.get(context.settings.get("protocol", PATIENT_CV))
+    protocol = PROTOCOLS.get(context.settings.protocol)
     if protocol is not None:
         try:
             published = protocol_rows(context, protocol)
@@ -180,20 +181,33 @@ def _confusion_figure(backbone: str | None, oof: OutOfFold) -> Figure:
                   caption="Out-of-fold predictions of every image, split by patient.")
 
 
+@dataclass(frozen=True)
+class ProbeSettings:
+    """The settings of ``probe``."""
+
+    c: float = setting(C_DEFAULT, "inverse L2 regularisation of the logistic regression")
+    bootstrap: int = setting(N_BOOTSTRAP, "patient-bootstrap resamples for the CIs")
+    protocol: str = setting(PATIENT_CV, "also evaluate under a published protocol", choices=(PATIENT_CV, *PROTOCOLS))
+
+
+@dataclass(frozen=True)
+class ComparisonSettings:
+    """The settings of ``backbone_comparison``."""
+
+    bootstrap: int = setting(N_BOOTSTRAP, "patient-bootstrap resamples for the CIs")
+
+
 @hookimpl
 def register_analyses(register):
     """Register ``probe`` and ``backbone_comparison``."""
     register(Analysis(name="probe", run=probe, needs=Needs(labels=True, patients=True, min_samples=10), order=60,
-                      settings=(Setting("c", float, C_DEFAULT, "inverse L2 regularisation of the logistic regression"),
-                                Setting("bootstrap", int, N_BOOTSTRAP, "patient-bootstrap resamples for the CIs"),
-                                Setting("protocol", str, PATIENT_CV, "also evaluate under a published protocol",
-                                        choices=(PATIENT_CV, *PROTOCOLS))),
+                      settings=ProbeSettings,
                       title="Linear probe",
                       description="Logistic regression on standardised embeddings, cross-validated by patient "
                                   "(and, for comparison, leakily by image), with patient-bootstrap CIs."))
     register(Analysis(name="backbone_comparison", run=backbone_comparison, order=61,
                       needs=Needs(labels=True, patients=True, min_samples=10, all_backbones=True, analyses=("probe",)),
-                      settings=(Setting("bootstrap", int, N_BOOTSTRAP, "patient-bootstrap resamples for the CIs"),),
+                      settings=ComparisonSettings,
                       title="Is one backbone better?",
                       description="Paired differences of the probe's balanced accuracy and AUC between backbones, "
                                   "from the same patient resamples."))

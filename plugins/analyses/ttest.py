@@ -16,7 +16,7 @@ from toolkit.analysis.stats import (FDR_ALPHA, ColumnRanks, LevelView, bh_qvalue
 from toolkit import hookimpl
 from toolkit.analysis.figures import PALETTE, colour_for, new_figure, to_svg
 from toolkit.plugin.sections import ComparisonColumn, ReportContext, ReportSection
-from toolkit.plugin.settings import Setting
+from toolkit.plugin.settings import setting
 from toolkit.plugin.types import Analysis, AnalysisContext, Needs
 from toolkit.plugin.results import Figure, Finding, SkipAnalysis, Table
 from toolkit.lazy import lazy_import
@@ -139,7 +139,7 @@ def ttest(context: AnalysisContext) -> list:
     """Table ``main`` (every feature, see :func:`compare_two`), table ``top`` (the same columns,
     the ``top_k`` setting's features of largest |hedges_g| per level), one finding per level
     and a bar plot of the top 10 image-level features."""
-    grouping = context.settings.get("grouping", "label")
+    grouping = context.settings.grouping
     if grouping not in context.metadata.columns:
         raise SkipAnalysis(f"ttest.grouping {grouping!r} is not a metadata column; set another with "
                            "--set ttest.grouping=COLUMN (a label, subtype or categorical clinical column)")
@@ -164,7 +164,7 @@ def ttest(context: AnalysisContext) -> list:
         tables.append(compare_two(view, grouping, group_a, group_b))
     table = pd.concat(tables, ignore_index=True)
     findings += [_summary(table, level, grouping) for level in table["level"].unique()]
-    top = top_rows(table, "hedges_g", int(context.settings.get("top_k", TOP_K)), ["level"])
+    top = top_rows(table, "hedges_g", context.settings.top_k, ["level"])
     shown = top[top["level"] == ("patient" if (top["level"] == "patient").any() else "image")]
     return [Table("main", table, f"Welch t and Mann–Whitney U per feature, {group_b} vs {group_a}"),
             Table("top", top, "Features with the largest |Hedges' g| per level"),
@@ -241,13 +241,20 @@ def _boxplots(context: AnalysisContext, x: np.ndarray, features: list[int], grou
                   caption="Each box shows the middle half of the images' values for one feature and group; the line is the median.")
 
 
+@dataclass(frozen=True)
+class TtestSettings:
+    """The settings of ``ttest``."""
+
+    grouping: str = setting("label", "metadata column whose two groups are compared: label, subtype or a "
+                                     "categorical clinical column")
+    top_k: int = setting(TOP_K, "features of largest |hedges_g| per level in table top")
+
+
 @hookimpl
 def register_analyses(register):
     """Register ``ttest``."""
     register(Analysis(name="ttest", run=ttest, needs=Needs(labels=True, min_samples=4), order=30,
-                      settings=(Setting("grouping", str, "label", "metadata column whose two groups are compared: label, subtype or "
-                                                                          "a categorical clinical column"),
-                                Setting("top_k", int, TOP_K, "features of largest |hedges_g| per level in table top")),
+                      settings=TtestSettings,
                       title="Two-group tests per feature",
                       description="Welch's t and Mann–Whitney U per embedding feature, BH-corrected, with "
                                   "Hedges' g, on images and on per-patient means."))

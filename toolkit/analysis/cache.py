@@ -40,7 +40,11 @@ def data_key(tables: list[str], metadata: pd.DataFrame) -> str:
 
 def cache_key(analysis: Analysis, data: str, settings: dict[str, Any], seed: int,
               dependencies: list[str] = ()) -> str:
-    """The key under which ``analysis``' results on ``data`` are stored and found again."""
+    """The key under which ``analysis``' results on ``data`` are stored and found again.
+
+    :param settings: its settings as ``toolkit.plugin.settings.settings_record`` writes them (JSON,
+        keys sorted), so that the same settings always give the same key.
+    """
     text = json.dumps([analysis.name, code_fingerprint(analysis), library_versions(analysis.libraries), data,
                        settings, seed, sorted(dependencies)], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()

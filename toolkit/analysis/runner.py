@@ -16,7 +16,7 @@ from toolkit.analysis.cache import cache_key, data_key
 from toolkit.errors import TkError
 from toolkit.plugin.registry import Registry
 from toolkit.plugin.results import Finding, SkipAnalysis, validate_results
-from toolkit.plugin.settings import resolved
+from toolkit.plugin.settings import resolved, settings_record, undeclared_read
 from toolkit.plugin.types import Analysis, AnalysisContext, Needs
 from toolkit.store import EmbeddingSet, Store
 
@@ -127,7 +127,7 @@ class RunData:
         """The backbones an analysis runs on: each of them, or all at once (``ALL_BACKBONES``)."""
         return [ALL_BACKBONES] if analysis.needs.all_backbones else list(self.loaded)
 
-    def context(self, analysis: Analysis, backbone: str, settings: dict[str, Any], seed: int,
+    def context(self, analysis: Analysis, backbone: str, settings: Any, seed: int,
                 registry: Registry | None = None) -> AnalysisContext:
         """The context ``analysis`` gets for ``backbone`` (``ALL_BACKBONES``: every backbone at once)."""
         metadata = next(iter(self.loaded.values()))[0]
@@ -138,7 +138,7 @@ class RunData:
             run_id=self.run_id, backbone=backbone or None,
             embeddings=None if backbone == ALL_BACKBONES else _read_only(self.loaded[backbone][1]),
             metadata=meta.copy(), all_embeddings=all_embeddings, store=self.store.reader(), registry=registry,
-            settings=dict(settings), seed=seed, clinical_columns=dict(self.clinical_columns))
+            settings=settings, seed=seed, clinical_columns=dict(self.clinical_columns))
 
 
 def run_analyses(store: Store, run_id: str, sets: dict[str, EmbeddingSet], analyses: list[Analysis],
@@ -166,7 +166,8 @@ def run_analyses(store: Store, run_id: str, sets: dict[str, EmbeddingSet], analy
         for backbone in data.targets(analysis):
             needed = [(name, target) for name in analysis.needs.analyses
                       for target in _dependency_targets(name, backbone, done, list(data.loaded))]
-            key = cache_key(analysis, data.data_keys[backbone], settings, seed, [keys.get(n, "") for n in needed])
+            key = cache_key(analysis, data.data_keys[backbone], settings_record(settings), seed,
+                            [keys.get(n, "") for n in needed])
             keys[(analysis.name, backbone)] = key
             unfinished = [(name, done.get((name, target))) for name, target in needed
                           if done.get((name, target)) is None or done[(name, target)].status != "ok"]
@@ -254,7 +255,7 @@ def _run_one(store: Store, analysis: Analysis, context: AnalysisContext, backbon
             status, message = "skipped", str(exc)
         except Exception as exc:  # an analysis failing must not stop the others
             status = "failed"
-            message = f"{type(exc).__name__}: {exc}"
+            message = undeclared_read(exc, analysis, context.settings) or f"{type(exc).__name__}: {exc}"
             frames = traceback.extract_tb(exc.__traceback__)
             if frames and not isinstance(exc, AnalysisTimeout):
                 message += f" (at {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno})"

@@ -25,8 +25,9 @@ import pluggy
 
 from toolkit import __version__
 from toolkit.plugin import hookspecs
-from toolkit.errors import PluginError
+from toolkit.errors import PluginError, TkError
 from toolkit.plugin.results import core_table_taken_by
+from toolkit.plugin.settings import declared
 from toolkit.plugin.types import Analysis, Backbone, Exporter, StainNormaliser
 
 BUILTIN_GROUP = "tk.builtins"
@@ -73,6 +74,11 @@ class Register(Generic[T]):
         if core:
             raise PluginError(f"plugin {self._plugin_name()}: analysis name {item.name!r} would store its results "
                               f"in tk's core table {core}; rename the analysis")
+        if self.kind is Analysis:
+            try:
+                declared(item.settings)
+            except TkError as exc:
+                raise PluginError(f"plugin {self._plugin_name()}: analysis {item.name!r}: {exc}") from None
         if item.name in self.items:
             raise PluginError(
                 f"{kind_name.lower()} {item.name!r} is registered twice: by "
@@ -112,7 +118,8 @@ class Registry:
 
     def listing(self) -> list[dict[str, Any]]:
         """One row per registered item: name, kind, plugin, source, version, and for analyses the
-        analyses they read (``needs``) and their settings (name, type, default, help)."""
+        analyses they read (``needs``) and their settings (key, type, default, choices, help; a list's
+        default as it is written with ``--set``, ``a,b``)."""
         rows = []
         for kind, items in (("backbone", self.backbones), ("analysis", self.analyses),
                             ("exporter", self.exporters), ("stain", self.stain_normalisers)):
@@ -122,9 +129,10 @@ class Registry:
                                        "source": origin.source, "version": origin.version}
                 if kind == "analysis":
                     row["needs"] = list(item.needs.analyses)
-                    row["settings"] = [{"key": f"{name}.{s.name}", "type": s.type.__name__, "default": s.default,
+                    row["settings"] = [{"key": f"{name}.{s.name}", "type": s.type_name(),
+                                        "default": s.text(s.default) if s.container else s.default,
                                         "choices": list(s.choices) if s.choices else None, "help": s.help}
-                                       for s in item.settings]
+                                       for s in declared(item.settings)]
                 rows.append(row)
         return rows
 

@@ -10,13 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from toolkit.plugin.settings import NoSettings, from_legacy
+
 if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
     from toolkit.plugin.registry import Registry
     from toolkit.plugin.results import Result
-    from toolkit.plugin.settings import Setting
     from toolkit.store import Store, TableSpec
 
 
@@ -91,8 +92,8 @@ class AnalysisContext:
         patient_id, width, height, then one column per clinical column (named as in
         ``clinical_columns``; numeric ones float with NaN for missing, categorical ones text with None).
     :ivar all_embeddings: every backbone of the run by name, rows aligned with ``metadata``.
-    :ivar settings: this analysis' settings (its declared ``Setting`` defaults, overridden by
-        ``tk run --set NAME.KEY=VALUE``).
+    :ivar settings: this analysis' settings, an instance of its settings dataclass (the declared
+        defaults, overridden by ``tk run --set NAME.KEY=VALUE``): read ``context.settings.top_k``.
     :ivar store: the run's store, for reading (``context.results`` covers the usual case).
     :ivar registry: every loaded plugin (to build a backbone's model, say).
     :ivar clinical_columns: the run's clinical variables (extra manifest columns, ``--clinical``):
@@ -107,7 +108,7 @@ class AnalysisContext:
     all_embeddings: dict[str, np.ndarray]
     store: Store | None = None
     registry: Registry | None = None
-    settings: dict[str, Any] = field(default_factory=dict)
+    settings: Any = field(default_factory=NoSettings)
     seed: int = 0
     clinical_columns: dict[str, str] = field(default_factory=dict)
 
@@ -128,8 +129,11 @@ class Analysis:
         when the data cannot support it.
     :param needs: requirements checked before ``run`` is called, including the analyses it reads.
     :param title: heading in the report.
-    :param settings: the settings it reads from ``context.settings``, each with a type, default and
-        help; users set them with ``tk run --set NAME.KEY=VALUE``.
+    :param settings: the class of the settings it reads from ``context.settings``: a
+        ``@dataclass(frozen=True)`` whose fields come from ``toolkit.setting(DEFAULT, HELP)``, each
+        typed ``int``, ``float``, ``str``, ``bool`` or ``tuple[X, ...]`` of one of them; users set
+        them with ``tk run --set NAME.KEY=VALUE``. A tuple of ``Setting`` is still accepted
+        (deprecated) and turned into such a class.
     :param order: where its results appear in a backbone's report section (smaller first).
     :param libraries: distributions whose versions are part of its cache key (e.g. ``"scipy"``);
         tk's own and numpy's always are.
@@ -140,9 +144,13 @@ class Analysis:
     needs: Needs = Needs()
     title: str = ""
     description: str = ""
-    settings: tuple[Setting, ...] = ()
+    settings: type = NoSettings
     order: int = 100
     libraries: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if isinstance(self.settings, (tuple, list)):  # the deprecated tuple-of-Setting form
+            object.__setattr__(self, "settings", from_legacy(self.name, tuple(self.settings)))
 
 
 @dataclass

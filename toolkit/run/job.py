@@ -18,7 +18,7 @@ from toolkit.ingest.clinical import attach_clinical, parse_overrides
 from toolkit.ingest.scan import ScannedImage, scan
 from toolkit.ingest.sources import find_images
 from toolkit.plugin.registry import Registry, load_registry
-from toolkit.plugin.settings import parse_assignments, resolved
+from toolkit.plugin.settings import declared, parse_assignments, resolved, settings_record
 from toolkit.plugin.types import Analysis, Backbone, ExportContext, Exporter
 from toolkit.run.engine import RayOptions, check_engine, default_shards, engine_extract
 from toolkit.run.exports import export_into
@@ -60,7 +60,8 @@ def execute_run(settings: RunSettings, command: str | None = None) -> RunSummary
         run_id = new_run_id()
         command = command or "tk " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         recorded = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()}
-        recorded["analysis_settings"] = {a.name: resolved(a, chosen) for a in analyses if a.settings}
+        recorded["analysis_settings"] = {a.name: settings_record(resolved(a, chosen)) for a in analyses
+                                         if declared(a.settings)}
         recorded["demo"] = settings.data is None  # the report says the data are synthetic
         recorded["stain_id"] = stain.stain_id if stain else stain_normalisation.NONE
         store.start_run(run_id, command, recorded, versions())

@@ -29,7 +29,8 @@ from typing import Any, Iterable, Mapping
 from toolkit.plugin.types import Analysis, Backbone, Exporter
 from toolkit.testing.checks import (ANALYSIS_CHECKS, BACKBONE_CHECKS, EXPORTER_CHECKS, Check, Item,
                                    check_analysis_is_deterministic, check_analysis_leaves_inputs_alone,
-                                   check_analysis_results_are_stored, check_analysis_skips_with_reason,
+                                   check_analysis_results_are_stored, check_analysis_settings_are_typed,
+                                   check_analysis_skips_with_reason,
                                    check_backbone_is_deterministic, check_backbone_output,
                                    check_backbone_preprocess_is_pure, check_exporter_is_repeatable,
                                    check_exporter_writes_inside_out_dir)
@@ -37,7 +38,8 @@ from toolkit.testing.synthetic import SyntheticRun, synthetic_run
 
 __all__ = ["ANALYSIS_CHECKS", "BACKBONE_CHECKS", "EXPORTER_CHECKS", "SyntheticRun", "check_analysis",
            "check_analysis_is_deterministic", "check_analysis_leaves_inputs_alone",
-           "check_analysis_results_are_stored", "check_analysis_skips_with_reason", "check_backbone",
+           "check_analysis_results_are_stored", "check_analysis_settings_are_typed", "check_analysis_skips_with_reason",
+           "check_backbone",
            "check_backbone_is_deterministic", "check_backbone_output", "check_backbone_preprocess_is_pure",
            "check_exporter", "check_exporter_is_repeatable", "check_exporter_writes_inside_out_dir", "checks_for",
            "parametrize_with_checks", "registered", "synthetic_run"]

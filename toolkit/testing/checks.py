@@ -13,8 +13,9 @@ import numpy as np
 import pandas as pd
 
 from toolkit.analysis.runner import RunData, run_analyses, with_dependencies
+from toolkit.errors import TkError
 from toolkit.plugin.registry import load_registry
-from toolkit.plugin.settings import resolved
+from toolkit.plugin.settings import declared, resolved, undeclared_read
 from toolkit.plugin.types import Analysis, AnalysisContext, Backbone, ExportContext, Exporter
 from toolkit.plugin.results import Figure, Finding, MalformedResult, Result, Table, validate_results
 from toolkit.run.exports import ExportEscape, export_into
@@ -47,8 +48,9 @@ def _results(analysis: Analysis, context: AnalysisContext) -> list[Result]:
                                  f"in tk runs; work on a copy (np.array(x)): {exc}") from exc
         raise AssertionError(f"analysis {analysis.name!r} failed on the kit's synthetic run: ValueError: {exc}") from exc
     except Exception as exc:
-        raise AssertionError(f"analysis {analysis.name!r} failed on the kit's synthetic run, which meets its "
-                             f"needs ({analysis.needs}): {type(exc).__name__}: {exc}") from exc
+        raise AssertionError(undeclared_read(exc, analysis, context.settings) or (
+            f"analysis {analysis.name!r} failed on the kit's synthetic run, which meets its "
+            f"needs ({analysis.needs}): {type(exc).__name__}: {exc}")) from exc
     try:
         return validate_results(analysis.name, returned)
     except MalformedResult as exc:
@@ -91,6 +93,25 @@ def check_analysis_results_are_stored(analysis: Analysis, seed: int = 0) -> None
         expected_count = sum(isinstance(r, cls) for r in results)
         assert count == expected_count, (
             f"analysis {analysis.name!r} returned {expected_count} {kind} but {count} were stored")
+
+
+def check_analysis_settings_are_typed(analysis: Analysis, seed: int = 0) -> None:
+    """The settings are a frozen dataclass of typed fields with fitting defaults, and each default,
+    written as ``tk plugins`` shows it, parses back to itself with ``--set``."""
+    try:
+        specs = declared(analysis.settings)
+    except TkError as exc:
+        raise AssertionError(f"analysis {analysis.name!r}: {exc}") from None
+    for spec in specs:
+        text = spec.text(spec.default)
+        try:
+            parsed = spec.parse(text)
+        except ValueError as exc:
+            raise AssertionError(f"analysis {analysis.name!r}: the default of setting {spec.name!r} reads as "
+                                 f"{text!r}, which --set refuses: {exc}") from None
+        assert parsed == spec.default, (
+            f"analysis {analysis.name!r}: the default of setting {spec.name!r}, {spec.default!r}, reads as {text!r}, "
+            f"which --set parses to {parsed!r}; choose a default that survives being written out")
 
 
 def check_analysis_leaves_inputs_alone(analysis: Analysis, seed: int = 0) -> None:
@@ -159,8 +180,9 @@ def check_analysis_skips_with_reason(analysis: Analysis, seed: int = 0) -> None:
                 assert outcome.message.strip(), f"{where} was skipped without a reason"
 
 
-ANALYSIS_CHECKS: tuple[Check, ...] = (check_analysis_results_are_stored, check_analysis_leaves_inputs_alone,
-                                      check_analysis_is_deterministic, check_analysis_skips_with_reason)
+ANALYSIS_CHECKS: tuple[Check, ...] = (check_analysis_settings_are_typed, check_analysis_results_are_stored,
+                                      check_analysis_leaves_inputs_alone, check_analysis_is_deterministic,
+                                      check_analysis_skips_with_reason)
 
 
 # --- backbones -----------------------------------------------------------------------------------
