@@ -155,3 +155,33 @@ def test_help_text_shows_square_brackets(monkeypatch, capsys):
         main(["run", "--help"])
     assert exited.value.code == 0
     assert "pip install 'tk-embeddings[ray]'" in capsys.readouterr().out
+
+
+NEW_IN = {"tomllib": (3, 11)}  # standard-library modules younger than Python 3.10, with the release that added them
+
+
+def imported_modules(source: str) -> set[str]:
+    """The top-level names of the modules ``source`` imports."""
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_requires_python_is_true_to_the_code():
+    """The oldest Python the project (and the plugin packages it scaffolds) accepts has every
+    standard-library module the code imports."""
+    import tomllib
+
+    root = CORE.parent
+    declared = tomllib.loads((root / "pyproject.toml").read_text("utf-8"))["project"]["requires-python"]
+    oldest = tuple(int(part) for part in re.fullmatch(r">=(\d+)\.(\d+)", declared).groups())
+    needed = {module: NEW_IN[module] for package in PACKAGES for path in package.rglob("*.py")
+              for module in imported_modules(path.read_text("utf-8")) if module in NEW_IN}
+    assert all(oldest >= version for version in needed.values()), f"requires-python {declared}, but {needed}"
+    for plugin_project in (root / "plugins/commands/scaffold/pyproject.toml.jinja",
+                           root / "docs/examples/tk-rf-importance/pyproject.toml"):
+        assert f'requires-python = "{declared}"' in plugin_project.read_text("utf-8"), plugin_project
