@@ -12,7 +12,9 @@ from typing import Annotated
 import typer
 
 from toolkit import __version__
-from toolkit.cli import deploy, plugins as plugins_command, run as run_command, store
+from toolkit.cli import deploy, store
+from toolkit.cli.plugins import plugins as list_plugins
+from toolkit.cli.run import run
 from toolkit.errors import TkError
 
 INTERRUPTED = "interrupted; batches already written are kept, run again to resume"
@@ -60,9 +62,9 @@ def build_app(plugins: list[str]) -> typer.Typer:
                       context_settings={"obj": cli},  # every command's typer.Context.obj
                       help="tk: histopathology image embeddings with pretrained CNN backbones, in DuckDB.")
     app.callback(invoke_without_command=True)(root)
-    app.command()(run_command.run)
+    app.command()(run)
     app.command()(store.ingest)
-    app.command(name="plugins")(plugins_command.plugins)
+    app.command(name="plugins")(list_plugins)
     app.command(help=store.SQL_HELP)(store.sql)
     app.command()(store.similar)
     app.command()(store.report)
