@@ -1,4 +1,5 @@
-"""The plugin boundary: core (``toolkit/``) never imports a built-in plugin (``toolkit.plugins``)."""
+"""The architecture, pinned: core (``toolkit/``) never imports a built-in plugin (``toolkit.plugins``),
+the command line starts fast, and no function outgrows 80 lines."""
 
 from __future__ import annotations
 
@@ -106,3 +107,81 @@ def test_report_templates_name_no_plugin():
         text = template.read_text(encoding="utf-8")
         named = sorted(n for n in names if re.search(rf"\b{re.escape(n)}\b", text))
         assert not named, f"{template.name} names plugin parts {named}; contribute them through report_sections"
+
+
+MAX_FUNCTION_LINES = 80
+PACKAGES = (CORE, CORE.parent / "plugins")
+
+
+def long_functions(source: str, max_lines: int = MAX_FUNCTION_LINES) -> list[tuple[str, int]]:
+    """Functions (and methods) in ``source`` longer than ``max_lines`` lines, decorators and
+    docstring included, with their length; a migration's DDL (``m001_create_tables``, ...) is exempt."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not re.fullmatch(r"m\d{3}_\w+", node.name):
+            first = min([node.lineno, *(d.lineno for d in node.decorator_list)])
+            if node.end_lineno - first + 1 > max_lines:
+                found.append((node.name, node.end_lineno - first + 1))
+    return found
+
+
+def test_no_function_is_longer_than_80_lines():
+    """Commands are module-level functions sharing option definitions, not closures in one builder."""
+    offenders = [f"{path.relative_to(CORE.parent)}::{name} ({length} lines)" for package in PACKAGES
+                 for path in sorted(package.rglob("*.py")) for name, length in long_functions(path.read_text("utf-8"))]
+    assert not offenders, f"functions over {MAX_FUNCTION_LINES} lines: {offenders}"
+
+
+def _function(name: str, lines: int, indent: str = "") -> str:
+    """The source of a function ``lines`` lines long."""
+    return f"{indent}def {name}():\n" + "".join(f"{indent}    x{i} = {i}\n" for i in range(lines - 1))
+
+
+def test_the_length_check_counts_nested_functions_and_spares_only_migrations():
+    assert long_functions(_function("fits", 80)) == []
+    assert long_functions(_function("long", 81)) == [("long", 81)]
+    assert long_functions("@decorated\n" + _function("long", 80)) == [("long", 81)]
+    assert long_functions("def build():\n" + _function("command", 81, "    ")) == [("build", 82), ("command", 81)]
+    assert long_functions(_function("m001_create_tables", 90)) == []
+    assert long_functions(_function("migrate", 90)) == [("migrate", 90)]
+
+
+def test_help_text_shows_square_brackets(monkeypatch, capsys):
+    """Rich reads ``[ray]`` in a help text as markup; the install hint must show it."""
+    monkeypatch.setenv("COLUMNS", "400")
+    with pytest.raises(SystemExit) as exited:
+        from toolkit.cli import main
+
+        main(["run", "--help"])
+    assert exited.value.code == 0
+    assert "pip install 'tk-embeddings[ray]'" in capsys.readouterr().out
+
+
+NEW_IN = {"tomllib": (3, 11)}  # standard-library modules younger than Python 3.10, with the release that added them
+
+
+def imported_modules(source: str) -> set[str]:
+    """The top-level names of the modules ``source`` imports."""
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_requires_python_is_true_to_the_code():
+    """The oldest Python the project (and the plugin packages it scaffolds) accepts has every
+    standard-library module the code imports."""
+    import tomllib
+
+    root = CORE.parent
+    declared = tomllib.loads((root / "pyproject.toml").read_text("utf-8"))["project"]["requires-python"]
+    oldest = tuple(int(part) for part in re.fullmatch(r">=(\d+)\.(\d+)", declared).groups())
+    needed = {module: NEW_IN[module] for package in PACKAGES for path in package.rglob("*.py")
+              for module in imported_modules(path.read_text("utf-8")) if module in NEW_IN}
+    assert all(oldest >= version for version in needed.values()), f"requires-python {declared}, but {needed}"
+    for plugin_project in (root / "plugins/commands/scaffold/pyproject.toml.jinja",
+                           root / "docs/examples/tk-rf-importance/pyproject.toml"):
+        assert f'requires-python = "{declared}"' in plugin_project.read_text("utf-8"), plugin_project

@@ -37,8 +37,8 @@ def local_ray():
 
 def _settings(data: Path, store: Path, engine: str, backbone: str = "tiny", plugin: Path = TINY,
               **options) -> RunSettings:
-    return RunSettings(data=data, backbones=backbone, weights="random", store=store, plugins=[str(plugin)],
-                       analyses="none", exports="none", engine=engine, **options)
+    return RunSettings(data=data, backbones=[backbone], weights="random", store=store, plugins=[str(plugin)],
+                       analyses=[], exports=[], engine=engine, **options)
 
 
 def _vectors(store: Path, table: str) -> dict[str, np.ndarray]:

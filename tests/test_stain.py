@@ -122,7 +122,7 @@ def test_bad_stain_options_are_one_line_errors(tmp_path):
     with pytest.raises(TkError, match="no such stain normaliser; available: none, macenko, reinhard"):
         stain_normalisation.prepare("vahadane", None, registry)
     with pytest.raises(TkError, match="--stain-reference needs a method"):
-        stain_normalisation.prepare("none", tmp_path / "x.png", registry)
+        RunSettings(stain="none", stain_reference=tmp_path / "x.png")
     white = tmp_path / "white.png"
     Image.fromarray(WHITE).save(white)
     with pytest.raises(TkError, match="too little tissue or a single stain"):
@@ -158,9 +158,9 @@ def he_breakhis(root: Path) -> Path:
 
 
 def run(tmp_path: Path, data: Path, out: str, **settings) -> str:
-    summary = execute_run(RunSettings(data=data, backbones="tiny", weights="random", store=tmp_path / "tk.duckdb",
+    summary = execute_run(RunSettings(data=data, backbones=["tiny"], weights="random", store=tmp_path / "tk.duckdb",
                                       out=tmp_path / out, plugins=[str(TINY), *settings.pop("plugins", [])],
-                                      analyses="none", **settings))
+                                      analyses=[], **settings))
     assert summary.status == "ok", summary.failures
     return summary.run_id
 
@@ -259,9 +259,9 @@ def test_a_failing_normaliser_skips_the_image_and_stores_nothing_raw(tmp_path):
     plugin.write_text(THIRD_PARTY.replace('"level"', '"broken"').replace(
         "batch = np.asarray(batch, dtype=np.float32)", "raise ValueError('no stains here')"))
     data = he_breakhis(tmp_path / "data")
-    summary = execute_run(RunSettings(data=data, backbones="tiny", weights="random", store=tmp_path / "tk.duckdb",
-                                      out=tmp_path / "out", plugins=[str(TINY), str(plugin)], analyses="none",
-                                      stain="broken", exports="none"))
+    summary = execute_run(RunSettings(data=data, backbones=["tiny"], weights="random", store=tmp_path / "tk.duckdb",
+                                      out=tmp_path / "out", plugins=[str(TINY), str(plugin)], analyses=[],
+                                      stain="broken", exports=[]))
     assert summary.n_skipped == 32
     with Store.open(tmp_path / "tk.duckdb", read_only=True) as store:
         [table] = [r[0] for r in store.con.execute("SELECT table_name FROM embedding_sets").fetchall()]

@@ -44,6 +44,9 @@ _PUBLIC = {
     "Table": "toolkit.plugin.results", "Figure": "toolkit.plugin.results", "Finding": "toolkit.plugin.results",
     "Result": "toolkit.plugin.results", "SkipAnalysis": "toolkit.plugin.results",
     "TkError": "toolkit.errors",
+    "PluginOption": "toolkit.cli.options", "DataArgument": "toolkit.cli.options", "StoreOption": "toolkit.cli.options",
+    "WeightsOption": "toolkit.cli.options", "SourceOption": "toolkit.cli.options", "SeedOption": "toolkit.cli.options",
+    "BatchSizeOption": "toolkit.cli.options",
 }
 
 

@@ -31,7 +31,6 @@ from toolkit.plugin.types import Backbone
 from toolkit.ingest.scan import sha256_file
 from toolkit.extract.weights import ResolvedWeights
 
-PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 MIXED_POLICIES = {"bf16": "mixed_bfloat16", "fp16": "mixed_float16"}  # Keras dtype policies
 N_CALIBRATION = 64
 N_PARITY = 16
@@ -39,12 +38,6 @@ PARITY_WARNING_BELOW = 0.95  # centred cosine mean; the issue's bar for int8 emb
 INT8_FORMAT = "int8-embedding-v1"  # change when the conversion changes, so cached models are rebuilt
 
 Extract = Callable[[np.ndarray], np.ndarray]
-
-
-def check_precision(precision: str) -> str:
-    if precision not in PRECISIONS:
-        raise TkError(f"--precision {precision}: unknown precision; use one of {', '.join(PRECISIONS)}")
-    return precision
 
 
 def device_note(precision: str) -> str | None:

@@ -112,10 +112,9 @@ def read_normalised(path: Path, size: tuple[int, int], step: StainStep | None, r
 
 
 def prepare(method: str, reference: Path | None, registry: Registry) -> StainStep | None:
-    """The step ``--stain METHOD --stain-reference IMAGE`` asks for (None for ``none``)."""
+    """The step ``--stain METHOD --stain-reference IMAGE`` asks for (None for ``none``, which takes no
+    reference: :class:`toolkit.run.settings.RunSettings` refuses one)."""
     if method == NONE:
-        if reference is not None:
-            raise TkError("--stain-reference needs a method: add --stain macenko (or reinhard, or a plugin's)")
         return None
     if method not in registry.stain_normalisers:
         known = ", ".join([NONE, *sorted(registry.stain_normalisers)])

@@ -28,8 +28,6 @@ from toolkit.extract.pipeline import BackboneJob, extract
 from toolkit.ingest.scan import ScannedImage
 from toolkit.store import Store
 
-ENGINES = ("local", "ray")
-RAY_INSTALL = "pip install 'tk-embeddings[ray]'"
 INGEST_EVERY_S = 10.0  # the driver ingests finished shards while the cluster embeds, so ingest overlaps compute
 
 Extract = Callable[..., list[ScannedImage]]  # the signature of toolkit.extract.pipeline.extract
@@ -44,21 +42,6 @@ class RayOptions:
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 0.0
     plugins: tuple[str, ...] = ()
-
-
-def check_engine(engine: str, stain: str = "none") -> None:
-    """Refuse an unknown engine, ``ray`` without Ray installed, or ``ray`` with stain normalisation
-    (its workers do not normalise yet), before any work."""
-    if engine not in ENGINES:
-        raise TkError(f"--engine {engine}: unknown engine; use {' or '.join(ENGINES)}")
-    if engine == "ray" and stain != "none":
-        raise TkError(f"--stain {stain} is not supported with --engine ray yet: run it with --engine local, or "
-                      "without --stain on Ray")
-    if engine == "ray":
-        try:
-            import ray.data  # noqa: F401
-        except ImportError:
-            raise TkError(f"--engine ray needs Ray, which is not installed: {RAY_INSTALL}") from None
 
 
 def default_shards(store: Path) -> Path:
@@ -95,7 +78,7 @@ def extract_on_ray(options: RayOptions, images: list[ScannedImage], jobs: list[B
                    stain: StainStep | None = None) -> list[ScannedImage]:
     """``toolkit.extract.pipeline.extract`` on a Ray cluster: embed every image some job needs, write
     the shards, ingest them and record the images; returns the images that decoded. ``stain`` must be
-    None: :func:`check_engine` refuses stain normalisation on Ray before any work."""
+    None: :class:`toolkit.run.settings.RunSettings` refuses stain normalisation on Ray."""
     if stain is not None:
         raise TkError("stain normalisation is not supported on Ray yet; use --engine local")
     import ray

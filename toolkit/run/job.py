@@ -13,14 +13,14 @@ from toolkit import console
 from toolkit.analysis.runner import Outcome, run_analyses, with_dependencies
 from toolkit.errors import TkError
 from toolkit.extract import stain as stain_normalisation
-from toolkit.extract.precision import check_precision, device_note
-from toolkit.ingest.clinical import attach_clinical, parse_overrides
+from toolkit.extract.precision import device_note
+from toolkit.ingest.clinical import attach_clinical
 from toolkit.ingest.scan import ScannedImage, scan
 from toolkit.ingest.sources import find_images
 from toolkit.plugin.registry import Registry, load_registry
 from toolkit.plugin.settings import declared, parse_assignments, resolved, settings_record
 from toolkit.plugin.types import Analysis, Backbone, ExportContext, Exporter
-from toolkit.run.engine import RayOptions, check_engine, default_shards, engine_extract
+from toolkit.run.engine import RayOptions, default_shards, engine_extract
 from toolkit.run.exports import export_into
 from toolkit.run.embed import RunLog, embed_missing, plan_backbones, record_backbones
 from toolkit.run.settings import (EXIT_OK, EXIT_PARTIAL, RunSettings, RunSummary, check_out_folder,
@@ -30,21 +30,15 @@ from toolkit.store import EmbeddingSet, Store
 
 def execute_run(settings: RunSettings, command: str | None = None) -> RunSummary:
     """Run the whole job; raises TkError for problems that stop it before anything is written."""
-    check_precision(settings.precision)
-    check_engine(settings.engine, settings.stain)
     registry = load_registry(settings.plugins)
     backbones: list[Backbone] = select(registry.backbones, settings.backbones, "backbone")
-    analyses = (with_dependencies(select(registry.analyses, settings.analyses, "analysis"), registry.analyses)
-                if settings.analyses != "none" else [])
+    analyses = with_dependencies(select(registry.analyses, settings.analyses, "analysis"), registry.analyses)
     chosen = parse_assignments(settings.analysis_settings, registry.analyses)
-    exporters: list[Exporter] = (
-        [e for e in registry.exporters.values() if e.default] if settings.exports is None
-        else select(registry.exporters, settings.exports, "exporter") if settings.exports != "none" else [])
+    exporters: list[Exporter] = ([e for e in registry.exporters.values() if e.default] if settings.exports is None
+                                 else select(registry.exporters, settings.exports, "exporter"))
     if not backbones:
         raise TkError("no backbone selected; name one with --backbone (see `tk plugins`)")
     stain = stain_normalisation.prepare(settings.stain, settings.stain_reference, registry)
-    if exporters:
-        check_out_folder(settings.out)
 
     data = settings.data
     if data is None:
@@ -53,7 +47,7 @@ def execute_run(settings: RunSettings, command: str | None = None) -> RunSummary
         data = demo_dataset()
         console.info(f"no DATA given: using the bundled demo dataset ({data})")
     kind, root, records, skipped = find_images(Path(data), settings.source, settings.patient_from)
-    records, clinical = attach_clinical(records, settings.clinical, parse_overrides(settings.clinical_types),
+    records, clinical = attach_clinical(records, settings.clinical, settings.clinical_types,
                                         Path(data) if kind == "manifest" else None)
 
     with Store.open(settings.store) as store:

@@ -9,13 +9,17 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from toolkit import __version__
 from toolkit.errors import TkError
 from toolkit.extract.pipeline import BATCH_SIZE
+from toolkit.extract.stain import NONE as NO_STAIN
+from toolkit.extract.weights import WEIGHT_CHOICES
 from toolkit.ingest.scan import ScannedImage
+from toolkit.ingest.sources import patient_pattern
 
+RAY_INSTALL = "pip install 'tk-embeddings[ray]'"
 EXIT_OK = 0
 EXIT_PARTIAL = 3  # the run finished, but a backbone, analysis or exporter failed
 
@@ -31,36 +35,92 @@ def check_out_folder(out: Path, option: str = "--out") -> None:
             return
 
 
-@dataclass
-class RunSettings:
-    """Everything ``tk run`` was asked to do."""
+Names = list[str] | Literal["all"]  # names of registered things, or every one of them
+Precision = Literal["fp32", "bf16", "fp16", "int8"]
+Engine = Literal["local", "ray"]
+Source = Literal["auto", "breakhis", "folders", "manifest"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
+ENGINES: tuple[str, ...] = get_args(Engine)
+SOURCES: tuple[str, ...] = get_args(Source)
 
-    data: Path | None = None
-    backbones: str = "all"
-    weights: str = "auto"
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything ``tk run`` was asked to do, typed; a RunSettings that exists is valid: construction
+    refuses, in one line naming the option and the fix, every value and combination no run can do.
+    Names are checked against the loaded plugins when the run selects them (:func:`select`)."""
+
+    data: Path | None = None  # None: the bundled demo
+    backbones: Names = "all"
+    weights: str = "auto"  # one of WEIGHT_CHOICES, or the path of a weights file
     store: Path = Path("tk.duckdb")
     out: Path = Path("tk-reports")
     plugins: list[str] = field(default_factory=list)
-    source: str = "auto"
+    source: Source = "auto"
     patient_from: str | None = None  # regex: the patient id from each image's path (--patient-from)
     clinical: Path | None = None  # a CSV of patient-level clinical variables keyed by patient_id (--clinical)
-    clinical_types: list[str] = field(default_factory=list)  # NAME=categorical|numeric|drop (--clinical-type)
-    analyses: str = "all"
-    exports: str | None = None
+    clinical_types: dict[str, str] = field(default_factory=dict)  # column -> categorical|numeric|drop
+    analyses: Names = "all"  # []: none
+    exports: Names | None = None  # None: the default exporters (the HTML report); []: none
     seed: int = 0
     batch_size: int = BATCH_SIZE
-    precision: str = "fp32"
-    stain: str = "none"  # stain normalisation before embedding: none, macenko, reinhard or a plugin's
+    precision: Precision = "fp32"
+    stain: str = NO_STAIN  # stain normalisation before embedding: none, macenko, reinhard or a plugin's
     stain_reference: Path | None = None  # the image the normaliser is fitted to (default: its built-in reference)
     reveal_ids: bool = False
     template_dir: Path | None = None
     analysis_timeout: float | None = None
     analysis_settings: list[str] = field(default_factory=list)  # NAME.KEY=VALUE, as given to --set
-    engine: str = "local"  # local | ray (toolkit.run.engine)
+    engine: Engine = "local"  # toolkit.run.engine
     ray_address: str | None = None  # None: a local Ray with this machine's cores
     shards: Path | None = None  # the Ray engine's shard folder; None: beside the store
     ray_cpus_per_actor: float = 1.0
     ray_gpus_per_actor: float = 0.0
+
+    def __post_init__(self) -> None:
+        for option, value in (("--backbone", self.backbones), ("--analysis", self.analyses),
+                              ("--export", self.exports)):
+            if isinstance(value, str) and value != "all":
+                raise TypeError(f"RunSettings {option}: give a list of names or 'all', not {value!r}")
+        self._check_values()
+        self._check_combinations()
+
+    def _check_values(self) -> None:
+        """Each option on its own."""
+        if self.weights not in WEIGHT_CHOICES and not Path(self.weights).expanduser().exists():
+            raise TkError(f"--weights {self.weights}: no such file; use auto, imagenet, random or the path of a "
+                          "weights file")
+        if self.source not in SOURCES:
+            raise TkError(f"unknown source {self.source!r}; use auto, breakhis, folders or manifest")
+        if self.patient_from is not None:
+            patient_pattern(self.patient_from)
+        if self.precision not in PRECISIONS:
+            raise TkError(f"--precision {self.precision}: unknown precision; use one of {', '.join(PRECISIONS)}")
+        if self.engine not in ENGINES:
+            raise TkError(f"--engine {self.engine}: unknown engine; use {' or '.join(ENGINES)}")
+        for option, number, least in (("--batch-size", self.batch_size, 1),
+                                      ("--ray-cpus-per-actor", self.ray_cpus_per_actor, 0),
+                                      ("--ray-gpus-per-actor", self.ray_gpus_per_actor, 0)):
+            if number < least:
+                raise TkError(f"{option} {number}: give {least} or more")
+        if self.analysis_timeout is not None and self.analysis_timeout <= 0:
+            raise TkError(f"--analysis-timeout {self.analysis_timeout}: give a number of seconds above 0")
+        if self.exports != []:
+            check_out_folder(self.out)
+
+    def _check_combinations(self) -> None:
+        """Options that need, or exclude, one another; ``--engine ray`` needs Ray installed."""
+        if self.stain == NO_STAIN and self.stain_reference is not None:
+            raise TkError("--stain-reference needs a method: add --stain macenko (or reinhard, or a plugin's)")
+        if self.engine != "ray":
+            return
+        if self.stain != NO_STAIN:  # Ray's workers do not normalise stains
+            raise TkError(f"--stain {self.stain} is not supported with --engine ray yet: run it with --engine "
+                          "local, or without --stain on Ray")
+        try:
+            import ray.data  # noqa: F401
+        except ImportError:
+            raise TkError(f"--engine ray needs Ray, which is not installed: {RAY_INSTALL}") from None
 
 
 @dataclass
@@ -79,11 +139,11 @@ class RunSummary:
         return EXIT_OK if not self.failures else EXIT_PARTIAL
 
 
-def select(items: dict[str, Any], spec: str, kind: str) -> list[Any]:
-    """Items named in a comma list, or all of them for ``all``; unknown names are an error."""
-    if spec.strip() == "all":
+def select(items: dict[str, Any], names: Names, kind: str) -> list[Any]:
+    """The items ``names`` names (each once, in order), or all of them for ``all``; unknown names
+    are an error."""
+    if names == "all":
         return list(items.values())
-    names = [n.strip() for n in spec.split(",") if n.strip()]
     if kind == "backbone":  # fine-tuned variants, <base>@<train_id>
         from toolkit.models.variants import with_variants
 

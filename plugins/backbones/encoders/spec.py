@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import re
+import tomllib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -121,10 +122,6 @@ def write_spec(spec: EncoderSpec) -> Path:
 
 def read_spec(path: Path) -> EncoderSpec:
     """The spec in ``path``; a TkError names the file and what is wrong."""
-    try:
-        import tomllib
-    except ModuleNotFoundError as exc:  # Python 3.10
-        raise TkError("encoder specs need Python 3.11 or later (tomllib)") from exc
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
