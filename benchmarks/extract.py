@@ -26,6 +26,10 @@ tf.data pipeline it replaced (kept here, ``tfdata_batches``, only to measure aga
   decode-pool, decode-tfdata   decoding alone (every image to 224x224, batch 32), no network
   tk-pool, tk-tfdata           `tk run DATA --backbone all --weights random --analysis none --export none`,
                                timed around the extraction (networks built before it)
+  interleaved                  one process: the three networks built and traced once, then
+                               ``toolkit.extract.pipeline.extract`` over the same images with each
+                               decoder in turn (ABBA order, 2 x --repeats rounds), vectors not stored:
+                               the fairest rate comparison on a busy machine
 
     python benchmarks/extract.py --decoders 128 --repeats 2
 """
@@ -237,11 +241,50 @@ def arm_decode(data: str, decoder: str) -> dict:
         tensorflow()  # its import is not decoding
     images, _ = scan(find_images(Path(data))[2], {})
     decode = tfdata_batches if decoder == "tfdata" else decoded_batches
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     n = sum(len(batch.readable) for batch in decode([pixel_source(i) for i in images], [((224, 224), "stretch")],
                                                     BATCH, max(2, os.cpu_count() or 2)))
     seconds = time.perf_counter() - started
-    return {"extract_s": seconds, "steady_s": seconds, "steady_n": n}
+    return {"extract_s": seconds, "steady_s": seconds, "steady_n": n,
+            "cpu_s_per_image": (time.process_time() - cpu_started) / n}
+
+
+def arm_interleaved(data: str, rounds: int) -> dict:
+    """Images/s of extraction with each decoder, alternating on the same built networks."""
+    from toolkit.extract import pipeline
+    from toolkit.extract.batches import decoded_batches
+    from toolkit.extract.folding import fold_batch_norm
+    from toolkit.extract.weights import build_model
+    from toolkit.ingest.scan import scan
+    from toolkit.ingest.sources import find_images
+    from toolkit.plugin.registry import load_registry
+    from toolkit.store import EmbeddingSet
+
+    class Discard:  # an EmbeddingWriter that keeps nothing: the store is not what is measured
+        def write_batch(self, run_id, images, vectors) -> None:
+            pass
+
+    images, _ = scan(find_images(Path(data))[2], {})
+    shas = {image.sha256 for image in images}
+    jobs = []
+    for name in BACKBONES:
+        backbone = load_registry().backbone(name)
+        model, resolved = build_model(backbone, "random", 0)
+        jobs.append(pipeline.BackboneJob(backbone, EmbeddingSet(name, resolved.weights_id, backbone.dim),
+                                         fold_batch_norm(model), shas))
+    decoders = {"pool": decoded_batches, "tfdata": tfdata_batches}
+    ignore = lambda *args: None  # noqa: E731
+    pipeline.extract(images[:BATCH], jobs, Discard(), "warm-up", ignore, ignore)  # traces the graphs
+    rates: dict[str, list[float]] = {name: [] for name in decoders}
+    cpu: dict[str, list[float]] = {name: [] for name in decoders}  # CPU seconds per image, every thread
+    for round_ in range(rounds):
+        for name in (list(decoders) if round_ % 2 == 0 else list(decoders)[::-1]):
+            pipeline.decoded_batches = decoders[name]
+            started, cpu_started = time.perf_counter(), time.process_time()
+            pipeline.extract(images, jobs, Discard(), "bench", ignore, ignore)
+            rates[name].append(len(images) / (time.perf_counter() - started))
+            cpu[name].append((time.process_time() - cpu_started) / len(images))
+    return {"rates": rates, "cpu_s_per_image": cpu}
 
 
 def compare_decoders(work: Path, n: int, repeats: int) -> None:
@@ -276,6 +319,14 @@ def compare_decoders(work: Path, n: int, repeats: int) -> None:
     for kind in ("decode", "tk"):
         (new_rate, new_peak), (old_rate, old_peak) = median[f"{kind}-pool"], median[f"{kind}-tfdata"]
         print(f"{kind}: pool / tf.data  img/s {new_rate / old_rate:.2f}, peak RSS {new_peak / old_peak:.2f}")
+    interleaved = run_arm("interleaved", str(data), str(2 * repeats))
+    rates, cpu = interleaved["rates"], interleaved["cpu_s_per_image"]
+    print(f"interleaved, {n} images per round: " + "; ".join(
+        f"{name} {statistics.median(r):.2f} img/s (" + ", ".join(f"{x:.2f}" for x in r) + ")" for name, r in rates.items()))
+    print("interleaved, CPU s per image (all threads): " + "; ".join(
+        f"{name} {statistics.median(c):.3f} (" + ", ".join(f"{x:.3f}" for x in c) + ")" for name, c in cpu.items()))
+    print(f"interleaved: pool / tf.data  img/s {statistics.median(rates['pool']) / statistics.median(rates['tfdata']):.2f} "
+          "(medians; per round: " + ", ".join(f"{a / b:.2f}" for a, b in zip(rates["pool"], rates["tfdata"])) + ")")
 
 
 def arm_seed(data: str, out: str) -> dict:
@@ -314,7 +365,8 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     if args.arm:
         arms = {"bound": lambda: arm_bound(int(args.rest[0])), "tk": lambda: arm_tk(*args.rest),
-                "seed": lambda: arm_seed(*args.rest), "decode": lambda: arm_decode(*args.rest)}
+                "seed": lambda: arm_seed(*args.rest), "decode": lambda: arm_decode(*args.rest),
+                "interleaved": lambda: arm_interleaved(args.rest[0], int(args.rest[1]))}
         print(json.dumps(arms[args.arm]()))
         return
     if args.decoders:

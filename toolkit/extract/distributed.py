@@ -88,7 +88,8 @@ class EmbedActor:
             if error:
                 errors[job.table] = error
                 continue
-            shards.append(str(write_shard(self.shard_dir, job.shard_set, [shas[decoded.readable[k]] for k in rows], out)))
+            embedded_shas = [shas[decoded.readable[k]] for k in rows]
+            shards.append(str(write_shard(self.shard_dir, job.shard_set, embedded_shas, out)))
             embedded[job.table] = len(rows)
         release_free_memory()
         return {"n_images": [len(shas)], "shards": [json.dumps(shards)], "embedded": [json.dumps(embedded)],
