@@ -11,7 +11,7 @@ This script measures what can be measured there, with tk's own code wherever it 
           copy of the batch and the copy of the embeddings back included; images/s per batch size,
           and the three-backbone bound 1 / sum(1 / rate_b). Random weights (no download).
   parity  centred cosine of the bf16 and fp16 embeddings against fp32, on the same tiles.
-  decode  images/s of ``toolkit.ingest.images.load_rgb`` (the decoder ``tk run`` maps over its tf.data
+  decode  images/s of ``toolkit.ingest.images.load_rgb`` (the decoder ``tk run`` calls in its decode
           threads) on BreakHis-sized PNGs with 1..N threads: the most images per second that tk's
           pipeline can feed to any backend, hence the ceiling of tk / bound on that machine; and,
           for comparison, with 1..N processes.

@@ -71,8 +71,8 @@ def _undo_lever(arm: str) -> list[str]:
         embed.extract = per_backbone
     elif arm == "serial-decode":
         original_batches = pipeline.decoded_batches
-        pipeline.decoded_batches = lambda images, sizes, batch_size, threads: original_batches(images, sizes,
-                                                                                               batch_size, 1)
+        pipeline.decoded_batches = lambda sources, sizes, batch_size, threads, stain=None: original_batches(
+            sources, sizes, batch_size, 1, stain)
     elif arm in ("eager", "predict"):
         def plain_extractor(backbone, model, batch_size):
             tf = tensorflow()

@@ -1,7 +1,7 @@
 """What stain normalisation costs per image, beside what decoding costs, on the bundled demo.
 
 For every demo image (192 PNGs of 700 x 460) and each arm, in one process and one thread (as one
-tf.data decode thread does it): read the file, decode it, normalise it (the arm's method, at the
+decode thread does it): read the file, decode it, normalise it (the arm's method, at the
 image's own size, as tk does) and resize it to 224 x 224. Arms are interleaved over ``--repeats``
 rounds so machine noise hits them alike; the table prints the median milliseconds per image and the
 share of images each method left unchanged.

@@ -1,8 +1,10 @@
 """Streaming extraction: decode each image once, run every backbone that needs it, write per batch.
 
-Memory stays bounded by the batch size and the prefetch depth, whatever the dataset size: images
-flow through a ``tf.data`` pipeline (parallel decode and resize in PIL threads, prefetch) and each
-batch's embeddings are written to the store in one transaction before the next is kept.
+Memory stays bounded by the batch size and the prefetch depth, whatever the dataset size: each
+item's pixels are read through its ``PixelSource`` (``toolkit.extract.pixels``) and decoded and
+resized in a bounded pool of threads, a few batches ahead (``toolkit.extract.batches``), and each
+batch's embeddings are written to the store in one transaction before the next is kept. TensorFlow
+is imported only for a backbone that runs as a Keras model on it.
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ from typing import Any, Callable
 
 import numpy as np
 
-from toolkit.ingest.images import UnreadableImage, read_verified
-from toolkit.plugin.types import Backbone
+from toolkit.extract.batches import decoded_batches
+from toolkit.extract.external import ExternalModel, external_extractor
 from toolkit.extract.memory import release_free_memory
-from toolkit.extract.stain import StainStep, decode as decode_image
-from toolkit.ingest.scan import ScannedImage
-from toolkit.store import EmbeddingSet, EmbeddingWriter
+from toolkit.extract.pixels import pixel_source
+from toolkit.extract.stain import StainStep
 from toolkit.extract.tfimport import tensorflow
+from toolkit.ingest.scan import ScannedImage
+from toolkit.plugin.types import Backbone
+from toolkit.store import EmbeddingSet, EmbeddingWriter
 
 BATCH_SIZE = 32
 
@@ -49,11 +53,9 @@ def make_extractor(backbone: Backbone, model: Any, batch_size: int,
     once, when it builds them; folding costs up to 2.6 s, so one-off calls (a query image, 16
     parity images) leave it off.
     """
-    tf = tensorflow()
-    from toolkit.extract.external import ExternalModel, external_extractor
-
     if isinstance(model, ExternalModel):
         return external_extractor(backbone, model)
+    tf = tensorflow()
     if fold:
         from toolkit.extract.folding import fold_batch_norm
 
@@ -96,46 +98,6 @@ def embed_padded(extract: Callable[[np.ndarray], np.ndarray], pixels: np.ndarray
     return np.concatenate(chunks)
 
 
-def decoded_batches(images: list[ScannedImage], sizes: list[tuple[tuple[int, int], str]], batch_size: int,
-                    threads: int, stain: StainStep | None = None) -> Any:
-    """A tf.data pipeline yielding (indices, ok flags, one uint8 batch per (input size, resize rule)).
-
-    Each file is read once and decoded from the bytes whose sha256 matches the scanned one; a file
-    changed since the scan is not decoded (its error says so). ``stain`` normalises each image once,
-    at its own size, before it is resized (``toolkit.extract.stain``)."""
-    tf = tensorflow()
-
-    paths = [str(image.record.path) for image in images]
-    errors: dict[int, str] = {}
-
-    def decode(index: np.int64) -> tuple[np.ndarray, ...]:
-        index = int(index)
-        try:
-            data = read_verified(paths[index], images[index].sha256)
-            arrays = decode_image(data, sizes, stain)
-            return (np.bool_(True), *arrays)
-        except UnreadableImage as exc:
-            errors[index] = str(exc)
-            return (np.bool_(False), *[np.zeros((*size, 3), np.uint8) for size, _ in sizes])
-
-    def tf_decode(index: tf.Tensor) -> tuple[tf.Tensor, ...]:
-        out = tf.numpy_function(decode, [index], [tf.bool, *[tf.uint8] * len(sizes)], stateful=False)
-        shaped = [out[0]]
-        for tensor, (size, _) in zip(out[1:], sizes):
-            tensor.set_shape((*size, 3))
-            shaped.append(tensor)
-        return (index, *shaped)
-
-    dataset = tf.data.Dataset.range(len(paths))
-    dataset = dataset.map(tf_decode, num_parallel_calls=threads, deterministic=True)
-    dataset = dataset.batch(batch_size).prefetch(2)
-    options = tf.data.Options()
-    options.autotune.enabled = False  # measured: autotune teardown sometimes stalls for ~18 s here
-    options.threading.private_threadpool_size = threads
-    dataset = dataset.with_options(options)
-    return dataset, errors
-
-
 def extract(images: list[ScannedImage], jobs: list[BackboneJob], writer: EmbeddingWriter, run_id: str,
             on_progress: Callable[[int], None], on_unreadable: Callable[[ScannedImage, str], None],
             batch_size: int = BATCH_SIZE, threads: int | None = None,
@@ -150,21 +112,17 @@ def extract(images: list[ScannedImage], jobs: list[BackboneJob], writer: Embeddi
     for job in jobs:
         if job.extract is None:  # a lowered-precision job brings its own (toolkit.extract.precision)
             job.extract = make_extractor(job.backbone, job.model, batch_size)
-    dataset, errors = decoded_batches(images, sizes, batch_size, threads, stain)
     done: list[ScannedImage] = []
-    for index_batch, ok_batch, *pixel_batches in dataset.as_numpy_iterator():
-        ok = np.asarray(ok_batch, dtype=bool)
-        batch_images = [images[int(i)] for i in index_batch]
-        for image, good, index in zip(batch_images, ok, index_batch):
-            if not good:
-                on_unreadable(image, errors.pop(int(index), "cannot decode"))
-        good_images = [image for image, good in zip(batch_images, ok) if good]
+    for batch in decoded_batches([pixel_source(image) for image in images], sizes, batch_size, threads, stain):
+        for index, reason in batch.unreadable.items():
+            on_unreadable(images[index], reason)
+        good_images = [images[index] for index in batch.readable]
         vectors: dict[EmbeddingSet, tuple[list[str], np.ndarray]] = {}
         for job in jobs:
-            rows = [k for k, image in enumerate(batch_images) if ok[k] and image.sha256 in job.needed]
+            rows = [k for k, image in enumerate(good_images) if image.sha256 in job.needed]
             if not rows or job.error:
                 continue
-            pixels = pixel_batches[sizes.index((job.backbone.input_size, job.backbone.resize))][rows]
+            pixels = batch.pixels[sizes.index((job.backbone.input_size, job.backbone.resize))][rows]
             started = time.perf_counter()
             out = job.extract(_pad(pixels, batch_size))[: len(rows)]
             job.seconds += time.perf_counter() - started
@@ -172,9 +130,9 @@ def extract(images: list[ScannedImage], jobs: list[BackboneJob], writer: Embeddi
             if job.error:
                 continue
             job.embedded += len(rows)
-            vectors[job.embedding_set] = ([batch_images[k].sha256 for k in rows], out)
+            vectors[job.embedding_set] = ([good_images[k].sha256 for k in rows], out)
         writer.write_batch(run_id, good_images, vectors)
         release_free_memory()  # keeps the process flat over hours of batches (toolkit.extract.memory)
         done.extend(good_images)
-        on_progress(len(batch_images))
+        on_progress(len(batch.items))
     return done

@@ -10,6 +10,7 @@ from typing import Any, Callable
 
 from toolkit import console
 from toolkit.errors import TkError
+from toolkit.extract.external import is_external
 from toolkit.extract.pipeline import BackboneJob, extract
 from toolkit.extract.precision import Lowered, lower, parity_warning
 from toolkit.extract.stain import NONE, StainStep
@@ -164,9 +165,10 @@ def _plan_backbone(store: Store, backbone: Backbone, settings: RunSettings, shas
         if not needed or not build:
             return embedding_set, planned, None, needed
     model, resolved = build_model(backbone, request, settings.seed)
-    from toolkit.extract.folding import fold_batch_norm  # after build_model: imports Keras
+    if not is_external(model):
+        from toolkit.extract.folding import fold_batch_norm  # after build_model: imports Keras
 
-    model = fold_batch_norm(model)  # folded here, so the unfolded copy is freed before the next backbone is built
+        model = fold_batch_norm(model)  # folded here, so the unfolded copy is freed before the next backbone is built
     embedding_set = EmbeddingSet(backbone.name, resolved.weights_id, backbone.dim, settings.precision, stain)
     return embedding_set, resolved, model, store.missing(embedding_set, shas)
 

@@ -1,7 +1,7 @@
 """Running an encoder's file: ONNX Runtime sessions, Keras-Hub presets and SavedModels.
 
 Nothing here is imported when tk starts: onnxruntime, keras_hub and TensorFlow load when a model is
-built. Every kind receives pixels already preprocessed by the spec (NHWC float32, mean/std applied)
+built, and an ONNX encoder never loads TensorFlow. Every kind receives pixels already preprocessed by the spec (NHWC float32, mean/std applied)
 and returns ``(n, dim)`` embeddings after the spec's pooling.
 """
 
@@ -14,8 +14,6 @@ from typing import Any, Callable
 import numpy as np
 
 from toolkit import TkError
-
-from toolkit.extract.tfimport import tensorflow
 from toolkit.plugins.backbones.encoders.spec import EncoderSpec
 
 # ONNX Runtime on a CPU ran a ViT-S/16 ~10% faster in batches of 8 than of 32 (benchmarks/onnx_encoder.py,
@@ -95,6 +93,8 @@ def onnx_runner(spec: EncoderSpec, path: str) -> Callable[[np.ndarray], np.ndarr
 
 def keras_model(spec: EncoderSpec, path: str) -> Any:
     """A Keras model: preprocessed NHWC batch -> pooled ``(n, dim)`` embeddings (Keras-Hub or SavedModel)."""
+    from toolkit.extract.tfimport import tensorflow
+
     tensorflow()  # TensorFlow first, without its start-up chatter on stderr
     import keras
 
@@ -175,6 +175,8 @@ def model_input_size(kind: str, path: str, signature: str = "serving_default") -
         size = json.loads(config.read_text()).get("image_size") if config.is_file() else None
         sides = [size, size] if isinstance(size, int) else []
     else:
+        from toolkit.extract.tfimport import tensorflow
+
         tf = tensorflow()
         try:
             specs = tf.saved_model.load(path).signatures[signature].structured_input_signature[1]
