@@ -7,13 +7,13 @@ import duckdb
 import numpy as np
 import pytest
 
-from tests.conftest import TINY, run_tk, run_tk_reporting_tensorflow
+from tests.conftest import TINY, run_tk_reporting_tensorflow, tk
 from tests.datasets import image_path, tile
 
 
 def _run(breakhis, store, *extra):
-    return run_tk("run", breakhis, "--backbone", "tiny", "--weights", "random", "--store", store,
-                  "--analysis", "none", "--export", "none", "--plugin", TINY, *extra)
+    return tk("run", breakhis, "--backbone", "tiny", "--weights", "random", "--store", store,
+              "--analysis", "none", "--export", "none", "--plugin", TINY, *extra)
 
 
 def _vectors(con, table):

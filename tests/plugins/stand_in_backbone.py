@@ -18,19 +18,23 @@ from toolkit.plugin.types import Backbone
 NAME = "stand_in"
 DIM = 16
 QUANTILES = (0.1, 0.5, 0.9)
+GRID = 4
 
 
 def statistics(batch: np.ndarray) -> np.ndarray:
-    """Per image and channel: mean, standard deviation, three quantiles and the mean absolute
-    difference to the next pixel across and down (texture); ``(n, 21)``."""
-    pixels = batch.reshape(len(batch), -1, 3)
+    """Per image and channel: mean, standard deviation, three quantiles, the mean absolute difference
+    to the next pixel across and down (texture), and the mean of each cell of a 4 x 4 grid (layout,
+    so that images of one class differ too); ``(n, 69)``."""
+    n, height, width, _ = batch.shape
+    pixels = batch.reshape(n, -1, 3)
     across = np.abs(np.diff(batch, axis=2)).mean(axis=(1, 2))
     down = np.abs(np.diff(batch, axis=1)).mean(axis=(1, 2))
     quantiles = np.quantile(pixels, QUANTILES, axis=1)  # (3 quantiles, n, 3 channels)
-    return np.concatenate([pixels.mean(axis=1), pixels.std(axis=1), *quantiles, across, down], axis=1)
+    grid = batch.reshape(n, GRID, height // GRID, GRID, width // GRID, 3).mean(axis=(2, 4)).reshape(n, -1)
+    return np.concatenate([pixels.mean(axis=1), pixels.std(axis=1), *quantiles, across, down, grid], axis=1)
 
 
-PROJECTION = np.random.default_rng(0).normal(size=(statistics(np.zeros((1, 2, 2, 3))).shape[1], DIM)) / np.sqrt(DIM)
+PROJECTION = np.random.default_rng(0).normal(size=(statistics(np.zeros((1, GRID, GRID, 3))).shape[1], DIM)) / np.sqrt(DIM)
 
 
 def embed(batch: np.ndarray) -> np.ndarray:
