@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import TINY, run_tk
+from tests.conftest import TINY, tk
 from tests.datasets import make_breakhis
 from toolkit.errors import TkError
 from toolkit.extract import stain as stain_normalisation
@@ -212,8 +212,8 @@ def test_similar_normalises_a_new_query_like_the_set(tmp_path):
     original = sorted(data.rglob("*.png"))[5]
     query = tmp_path / "query.png"
     Image.open(original).save(query, compress_level=0)  # the same pixels, other bytes: embedded anew
-    result = run_tk("similar", query, "--backbone", "tiny", "--store", tmp_path / "tk.duckdb", "--plugin", TINY,
-                    "-k", "1", "--format", "csv")
+    result = tk("similar", query, "--backbone", "tiny", "--store", tmp_path / "tk.duckdb", "--plugin", TINY,
+                "-k", "1", "--format", "csv")
     assert result.exit_code == 0, result.stderr
     line = result.stdout.splitlines()[1]
     assert original.name in line
@@ -241,7 +241,7 @@ def test_a_third_party_stain_plugin_is_used(tmp_path):
     plugin = tmp_path / "level_plugin.py"
     plugin.write_text(THIRD_PARTY)
     data = he_breakhis(tmp_path / "data")
-    listed = run_tk("plugins", "--json", "--plugin", plugin)
+    listed = tk("plugins", "--json", "--plugin", plugin)
     assert '"name": "level",\n    "kind": "stain"' in listed.stdout
     run_id = run(tmp_path, data, "level", stain="level", plugins=[str(plugin)])
     with Store.open(tmp_path / "tk.duckdb", read_only=True) as store:
