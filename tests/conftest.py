@@ -18,6 +18,7 @@ import warnings
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -28,8 +29,9 @@ TINY = PLUGINS / "tiny_backbone.py"
 STAND_IN = PLUGINS / "stand_in_backbone.py"
 
 
-@dataclass
-class Result:
+class Result(NamedTuple):
+    """What a ``tk`` command gave: its exit status and what it printed."""
+
     exit_code: int
     stdout: str
     stderr: str
