@@ -194,6 +194,7 @@ def register_backbones(register):
 '''
 
 
+@pytest.mark.slow
 def test_a_head_that_cannot_learn_is_said_so_not_reported_as_a_result(imbalanced, tmp_path):
     """Issue #17, item 6: EfficientNetB0 with random weights pools features of ~1e-6, so the head never
     leaves equal probabilities (loss ln 2 = 0.6931) and tk printed chance figures as results. A backbone
