@@ -59,6 +59,8 @@ def tk(*args: str | Path, cwd: Path | None = None, env: dict[str, str] | None = 
                 code = 0
             except SystemExit as exc:
                 code = _exit_status(exc.code)
+                if isinstance(exc.code, str):  # as the interpreter prints it on the way out
+                    print(exc.code, file=stderr)
     finally:
         os.chdir(saved_cwd)
         os.environ.clear()
