@@ -107,7 +107,8 @@ def test_new_image_is_added_incrementally(tmp_path, breakhis):
     again = tk(*args)
     assert again.exit_code == 0
     con = duckdb.connect(str(store), read_only=True)
-    assert con.execute("SELECT n_embedded, n_reused FROM run_backbones ORDER BY run_id").fetchall() == [(32, 0), (1, 32)]
+    assert con.execute("SELECT n_embedded, n_reused FROM run_backbones JOIN runs USING (run_id) "
+                       "ORDER BY started_at").fetchall() == [(32, 0), (1, 32)]
 
 
 def test_unknown_backbone_is_one_clear_line(tmp_path, breakhis):
