@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 import pytest
 
-from tests.conftest import run_tk
+from tests.conftest import tk
 from toolkit import Analysis, Needs, Setting, SkipAnalysis, Table, setting
 from toolkit.analysis.cache import cache_key, code_fingerprint
 from toolkit.analysis.runner import run_analyses, with_dependencies
@@ -247,7 +247,7 @@ def test_a_setting_changes_the_stored_probe_results_and_the_cache_key():
 
 
 def test_tk_run_refuses_an_unknown_setting_in_one_line(tmp_path):
-    result = run_tk("run", tmp_path, "--set", "probe.nope=1", "--store", tmp_path / "tk.duckdb")
+    result = tk("run", tmp_path, "--set", "probe.nope=1", "--store", tmp_path / "tk.duckdb")
     assert result.exit_code == 1
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "unknown setting 'probe.nope'; valid keys:" in lines[0]

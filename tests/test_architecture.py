@@ -6,7 +6,6 @@ from __future__ import annotations
 import ast
 import re
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import toolkit
+from tests.conftest import tk
 
 CORE = Path(toolkit.__file__).parent
 PLUGINS_PACKAGE = "toolkit.plugins"
@@ -75,8 +75,8 @@ def test_fast_start_imports_no_heavy_library(args):
 
 
 def test_version_works():
-    done = subprocess.run([sys.executable, "-m", "toolkit", "--version"], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
+    done = tk("--version")
+    assert done.exit_code == 0, done.stderr
     assert done.stdout.strip() == f"tk {toolkit.__version__}"
 
 
@@ -84,9 +84,8 @@ def test_version_works():
 def test_help_shows_no_type_beside_flags(args):
     """A flag takes no value, so --help shows no ``<bool>`` beside it (issue #17, item 14); options
     that take a value keep their type."""
-    done = subprocess.run([sys.executable, "-m", "toolkit", *args], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "COLUMNS": "120"})
-    assert done.returncode == 0, done.stderr
+    done = tk(*args, env={"COLUMNS": "120"})
+    assert done.exit_code == 0, done.stderr
     assert "<bool>" not in done.stdout
     help_line = next(line for line in done.stdout.splitlines() if "--help" in line)
     assert "Show this message and exit." in help_line

@@ -6,7 +6,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from tests.conftest import run_tk
+from tests.conftest import tk
 from tests.datasets import make_breakhis
 from toolkit.ingest.images import load_rgb
 from toolkit.plugin.registry import load_registry
@@ -34,8 +34,8 @@ def test_all_three_backbones_end_to_end_match_a_plain_model_call(tmp_path):
     data = tmp_path / "breast"
     paths = make_breakhis(data, patients=1, magnifications=(40,), per_magnification=1)  # 4 images
     store = tmp_path / "tk.duckdb"
-    result = run_tk("run", data, "--backbone", "all", "--weights", "random", "--store", store,
-                    "--analysis", "none", "--export", "none")
+    result = tk("run", data, "--backbone", "all", "--weights", "random", "--store", store,
+                "--analysis", "none", "--export", "none")
     assert result.exit_code == 0, result.stderr
     con = duckdb.connect(str(store), read_only=True)
     registry = load_registry()

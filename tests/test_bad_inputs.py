@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests.bad_inputs import make_corpus
-from tests.conftest import TINY, run_tk
+from tests.conftest import STAND_IN, tk
 from toolkit.errors import TkError
 
 
@@ -16,8 +16,8 @@ def corpus_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("corpus") / "data"
     cases = make_corpus(root)
     store = root.parent / "tk.duckdb"
-    result = run_tk("run", root, "--backbone", "tiny", "--weights", "random", "--store", store,
-                    "--analysis", "none", "--export", "none", "--plugin", TINY, timeout=300)
+    result = tk("run", root, "--backbone", "stand_in", "--weights", "random", "--store", store,
+                "--analysis", "none", "--export", "none", "--plugin", STAND_IN)
     return cases, result, store
 
 
@@ -33,7 +33,7 @@ def test_bad_inputs_each_named_once_and_skipped_alone(corpus_run):
     stored = {r[0] for r in con.execute("SELECT relpath FROM images").fetchall()}
     expected = {rel for rel, outcome in cases.values() if outcome == "embedded"}
     assert stored == expected
-    assert con.execute("SELECT count(DISTINCT sha256) FROM embeddings_tiny").fetchall() == [(len(expected) - 1,)]
+    assert con.execute("SELECT count(DISTINCT sha256) FROM embeddings_stand_in").fetchall() == [(len(expected) - 1,)]
     assert f"{len(expected)} images, {len(skipped)} skipped" in result.stderr
 
 
@@ -102,8 +102,8 @@ def test_control_characters_in_file_names_never_reach_the_terminal(tmp_path):
     (root / "benign" / "bad\x1b[2J.png").write_text("not an image")
     (root / "benign" / "title\x1b]0;pwned\x07.png").write_text("not an image")
     (root / "benign" / "new\nline.png").write_bytes(b"")
-    result = run_tk("run", root, "--backbone", "tiny", "--weights", "random", "--store", tmp_path / "tk.duckdb",
-                    "--analysis", "none", "--export", "none", "--plugin", TINY, timeout=300)
+    result = tk("run", root, "--backbone", "stand_in", "--weights", "random", "--store", tmp_path / "tk.duckdb",
+                "--analysis", "none", "--export", "none", "--plugin", STAND_IN)
     assert result.exit_code == 0, result.stderr
     assert "\x1b" not in result.stderr and "\x07" not in result.stderr
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
@@ -125,8 +125,8 @@ def test_a_non_utf8_file_name_is_skipped_with_one_line_and_the_run_finishes(tmp_
     open(os.fsdecode(bytes(root / "benign") + b"/empty\xff.png"), "wb").close()
     store = tmp_path / "tk.duckdb"
     for _ in range(2):  # the re-run, too
-        result = run_tk("run", root, "--backbone", "tiny", "--weights", "random", "--store", store,
-                        "--analysis", "none", "--export", "none", "--plugin", TINY, timeout=300)
+        result = tk("run", root, "--backbone", "stand_in", "--weights", "random", "--store", store,
+                    "--analysis", "none", "--export", "none", "--plugin", STAND_IN)
         assert result.exit_code == 0, result.stderr
         warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
         assert sorted(warnings) == [f"warning: benign/{name}: file name is not valid UTF-8; rename it "

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from tests.conftest import TINY, run_tk
+from tests.conftest import STAND_IN, tk
 from tests.datasets import make_breakhis
 from toolkit.errors import TkError
 from toolkit.ingest.clinical import attach_clinical, infer_kind, parse_overrides
@@ -201,8 +201,8 @@ def clinical_run(tmp_path_factory) -> ClinicalRun:
     data = root / "breast"
     make_breakhis(data, patients=4)
     store, env = root / "tk.duckdb", {"TK_CACHE_DIR": str(root / "cache"), "TK_LOAD_PLUGINS": ""}
-    common = ("--backbone", "tiny", "--weights", "random", "--store", store, "--plugin", TINY)
-    first = run_tk("run", data, *common, "--analysis", "none", "--out", root / "first", env=env)
+    common = ("--backbone", "stand_in", "--weights", "random", "--store", store, "--plugin", STAND_IN)
+    first = tk("run", data, *common, "--analysis", "none", "--out", root / "first", env=env)
     assert first.exit_code == 0, first.stderr
     means = patient_means(store)
     rng = np.random.default_rng(0)
@@ -215,9 +215,9 @@ def clinical_run(tmp_path_factory) -> ClinicalRun:
     table = table.drop(index=1)  # a patient missing from the CSV
     csv_rows = [*table.astype(object).where(table.notna(), "").values.tolist(), ["99-999", "negative", 1.0, "x"]]
     clinical_csv = write_csv(root / "clinical.csv", list(table.columns), csv_rows)
-    second = run_tk("run", data, *common, "--out", root / "out", "--clinical", clinical_csv,
-                    "--analysis", "ttest,anova,clinical", "--set", "ttest.grouping=er_status",
-                    "--set", "anova.factors=er_status,magnification", env=env)
+    second = tk("run", data, *common, "--out", root / "out", "--clinical", clinical_csv,
+                "--analysis", "ttest,anova,clinical", "--set", "ttest.grouping=er_status",
+                "--set", "anova.factors=er_status,magnification", env=env)
     assert second.exit_code == 0, second.stderr
     [report] = (root / "out").glob("tk-report-*.html")
     [without] = (root / "first").glob("tk-report-*.html")
@@ -226,7 +226,7 @@ def clinical_run(tmp_path_factory) -> ClinicalRun:
 
 def patient_means(store: Path) -> pd.DataFrame:
     con = duckdb.connect(str(store), read_only=True)
-    rows = con.execute("SELECT i.patient_id, e.vector FROM embeddings_tiny e JOIN images i USING (image_id)").fetchall()
+    rows = con.execute("SELECT i.patient_id, e.vector FROM embeddings_stand_in e JOIN images i USING (image_id)").fetchall()
     con.close()
     frame = pd.DataFrame([v for _, v in rows], index=[p for p, _ in rows], dtype=np.float64)
     return frame.groupby(level=0).mean()

@@ -14,7 +14,7 @@ from scipy.cluster.hierarchy import fcluster, linkage
 from statsmodels.stats.multitest import multipletests
 
 from tests.browser import open_page
-from tests.conftest import TINY, run_tk
+from tests.conftest import STAND_IN, tk
 from tests.test_stats_common import synthetic_context, synthetic_metadata
 from toolkit.errors import TkError
 from toolkit.plugin.registry import load_registry
@@ -201,8 +201,8 @@ def test_cluster_counts_setting():
 
 def test_tk_run_stores_the_cluster_tables_and_reports_a_clusters_section(tmp_path, breakhis):
     store, out = tmp_path / "tk.duckdb", tmp_path / "reports"
-    result = run_tk("run", breakhis, "--backbone", "tiny", "--weights", "random", "--store", store,
-                    "--out", out, "--plugin", TINY, "--set", "clusters.top_k=3")
+    result = tk("run", breakhis, "--backbone", "stand_in", "--weights", "random", "--store", store,
+                "--out", out, "--plugin", STAND_IN, "--set", "clusters.top_k=3")
     assert result.exit_code == 0, result.stderr
     con = duckdb.connect(str(store), read_only=True)
     assert con.execute("SELECT status FROM analysis_runs WHERE analysis = 'clusters'").fetchall() == [("ok",)]

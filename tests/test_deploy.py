@@ -8,22 +8,23 @@ import duckdb
 import numpy as np
 import pytest
 
-from tests.conftest import TINY, run_tk
+from tests.conftest import TINY, tk
 from tests.datasets import make_breakhis
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
+    """Every export format of one tiny run; the tests using it are slow, as int8 conversion is."""
     root = tmp_path_factory.mktemp("deploy")
     data = root / "breast"
     make_breakhis(data, patients=2, magnifications=(40, 100, 200, 400), per_magnification=2)  # 128 images
     store, out = root / "tk.duckdb", root / "exports"
-    ran = run_tk("run", data, "--backbone", "tiny", "--weights", "random", "--store", store, "--analysis", "none",
-                 "--export", "none", "--plugin", TINY)
+    ran = tk("run", data, "--backbone", "tiny", "--weights", "random", "--store", store, "--analysis", "none",
+             "--export", "none", "--plugin", TINY)
     assert ran.exit_code == 0, ran.stderr
-    result = run_tk("export", "--backbone", "tiny", "--format",
-                    "tflite,tflite-fp16,tflite-dynamic,tflite-int8,savedmodel", "--store", store, "--out", out,
-                    "--plugin", TINY)
+    result = tk("export", "--backbone", "tiny", "--format",
+                "tflite,tflite-fp16,tflite-dynamic,tflite-int8,savedmodel", "--store", store, "--out", out,
+                "--plugin", TINY)
     assert result.exit_code == 0, result.stderr
     return data, store, out
 
@@ -37,6 +38,7 @@ def _parity(store):
     return frame.set_index("format")
 
 
+@pytest.mark.slow
 def test_tflite_variants_keep_parity(exported):
     _, store, out = exported
     parity = _parity(store)
@@ -52,6 +54,7 @@ def test_tflite_variants_keep_parity(exported):
     assert parity.loc["tflite-int8", "size_bytes"] < parity.loc["tflite", "size_bytes"]
 
 
+@pytest.mark.slow
 def test_lite_models_take_uint8_pixels_as_they_are(exported):
     """tk's uint8 batches reach an int8 model unconverted (a float16 round trip cost ~17% of int8 runs);
     float pixels are still rounded and clipped to the same uint8 input."""
@@ -71,6 +74,7 @@ def test_lite_models_take_uint8_pixels_as_they_are(exported):
     assert np.array_equal(lite(np.full((1, 32, 32, 3), 300.0))["embedding"], lite(np.full((1, 32, 32, 3), 255, np.uint8))["embedding"])
 
 
+@pytest.mark.slow
 def test_savedmodel_reloads_with_the_same_probabilities(exported):
     import tensorflow as tf
 
@@ -92,17 +96,18 @@ def test_savedmodel_reloads_with_the_same_probabilities(exported):
     assert _parity(store).loc["savedmodel", "max_probability_diff"] <= 1e-5
 
 
+@pytest.mark.slow
 def test_predict_and_explain(exported, tmp_path):
     data, store, out = exported
     images = sorted(data.rglob("*.png"))[:2]
     for model in (out / "tflite" / "tiny" / "tiny-int8.tflite", out / "tiny_classifier" / "1"):
-        result = run_tk("predict", *images, "--model", model)
+        result = tk("predict", *images, "--model", model)
         assert result.exit_code == 0, result.stderr
         lines = result.stdout.strip().splitlines()
         assert lines[0] == "image\tclass\tprobability\tlatency_ms\tweights" and len(lines) == 3
         assert all(line.split("\t")[1] in ("benign", "malignant") for line in lines[1:])
-    explained = run_tk("explain", images[0], "--backbone", "tiny", "--store", store, "--out", tmp_path,
-                       "--plugin", TINY)
+    explained = tk("explain", images[0], "--backbone", "tiny", "--store", store, "--out", tmp_path,
+                   "--plugin", TINY)
     assert explained.exit_code == 0, explained.stderr
     overlay = tmp_path / f"{images[0].stem}.gradcam-tiny.png"
     assert explained.stdout.startswith(str(overlay))
@@ -112,6 +117,7 @@ def test_predict_and_explain(exported, tmp_path):
     assert width > 2 * height  # the original beside its overlay, not one square at the model's input size
 
 
+@pytest.mark.slow
 def test_predict_and_explain_say_the_weights_are_random(exported, tmp_path):
     """A model from a --weights random run answers with confident-looking probabilities; the output,
     stderr and the overlay PNG's caption say that its weights are random."""
@@ -120,11 +126,11 @@ def test_predict_and_explain_say_the_weights_are_random(exported, tmp_path):
     data, store, out = exported
     image = sorted(data.rglob("*.png"))[0]
     for model in (out / "tflite" / "tiny" / "tiny-int8.tflite", out / "tiny_classifier" / "1"):
-        result = run_tk("predict", image, "--model", model)
+        result = tk("predict", image, "--model", model)
         assert result.exit_code == 0, result.stderr
         assert result.stdout.strip().splitlines()[1].endswith("\trandom")
         assert "weights are random" in result.stderr
-    explained = run_tk("explain", image, "--backbone", "tiny", "--store", store, "--out", tmp_path, "--plugin", TINY)
+    explained = tk("explain", image, "--backbone", "tiny", "--store", store, "--out", tmp_path, "--plugin", TINY)
     assert explained.exit_code == 0, explained.stderr
     assert explained.stdout.strip().endswith("random weights") and "weights are random" in explained.stderr
     caption = Image.open(tmp_path / f"{image.stem}.gradcam-tiny.png").text["Description"]
@@ -132,7 +138,7 @@ def test_predict_and_explain_say_the_weights_are_random(exported, tmp_path):
 
 
 def test_predict_on_a_missing_model_is_one_line(tmp_path):
-    result = run_tk("predict", tmp_path / "x.png", "--model", tmp_path / "none.tflite")
+    result = tk("predict", tmp_path / "x.png", "--model", tmp_path / "none.tflite")
     assert result.exit_code == 1 and "not a .tflite file or a SavedModel folder" in result.stderr
 
 
@@ -188,13 +194,14 @@ def test_an_export_far_from_the_keras_model_warns_as_tk_run_precision_does(tmp_p
         assert section.data["parity_warnings"] == warned
 
 
+@pytest.mark.slow
 def test_export_prints_json_for_machines(exported):
     """Issue #17, item 12: tk export's parity table had no machine-readable form (and cut its headers)."""
     import json
 
     _, store, out = exported
-    result = run_tk("export", "--backbone", "tiny", "--format", "tflite", "--store", store, "--out", out,
-                    "--json", "--plugin", TINY)
+    result = tk("export", "--backbone", "tiny", "--format", "tflite", "--store", store, "--out", out,
+                "--json", "--plugin", TINY)
     assert result.exit_code == 0, result.stderr
     document = json.loads(result.stdout)
     assert any(path.endswith("tiny-fp32.tflite") for path in document["files"])

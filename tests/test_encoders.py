@@ -14,31 +14,14 @@ import duckdb
 import numpy as np
 import pytest
 
-from tests.conftest import TINY
+from tests.conftest import TINY, Result, tk
 from tests.encoder_models import SIZE, make_dinov2, make_onnx, make_savedmodel
 
 FAST_ANALYSES = "pca"
 
 
-def tk(capsys, *args: str | Path) -> tuple[int, str, str]:
-    """Run the tk CLI in this process (TensorFlow stays loaded between calls); (exit code, stdout, stderr).
-    Plugins are loaded afresh, as in a new ``tk`` process, so that encoders added before are registered."""
-    from toolkit.cli import main
-    from toolkit.plugin import registry
-
-    registry._cache.clear()
-    capsys.readouterr()
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def run(capsys, data: Path, store: Path, backbones: str, *extra: str) -> tuple[int, str, str]:
-    return tk(capsys, "run", data, "--backbone", backbones, "--store", store, "--out", store.parent / "reports",
+def run(data: Path, store: Path, backbones: str, *extra: str) -> Result:
+    return tk("run", data, "--backbone", backbones, "--store", store, "--out", store.parent / "reports",
               "--analysis", FAST_ANALYSES, "--export", "none", *extra)
 
 
@@ -99,7 +82,7 @@ def test_invalid_spec_is_skipped_with_a_warning_and_listed(capsys):
     registry = load_registry()
     assert "broken" not in registry.backbones and "resnet50" in registry.backbones
     assert "kind 'pytorch' is not one of onnx, keras-hub, savedmodel" in capsys.readouterr().err
-    code, out, _ = tk(capsys, "encoders", "list", "--json")
+    code, out, _ = tk("encoders", "list", "--json")
     assert code == 0
     [row] = json.loads(out)
     assert row["name"] == "broken" and "broken.toml" in row["error"]
@@ -136,17 +119,17 @@ def test_center_crop_cuts_the_middle_before_resizing(tmp_path):
 
 # -- tk encoders add ---------------------------------------------------------------------------------
 
-def test_add_reads_size_and_layout_from_the_file_and_checks_the_output(tmp_path, capsys):
+def test_add_reads_size_and_layout_from_the_file_and_checks_the_output(tmp_path):
     pytest.importorskip("onnxruntime")
     pooled, tokens = make_onnx(tmp_path / "pooled.onnx"), make_onnx(tmp_path / "tokens.onnx", tokens=True)
     nhwc = make_onnx(tmp_path / "nhwc.onnx", layout="nhwc")
-    code, out, err = tk(capsys, "encoders", "add", "enc", "--onnx", pooled)
+    code, out, err = tk("encoders", "add", "enc", "--onnx", pooled)
     assert code == 0, err
     from toolkit.plugins.backbones.encoders.spec import read_spec
 
     spec = read_spec(Path(out.strip()))
     assert (spec.input_size, spec.layout, spec.pooling, spec.dim) == (SIZE, "nchw", "as-is", 16)
-    assert tk(capsys, "encoders", "add", "enc_nhwc", "--onnx", nhwc)[0] == 0
+    assert tk("encoders", "add", "enc_nhwc", "--onnx", nhwc)[0] == 0
     assert read_spec(Path(out.strip()).with_name("enc_nhwc.toml")).layout == "nhwc"
     failures = {
         ("enc", "--onnx", pooled): "already registered",
@@ -160,19 +143,19 @@ def test_add_reads_size_and_layout_from_the_file_and_checks_the_output(tmp_path,
         ("nofile", "--onnx", tmp_path / "missing.onnx"): "no such file",
     }
     for args, message in failures.items():
-        code, _, err = tk(capsys, "encoders", "add", *args)
+        code, _, err = tk("encoders", "add", *args)
         assert code == 1 and message in err, (args, err)
         assert len(err.strip().splitlines()) == 1, err
-    code, out, _ = tk(capsys, "encoders", "list")
+    code, out, _ = tk("encoders", "list")
     assert [line.split("\t")[0] for line in out.splitlines()] == ["enc", "enc_nhwc"]
-    assert tk(capsys, "encoders", "remove", "enc_nhwc")[0] == 0
-    assert "enc_nhwc" not in tk(capsys, "encoders", "list")[1]
+    assert tk("encoders", "remove", "enc_nhwc")[0] == 0
+    assert "enc_nhwc" not in tk("encoders", "list")[1]
 
 
-def test_registered_encoders_keep_tk_start_fast(tmp_path, capsys):
+def test_registered_encoders_keep_tk_start_fast(tmp_path):
     """Registration reads spec files only: listing commands import no runtime an encoder runs on."""
     pytest.importorskip("onnxruntime")
-    assert tk(capsys, "encoders", "add", "enc", "--onnx", make_onnx(tmp_path / "enc.onnx"))[0] == 0
+    assert tk("encoders", "add", "enc", "--onnx", make_onnx(tmp_path / "enc.onnx"))[0] == 0
     probe = ("import json, sys\nfrom toolkit.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
              "print(json.dumps([m for m in ('onnxruntime', 'onnx', 'keras_hub', 'tensorflow', 'keras') "
              "if m in sys.modules]), file=sys.stderr)")
@@ -187,12 +170,12 @@ def test_registered_encoders_keep_tk_start_fast(tmp_path, capsys):
 
 # -- embeddings equal to the file run directly ---------------------------------------------------------
 
-def test_onnx_encoder_embeds_like_a_plain_session_and_refuses_keras_only_paths(tmp_path, breakhis, capsys):
+def test_onnx_encoder_embeds_like_a_plain_session_and_refuses_keras_only_paths(tmp_path, breakhis):
     ort = pytest.importorskip("onnxruntime")
     model = make_onnx(tmp_path / "enc.onnx")
-    assert tk(capsys, "encoders", "add", "enc", "--onnx", model, "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25")[0] == 0
+    assert tk("encoders", "add", "enc", "--onnx", model, "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25")[0] == 0
     store = tmp_path / "tk.duckdb"
-    code, _, err = run(capsys, breakhis, store, "enc")
+    code, _, err = run(breakhis, store, "enc")
     assert code == 0, err
     [vectors] = stored(store, "enc").values()
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
@@ -200,25 +183,25 @@ def test_onnx_encoder_embeds_like_a_plain_session_and_refuses_keras_only_paths(t
               for sha, p in pixels_by_sha(breakhis).items()}
     assert_same_embeddings(vectors, direct)
 
-    code, _, err = run(capsys, breakhis, tmp_path / "bf16.duckdb", "enc", "--precision", "bf16")
+    code, _, err = run(breakhis, tmp_path / "bf16.duckdb", "enc", "--precision", "bf16")
     assert code == 3 and "enc is not a Keras model" in err and "--precision bf16 cannot use it" in err
-    code, _, err = tk(capsys, "export", "--backbone", "enc", "--store", store, "--out", tmp_path / "export")
+    code, _, err = tk("export", "--backbone", "enc", "--store", store, "--out", tmp_path / "export")
     assert code != 0 and "enc is not a Keras model" in err
-    code, _, err = tk(capsys, "train", breakhis, "--backbone", "enc", "--store", tmp_path / "train.duckdb", "--epochs", "1")
+    code, _, err = tk("train", breakhis, "--backbone", "enc", "--store", tmp_path / "train.duckdb", "--epochs", "1")
     assert code != 0 and "so tk train cannot use it" in err
 
 
-def test_onnx_token_output_pooled_cls_and_mean_on_centre_crops(tmp_path, breakhis, capsys):
+def test_onnx_token_output_pooled_cls_and_mean_on_centre_crops(tmp_path, breakhis):
     """Two encoders of one input size, one cropping and one stretching the (non-square) images, in one run:
     each gets its own pixels."""
     ort = pytest.importorskip("onnxruntime")
     model = make_onnx(tmp_path / "tokens.onnx", tokens=True)
     pooled = make_onnx(tmp_path / "pooled.onnx")
-    assert tk(capsys, "encoders", "add", "tok", "--onnx", model, "--pooling", "cls+mean", "--prefix-tokens", "1",
+    assert tk("encoders", "add", "tok", "--onnx", model, "--pooling", "cls+mean", "--prefix-tokens", "1",
               "--resize", "center-crop")[0] == 0
-    assert tk(capsys, "encoders", "add", "flat", "--onnx", pooled)[0] == 0
+    assert tk("encoders", "add", "flat", "--onnx", pooled)[0] == 0
     store = tmp_path / "tk.duckdb"
-    assert run(capsys, breakhis, store, "tok,flat")[0] == 0
+    assert run(breakhis, store, "tok,flat")[0] == 0
     [vectors] = stored(store, "tok").values()
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     direct = {}
@@ -232,16 +215,16 @@ def test_onnx_token_output_pooled_cls_and_mean_on_centre_crops(tmp_path, breakhi
                                   for sha, p in pixels_by_sha(breakhis).items()})
 
 
-def test_keras_hub_encoder_embeds_like_the_keras_hub_backbone(tmp_path, breakhis, capsys):
+def test_keras_hub_encoder_embeds_like_the_keras_hub_backbone(tmp_path, breakhis):
     keras_hub = pytest.importorskip("keras_hub", reason="keras-hub is not in the test extra (it pulls full "
                                     "tensorflow); pip install --no-deps keras-hub to run this test")
     pytest.importorskip("safetensors")
     preset = make_dinov2(tmp_path / "dinov2", registers=2)
-    code, _, err = tk(capsys, "encoders", "add", "dino", "--keras-hub", preset, "--pooling", "cls+mean",
+    code, _, err = tk("encoders", "add", "dino", "--keras-hub", preset, "--pooling", "cls+mean",
                       "--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225")
     assert code == 0, err
     store = tmp_path / "tk.duckdb"
-    assert run(capsys, breakhis, store, "dino")[0] == 0
+    assert run(breakhis, store, "dino")[0] == 0
     [vectors] = stored(store, "dino").values()
     backbone = keras_hub.models.Backbone.from_preset(str(preset))
     shas, pixels = zip(*pixels_by_sha(breakhis).items())
@@ -251,21 +234,21 @@ def test_keras_hub_encoder_embeds_like_the_keras_hub_backbone(tmp_path, breakhis
     assert_same_embeddings(vectors, dict(zip(shas, direct)))
 
 
-def test_savedmodel_encoder_embeds_like_its_serving_signature(tmp_path, breakhis, capsys):
+def test_savedmodel_encoder_embeds_like_its_serving_signature(tmp_path, breakhis):
     import tensorflow as tf
 
     folder = make_savedmodel(tmp_path / "savedmodel")
-    code, _, err = tk(capsys, "encoders", "add", "pathfm", "--savedmodel", folder, "--output", "embedding")
+    code, _, err = tk("encoders", "add", "pathfm", "--savedmodel", folder, "--output", "embedding")
     assert code == 0, err
     store = tmp_path / "tk.duckdb"
-    assert run(capsys, breakhis, store, "pathfm")[0] == 0
+    assert run(breakhis, store, "pathfm")[0] == 0
     [vectors] = stored(store, "pathfm").values()
     serve = tf.saved_model.load(str(folder)).signatures["serving_default"]
     shas, pixels = zip(*pixels_by_sha(breakhis).items())
     direct = serve(image=tf.constant(normalised(np.stack(pixels), 0.0, 1.0)))["embedding"].numpy()  # inputs in [0, 1]
     assert_same_embeddings(vectors, dict(zip(shas, direct)))
 
-    code, out, err = tk(capsys, "export", "--backbone", "pathfm", "--store", store, "--out", tmp_path / "export",
+    code, out, err = tk("export", "--backbone", "pathfm", "--store", store, "--out", tmp_path / "export",
                         "--format", "tflite", "--json")
     assert code == 0, err  # a Keras kind exports like a CNN: backbone + probe head, checked against Keras
     [row] = json.loads(out)["export_parity"]
@@ -274,28 +257,28 @@ def test_savedmodel_encoder_embeds_like_its_serving_signature(tmp_path, breakhis
 
 # -- embedding sets keyed by file and spec --------------------------------------------------------------
 
-def test_a_changed_spec_or_file_starts_a_new_set_and_mixes_nothing(tmp_path, breakhis, capsys):
+def test_a_changed_spec_or_file_starts_a_new_set_and_mixes_nothing(tmp_path, breakhis):
     pytest.importorskip("onnxruntime")
     model = make_onnx(tmp_path / "enc.onnx")
     store = tmp_path / "tk.duckdb"
-    assert tk(capsys, "encoders", "add", "enc", "--onnx", model)[0] == 0
-    assert run(capsys, breakhis, store, "enc")[0] == 0
-    code, _, err = run(capsys, breakhis, store, "enc")
+    assert tk("encoders", "add", "enc", "--onnx", model)[0] == 0
+    assert run(breakhis, store, "enc")[0] == 0
+    code, _, err = run(breakhis, store, "enc")
     assert code == 0 and "nothing to extract" in err  # same file, same spec: reused
     [first] = stored(store, "enc")
     moved = tmp_path / "usb" / "enc.onnx"  # the stick mounted elsewhere: same bytes, same spec, same set
     moved.parent.mkdir()
     moved.write_bytes(model.read_bytes())
-    assert tk(capsys, "encoders", "add", "enc", "--onnx", moved, "--force")[0] == 0
-    code, _, err = run(capsys, breakhis, store, "enc")
+    assert tk("encoders", "add", "enc", "--onnx", moved, "--force")[0] == 0
+    code, _, err = run(breakhis, store, "enc")
     assert code == 0 and "nothing to extract" in err
     assert list(stored(store, "enc")) == [first]
 
-    assert tk(capsys, "encoders", "add", "enc", "--onnx", model, "--mean", "0.5,0.5,0.5", "--force")[0] == 0
-    code, _, err = run(capsys, breakhis, store, "enc")
+    assert tk("encoders", "add", "enc", "--onnx", model, "--mean", "0.5,0.5,0.5", "--force")[0] == 0
+    code, _, err = run(breakhis, store, "enc")
     assert code == 0 and "start a new embedding set" in err
     make_onnx(model, seed=1)  # the same path, other weights
-    assert run(capsys, breakhis, store, "enc")[0] == 0
+    assert run(breakhis, store, "enc")[0] == 0
     sets = stored(store, "enc")
     assert len(sets) == 3 and list(sets)[0] == first
     tables = list(sets)
@@ -308,20 +291,20 @@ def test_a_changed_spec_or_file_starts_a_new_set_and_mixes_nothing(tmp_path, bre
         assert not np.allclose(sets[tables[a]][sha], sets[tables[b]][sha])
 
 
-def test_similar_embeds_a_new_image_with_the_onnx_encoder(tmp_path, breakhis, capsys):
+def test_similar_embeds_a_new_image_with_the_onnx_encoder(tmp_path, breakhis):
     ort = pytest.importorskip("onnxruntime")
     from PIL import Image
 
     model = make_onnx(tmp_path / "enc.onnx")
-    assert tk(capsys, "encoders", "add", "enc", "--onnx", model)[0] == 0
+    assert tk("encoders", "add", "enc", "--onnx", model)[0] == 0
     store = tmp_path / "tk.duckdb"
-    assert run(capsys, breakhis, store, "enc")[0] == 0
+    assert run(breakhis, store, "enc")[0] == 0
     source = sorted(breakhis.rglob("*.png"))[5]
     query = tmp_path / "query.png"
     image = np.asarray(Image.open(source)).copy()
     image[0, 0] = 0  # new bytes: embedded now, not read from the store
     Image.fromarray(image).save(query)
-    code, out, err = tk(capsys, "similar", query, "--backbone", "enc", "--store", store, "-k", "3", "--format", "json")
+    code, out, err = tk("similar", query, "--backbone", "enc", "--store", store, "-k", "3", "--format", "json")
     assert code == 0, err
     nearest = json.loads(out)
     assert len(nearest) == 3 and nearest[0]["relpath"].endswith(source.name)  # its near-copy ranks first
@@ -338,17 +321,17 @@ def test_similar_embeds_a_new_image_with_the_onnx_encoder(tmp_path, breakhis, ca
     np.testing.assert_allclose(vector, direct[0][0], rtol=1e-5, atol=1e-6)
 
 
-def test_report_shows_the_encoder_beside_a_cnn(tmp_path, breakhis, capsys):
+def test_report_shows_the_encoder_beside_a_cnn(tmp_path, breakhis):
     pytest.importorskip("onnxruntime")
     model = make_onnx(tmp_path / "enc.onnx")
-    assert tk(capsys, "encoders", "add", "enc", "--onnx", model)[0] == 0
+    assert tk("encoders", "add", "enc", "--onnx", model)[0] == 0
     out = tmp_path / "reports"
     from toolkit.plugin.registry import _cache, load_registry
     from toolkit.run.settings import select
 
     _cache.clear()
     assert "enc" in [b.name for b in select(load_registry().backbones, "all", "backbone")]  # all includes encoders
-    code, stdout, err = tk(capsys, "--plugin", TINY, "run", breakhis, "--backbone", "tiny,enc", "--store",
+    code, stdout, err = tk("--plugin", TINY, "run", breakhis, "--backbone", "tiny,enc", "--store",
                            tmp_path / "tk.duckdb", "--out", out, "--analysis", "pca,probe", "--weights", "random")
     assert code == 0, err
     html = Path(stdout.strip().splitlines()[-1]).read_text()

@@ -11,7 +11,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from tests.conftest import TINY, run_tk
+from tests.conftest import STAND_IN, tk
 from toolkit.plugins.commands.new_plugin import render_plugin
 from toolkit.plugin.registry import load_registry
 from toolkit.testing import check_analysis
@@ -36,14 +36,14 @@ def test_rf_importance_passes_the_kit_when_loaded_by_path():
 
 def test_rf_importance_shows_in_the_report_of_a_run(tmp_path, breakhis):
     store, out = tmp_path / "tk.duckdb", tmp_path / "out"
-    result = run_tk("run", breakhis, "--backbone", "tiny", "--weights", "random", "--plugin", TINY,
-                    "--plugin", RF_MODULE, "--analysis", "rf_importance", "--store", store, "--out", out)
+    result = tk("run", breakhis, "--backbone", "stand_in", "--weights", "random", "--plugin", STAND_IN,
+                "--plugin", RF_MODULE, "--analysis", "rf_importance", "--store", store, "--out", out)
     assert result.exit_code == 0, result.stderr
     con = duckdb.connect(str(store), read_only=True)
     assert con.execute("SELECT count(*), min(rank), max(rank) FROM results_rf_importance").fetchall() == [(10, 1, 10)]
     report = next(out.glob("*.html")).read_text()
     assert "Random-forest feature importance" in report
-    assert "out-of-bag accuracy" in report and "most important tiny embedding features" in report
+    assert "out-of-bag accuracy" in report and "most important stand_in embedding features" in report
 
 
 def test_the_example_package_own_tests_pass():

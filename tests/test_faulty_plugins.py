@@ -7,7 +7,7 @@ import time
 
 import duckdb
 
-from tests.conftest import PLUGINS, TINY, run_tk
+from tests.conftest import PLUGINS, STAND_IN, TINY, tk
 
 FAULTY = PLUGINS / "faulty_plugins.py"
 
@@ -15,9 +15,9 @@ FAULTY = PLUGINS / "faulty_plugins.py"
 def test_run_survives_faulty_plugins(tmp_path, breakhis):
     store, out = tmp_path / "tk.duckdb", tmp_path / "out"
     started = time.monotonic()
-    result = run_tk("run", breakhis, "--backbone", "tiny,wrongshape", "--store", store, "--out", out,
-                    "--analysis", "raises,malformed,sleepy,pca_again", "--analysis-timeout", "2",
-                    "--plugin", TINY, "--plugin", FAULTY)
+    result = tk("run", breakhis, "--backbone", "tiny,wrongshape", "--store", store, "--out", out,
+                "--analysis", "raises,malformed,sleepy,pca_again", "--analysis-timeout", "2",
+                "--plugin", TINY, "--plugin", FAULTY)
     assert time.monotonic() - started < 28, "the sleeping analysis was waited for"
     assert result.exit_code == 3, result.stderr
     con = duckdb.connect(str(store), read_only=True)
@@ -37,8 +37,8 @@ def test_run_survives_faulty_plugins(tmp_path, breakhis):
 
 def test_an_exporter_writing_outside_out_is_refused(tmp_path, breakhis):
     store, out = tmp_path / "tk.duckdb", tmp_path / "out"
-    result = run_tk("run", breakhis, "--backbone", "tiny", "--store", store, "--out", out, "--analysis", "none",
-                    "--export", "escape,html", "--plugin", TINY, "--plugin", FAULTY)
+    result = tk("run", breakhis, "--backbone", "stand_in", "--store", store, "--out", out, "--analysis", "none",
+                "--export", "escape,html", "--plugin", STAND_IN, "--plugin", FAULTY)
     assert result.exit_code == 3
     assert "exporter escape: ExportEscape: wrote outside --out" in result.stderr
     assert not (tmp_path / "escaped.txt").exists()  # refused at the join, before anything was written
@@ -51,14 +51,14 @@ def test_an_exporter_writing_beside_out_through_a_plain_path_fails_in_run_and_ex
     """Issue #20, item 7: only the returned paths were checked (and `tk export` checked nothing), so an
     exporter that wrote beside --out and returned nothing passed."""
     store, out = tmp_path / "tk.duckdb", tmp_path / "out"
-    result = run_tk("run", breakhis, "--backbone", "tiny", "--store", store, "--out", out, "--analysis", "none",
-                    "--export", "stray,html", "--plugin", TINY, "--plugin", FAULTY)
+    result = tk("run", breakhis, "--backbone", "stand_in", "--store", store, "--out", out, "--analysis", "none",
+                "--export", "stray,html", "--plugin", STAND_IN, "--plugin", FAULTY)
     assert result.exit_code == 3, result.stderr
     assert f"exporter stray: ExportEscape: wrote outside --out: {tmp_path / 'stray.txt'}" in result.stderr
     assert list(out.glob("tk-report-*.html"))  # the other exporter still ran, the store beside --out is no stray
     (tmp_path / "stray.txt").unlink()
-    exported = run_tk("export", "--backbone", "tiny", "--format", "stray", "--store", store, "--out", out,
-                      "--plugin", TINY, "--plugin", FAULTY)
+    exported = tk("export", "--backbone", "stand_in", "--format", "stray", "--store", store, "--out", out,
+                  "--plugin", STAND_IN, "--plugin", FAULTY)
     assert exported.exit_code == 3, exported.stderr
     assert f"exporter stray: wrote outside --out: {tmp_path / 'stray.txt'}" in exported.stderr
 
@@ -88,13 +88,13 @@ def _columns(store, table):
 def test_an_analysis_named_like_a_core_table_is_refused_and_the_store_stays_usable(tmp_path, breakhis):
     plugin, store = tmp_path / "core_named.py", tmp_path / "tk.duckdb"
     plugin.write_text(CORE_NAMED)
-    args = ["run", breakhis, "--backbone", "tiny", "--store", store, "--export", "none", "--plugin", TINY]
-    refused = run_tk(*args, "--analysis", "findings", "--plugin", plugin)
+    args = ["run", breakhis, "--backbone", "stand_in", "--store", store, "--export", "none", "--plugin", STAND_IN]
+    refused = tk(*args, "--analysis", "findings", "--plugin", plugin)
     assert refused.exit_code == 1
     assert refused.stderr.strip().splitlines() == [
         f"error: plugin {plugin}: analysis name 'findings' would store its results in tk's core table "
         "results_findings; rename the analysis"]
-    later = run_tk(*args, "--analysis", "pca")
+    later = tk(*args, "--analysis", "pca")
     assert later.exit_code == 0, later.stderr
     assert _columns(store, "results_findings") == ["run_id", "backbone", "analysis", "severity", "message", "detail"]
 
@@ -107,7 +107,7 @@ def test_a_backbone_giving_nan_fails_and_stores_no_vector(tmp_path, breakhis):
     args = ["run", breakhis, "--backbone", "tiny,nan", "--store", store, "--analysis", "pca", "--export", "none",
             "--batch-size", "8", "--plugin", TINY, "--plugin", NAN]
     for attempt in range(2):  # nothing bad is stored, so nothing bad is reused: the second run fails the same way
-        result = run_tk(*args)
+        result = tk(*args)
         assert result.exit_code == 3, result.stderr
         said = [line for line in result.stderr.splitlines() if "backbone nan" in line]
         assert said == ["error: backbone nan (fp32) gave NaN or infinite embeddings for 8 of 8 images in a batch; "
@@ -141,8 +141,8 @@ def test_a_numpy_runtime_warning_is_one_warning_line_not_raw_output(tmp_path, br
     """Issue #20, item 14: numpy's RuntimeWarnings reached stderr raw (path line, then the source line)."""
     plugin = tmp_path / "warns.py"
     plugin.write_text(WARNING_PLUGIN)
-    result = run_tk("run", breakhis, "--backbone", "tiny", "--weights", "random", "--store", tmp_path / "tk.duckdb",
-                    "--analysis", "warns", "--export", "none", "--plugin", TINY, "--plugin", plugin)
+    result = tk("run", breakhis, "--backbone", "stand_in", "--weights", "random", "--store", tmp_path / "tk.duckdb",
+                "--analysis", "warns", "--export", "none", "--plugin", STAND_IN, "--plugin", plugin)
     assert result.exit_code == 0, result.stderr
     about = [line for line in result.stderr.splitlines() if "invalid value" in line]
     assert about == ["warning: RuntimeWarning at warns.py:8: invalid value encountered in divide"], result.stderr

@@ -97,6 +97,7 @@ def test_folding_and_mixed_precision_combine_in_either_order(order):
     assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.999
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,n_folded", [("efficientnetb0", 49)])
 def test_a_real_backbone_folds_and_embeds_the_same(name, n_folded):
     """EfficientNetB0 (depthwise convolutions, squeeze-excitation): every batch norm follows a

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_tk
+from tests.conftest import tk
 import numpy as np
 
 from toolkit.extract import stain as stain_normalisation
@@ -95,10 +95,10 @@ def test_hook_register_stain_normalisers(tmp_path):
 
 
 def test_hook_register_commands():
-    result = run_tk("hello", "docs", "--plugin", EVERY_HOOK)
+    result = tk("hello", "docs", "--plugin", EVERY_HOOK)
     assert result.exit_code == 0, result.stderr
     assert result.stdout == "hello docs\n"
-    assert "new-plugin" in run_tk("--help").stdout  # the built-in command comes through the same hook
+    assert "new-plugin" in tk("--help").stdout  # the built-in command comes through the same hook
 
 
 def test_hook_prepare_jinja2_environment(tmp_path):

@@ -8,7 +8,7 @@ import textwrap
 import duckdb
 import pytest
 
-from tests.conftest import PLUGINS, TINY, run_tk, run_tk_reporting_tensorflow
+from tests.conftest import PLUGINS, TINY, run_tk_reporting_tensorflow, tk
 from toolkit.errors import PluginError
 from toolkit.plugin.registry import load_registry
 
@@ -31,15 +31,15 @@ def test_tk_plugins_lists_builtins_without_importing_tensorflow(tmp_path):
 
 def test_plugin_file_is_listed_used_and_stored(tmp_path, breakhis):
     extra = PLUGINS / "extra_plugin.py"
-    listed = json.loads(run_tk("plugins", "--json", "--plugin", extra).stdout)
+    listed = json.loads(tk("plugins", "--json", "--plugin", extra).stdout)
     mine = {(r["name"], r["kind"]): r for r in listed if r["source"] == "file"}
     assert set(mine) == {("micro", "backbone"), ("feature_means", "analysis")}
     assert mine[("micro", "backbone")]["version"] == "1.2.3"
     assert mine[("micro", "backbone")]["plugin"].endswith("extra_plugin.py")
 
     store = tmp_path / "tk.duckdb"
-    result = run_tk("run", breakhis, "--backbone", "micro", "--store", store, "--out", tmp_path / "out",
-                    "--plugin", extra)
+    result = tk("run", breakhis, "--backbone", "micro", "--store", store, "--out", tmp_path / "out",
+                "--plugin", extra)
     assert result.exit_code == 0, result.stderr
     con = duckdb.connect(str(store), read_only=True)
     assert con.execute("SELECT count(*) FROM results_feature_means").fetchall() == [(4,)]
@@ -51,7 +51,7 @@ def test_plugin_file_is_listed_used_and_stored(tmp_path, breakhis):
 def test_local_tk_plugins_folder_is_loaded(tmp_path):
     (tmp_path / "tk_plugins").mkdir()
     (tmp_path / "tk_plugins" / "tiny.py").write_text(TINY.read_text())
-    rows = json.loads(run_tk("plugins", "--json", cwd=tmp_path).stdout)
+    rows = json.loads(tk("plugins", "--json", cwd=tmp_path).stdout)
     assert ("tiny", "backbone") in {(r["name"], r["kind"]) for r in rows}
 
 
@@ -67,7 +67,7 @@ def test_duplicate_name_is_refused_naming_both_plugins(tmp_path):
     """))
     with pytest.raises(PluginError, match=r"analysis 'pca' is registered twice: by pca and by .*clash.py"):
         load_registry([clash])
-    result = run_tk("plugins", "--plugin", clash)
+    result = tk("plugins", "--plugin", clash)
     assert result.exit_code == 1 and "registered twice" in result.stderr
 
 
@@ -96,6 +96,6 @@ def test_register_commands_hook_adds_a_command(tmp_path):
             def hello(name: str):
                 print(f"hello {name}")
     """))
-    result = run_tk("hello", "world", "--plugin", plugin)
+    result = tk("hello", "world", "--plugin", plugin)
     assert result.exit_code == 0, result.stderr
     assert result.stdout.strip() == "hello world"

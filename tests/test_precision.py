@@ -7,13 +7,13 @@ import duckdb
 import numpy as np
 import pytest
 
-from tests.conftest import TINY, run_tk, run_tk_reporting_tensorflow
+from tests.conftest import TINY, run_tk_reporting_tensorflow, tk
 from tests.datasets import image_path, tile
 
 
 def _run(breakhis, store, *extra):
-    return run_tk("run", breakhis, "--backbone", "tiny", "--weights", "random", "--store", store,
-                  "--analysis", "none", "--export", "none", "--plugin", TINY, *extra)
+    return tk("run", breakhis, "--backbone", "tiny", "--weights", "random", "--store", store,
+              "--analysis", "none", "--export", "none", "--plugin", TINY, *extra)
 
 
 def _vectors(con, table):
@@ -42,7 +42,8 @@ def test_int8_is_its_own_set_with_parity_and_reruns_skip(tmp_path, breakhis):
     assert fp32_shas == int8_shas and len(fp32_shas) == 32
     assert not np.array_equal(fp32, int8) and _cosine(fp32, int8).min() > 0.9  # quantised, but the same images
     rows = con.execute("SELECT precision, table_name, n_embedded, parity_centred_cosine_mean, parity_centred_cosine_min, "
-                       "parity_rank_corr, parity_n_images FROM run_backbones ORDER BY run_id").fetchall()
+                       "parity_rank_corr, parity_n_images FROM run_backbones JOIN runs USING (run_id) "
+                       "ORDER BY started_at").fetchall()
     assert rows[0][:3] == ("fp32", "emb_tiny__random_seed0", 32) and rows[0][3:] == (None, None, None, None)
     precision, table, embedded, cos_mean, cos_min, rank, n = rows[1]
     assert (precision, table, embedded, n) == ("int8", "emb_tiny__random_seed0_int8", 32, 16)

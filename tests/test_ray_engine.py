@@ -60,6 +60,7 @@ def _cosines(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> np.ndarray:
     return np.array([a[s] @ b[s] / (np.linalg.norm(a[s]) * np.linalg.norm(b[s])) for s in a])
 
 
+@pytest.mark.slow
 def test_ray_engine_gives_the_local_engines_rows_and_vectors(local_ray, tmp_path, breakhis):
     local, distributed, shards = tmp_path / "local.duckdb", tmp_path / "ray.duckdb", tmp_path / "shards"
     assert execute_run(_settings(breakhis, local, "local", batch_size=8)).status == "ok"

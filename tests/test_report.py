@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.browser import open_page
-from tests.conftest import TINY, run_tk
+from tests.conftest import STAND_IN, TINY, tk
 from tests.datasets import make_breakhis, make_class_folders, tile
 
 PAYLOAD_LABEL = "<script>console.log('XSS-LABEL')</script>"
@@ -45,8 +45,8 @@ def tiny_run(tmp_path_factory) -> TinyRun:
     broken = data / "benign" / "SOB" / "adenosis" / "SOB_B_A_14-100" / "40X" / "SOB_B_A-14-100-40-007.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n broken")
     run = TinyRun(data, root / "tk.duckdb", root / "out")
-    result = run_tk("run", data, "--backbone", "tiny", "--store", run.store, "--out", run.out, "--plugin", TINY,
-                    env={"TK_CACHE_DIR": str(root / "cache"), "TK_LOAD_PLUGINS": ""})
+    result = tk("run", data, "--backbone", "tiny", "--store", run.store, "--out", run.out, "--plugin", TINY,
+                env={"TK_CACHE_DIR": str(root / "cache"), "TK_LOAD_PLUGINS": ""})
     assert result.exit_code == 0, result.stderr
     return run
 
@@ -92,8 +92,8 @@ def test_report_escapes_hostile_metadata_and_nothing_executes(tmp_path):
     rows.append('"images/broken.png","benign","a",p1')
     (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
     store, out = tmp_path / "tk.duckdb", tmp_path / "out"
-    result = run_tk("run", tmp_path / "m.csv", "--backbone", "tiny", "--store", store, "--out", out,
-                    "--plugin", TINY)
+    result = tk("run", tmp_path / "m.csv", "--backbone", "stand_in", "--store", store, "--out", out,
+                "--plugin", STAND_IN)
     assert result.exit_code == 0, result.stderr
     con = duckdb.connect(str(store), read_only=True)
     assert sorted(r[0] for r in con.execute("SELECT DISTINCT label FROM images").fetchall()) == sorted([PAYLOAD_LABEL, SQL_LABEL])
@@ -116,28 +116,28 @@ def test_patient_ids_are_pseudonymised_unless_revealed(tmp_path, tiny_run):
     assert not [p for p in patients if p in html]
     assert str(tiny_run.data) not in html and str(store.parent) not in html  # no absolute local paths
     assert re.search(r"P-[0-9a-f]{6}", html)  # the skipped file's path names the pseudonym instead
-    revealed = run_tk("report", "--store", store, "--out", tmp_path / "b", "--reveal-ids", "--plugin", TINY)
+    revealed = tk("report", "--store", store, "--out", tmp_path / "b", "--reveal-ids", "--plugin", TINY)
     assert revealed.exit_code == 0, revealed.stderr
     assert all(p in _report(tmp_path / "b").read_text() for p in ["14-100"])
 
 
 def test_tk_report_re_renders_the_same_file_from_the_store(tmp_path, tiny_run):
-    again = run_tk("report", "--store", tiny_run.store, "--out", tmp_path / "b", "--plugin", TINY)
+    again = tk("report", "--store", tiny_run.store, "--out", tmp_path / "b", "--plugin", TINY)
     assert again.exit_code == 0, again.stderr
     assert _report(tiny_run.out).read_text() == _report(tmp_path / "b").read_text()
 
 
 def test_tk_report_never_shows_a_failed_run_as_finished_and_says_why_when_named(tmp_path, breakhis):
     store = tmp_path / "tk.duckdb"
-    failed = run_tk("run", breakhis, "--backbone", "tiny", "--weights", "imagenet", "--store", store,
-                    "--out", tmp_path / "run", "--plugin", TINY)
+    failed = tk("run", breakhis, "--backbone", "tiny", "--weights", "imagenet", "--store", store,
+                "--out", tmp_path / "run", "--plugin", TINY)
     assert failed.exit_code == 1 and "tiny has no ImageNet weights" in failed.stderr
-    latest = run_tk("report", "--store", store, "--out", tmp_path / "latest", "--plugin", TINY)
+    latest = tk("report", "--store", store, "--out", tmp_path / "latest", "--plugin", TINY)
     assert latest.exit_code == 1, latest.stdout
     assert "no finished run" in latest.stderr and "tiny has no ImageNet weights" in latest.stderr
     assert not (tmp_path / "latest").exists()
     run_id = duckdb.connect(str(store), read_only=True).execute("SELECT run_id FROM runs").fetchall()[0][0]
-    named = run_tk("report", run_id, "--store", store, "--out", tmp_path / "named", "--plugin", TINY)
+    named = tk("report", run_id, "--store", store, "--out", tmp_path / "named", "--plugin", TINY)
     assert named.exit_code == 0, named.stderr
     html = _report(tmp_path / "named").read_text()
     assert 'id="unfinished-run"' in html and "This run failed" in html and "tiny has no ImageNet weights" in html
@@ -148,8 +148,8 @@ def test_tk_report_never_shows_a_failed_run_as_finished_and_says_why_when_named(
 
 def test_class_folders_without_patient_ids_say_patient_unknown_and_how_to_give_ids(tmp_path):
     data = make_class_folders(tmp_path / "slides")
-    result = run_tk("run", data, "--backbone", "tiny", "--weights", "random", "--analysis", "integrity,probe",
-                    "--store", tmp_path / "tk.duckdb", "--out", tmp_path / "out", "--plugin", TINY)
+    result = tk("run", data, "--backbone", "stand_in", "--weights", "random", "--analysis", "integrity,probe",
+                "--store", tmp_path / "tk.duckdb", "--out", tmp_path / "out", "--plugin", STAND_IN)
     assert result.exit_code == 0, result.stderr
     text = " ".join(unescape(re.sub(r"<[^>]+>", " ", _report(tmp_path / "out").read_text())).split())
     assert "We analysed 12 images , patient unknown (6 benign, 6 malignant)" in text
@@ -229,8 +229,8 @@ def test_patient_ids_are_pseudonymised_in_the_data_with_a_store_secret_and_no_ab
     rows.append('"images/O\'Brien-scan.png",benign,a,"O\'Brien"')
     (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
     store, out = tmp_path / "tk.duckdb", tmp_path / "out"
-    result = run_tk("run", tmp_path / "m.csv", "--backbone", "tiny", "--analysis", "integrity", f"--store={store}",
-                    f"--out={out}", "--plugin", TINY)
+    result = tk("run", tmp_path / "m.csv", "--backbone", "stand_in", "--analysis", "integrity", f"--store={store}",
+                f"--out={out}", "--plugin", STAND_IN)
     assert result.exit_code == 0, result.stderr
     con = duckdb.connect(str(store), read_only=True)
     assert sorted(r[0] for r in con.execute("SELECT DISTINCT patient_id FROM images").fetchall()) == sorted(patients)
@@ -246,7 +246,7 @@ def test_patient_ids_are_pseudonymised_in_the_data_with_a_store_secret_and_no_ab
     assert len(set(re.findall(r">P-[0-9a-f]{10}</td>", html))) == 2  # the integrity conflict's patient_id cells
     assert re.search(r'"finding warning">1 identical files appear 2 times', html)  # counts are not ids "1", "2"
     assert str(tmp_path) not in html  # --store=/abs and --out=/abs included
-    revealed = run_tk("report", f"--store={store}", "--out", tmp_path / "b", "--reveal-ids", "--plugin", TINY)
+    revealed = tk("report", f"--store={store}", "--out", tmp_path / "b", "--reveal-ids", "--plugin", STAND_IN)
     assert revealed.exit_code == 0, revealed.stderr
     assert "O&#39;Brien" in _report(tmp_path / "b").read_text()
 
@@ -316,15 +316,15 @@ def test_short_patient_ids_never_show_raw_where_ids_appear(tmp_path):
     plugin = tmp_path / "patient_plugin.py"
     plugin.write_text(PATIENT_PLUGIN)
     store, out = tmp_path / "tk.duckdb", tmp_path / "out"
-    result = run_tk("run", tmp_path / "m.csv", "--backbone", "tiny", "--analysis", "per_patient", f"--store={store}",
-                    f"--out={out}", "--plugin", TINY, "--plugin", plugin)
+    result = tk("run", tmp_path / "m.csv", "--backbone", "stand_in", "--analysis", "per_patient", f"--store={store}",
+                f"--out={out}", "--plugin", STAND_IN, "--plugin", plugin)
     assert result.exit_code == 0, result.stderr
     with duckdb.connect(str(store), read_only=True) as con:
         run_id = con.execute("SELECT run_id FROM runs").fetchall()[0][0]
         secret = bytes.fromhex(con.execute("SELECT value FROM store_secrets").fetchall()[0][0])
     shown = Pseudonyms(patients, secret, run_id)
     html = unescape(_report(out).read_text())
-    section = html.split('id="section-tiny-per_patient"', 1)[1].split("</section>", 1)[0]
+    section = html.split('id="section-stand_in-per_patient"', 1)[1].split("</section>", 1)[0]
     cells = re.findall(r"<td[^>]*>([^<]*)</td>", section)
     for patient in patients:
         assert f"patient {shown(patient)}: 2 images" in section
@@ -333,8 +333,8 @@ def test_short_patient_ids_never_show_raw_where_ids_appear(tmp_path):
     assert not set(patients) & set(cells) and "14-13412" not in html
     assert f'alt="dots of {shown("12")}"' in section and f"{shown('1')} at left, 12 dots" in section  # counts stay
     assert "⟦" not in html and "patient:" not in html
-    revealed = run_tk("report", f"--store={store}", "--out", tmp_path / "b", "--reveal-ids", "--plugin", TINY,
-                      "--plugin", plugin)
+    revealed = tk("report", f"--store={store}", "--out", tmp_path / "b", "--reveal-ids", "--plugin", STAND_IN,
+                  "--plugin", plugin)
     assert revealed.exit_code == 0, revealed.stderr
     plain = unescape(_report(tmp_path / "b").read_text())
     assert "patient 12: 2 images" in plain and ">1 in 2 groups</td>" in plain and "⟦" not in plain

@@ -7,7 +7,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from tests.conftest import TINY, run_tk
+from tests.conftest import STAND_IN, TINY, tk
 from tests.datasets import tile
 from toolkit.errors import TkError
 from toolkit.store import MIGRATIONS, Store
@@ -37,8 +37,8 @@ def test_a_later_run_with_other_labels_leaves_an_earlier_runs_metadata_and_repor
     second = _manifest(tmp_path / "second.csv", ["cat", "dog", "emu", "fox"] * 2, [f"q{i % 2}" for i in range(8)])
     store = tmp_path / "tk.duckdb"
     for manifest in (first, second):
-        result = run_tk("run", manifest, "--backbone", "tiny", "--analysis", "none", "--export", "none",
-                        "--store", store, "--plugin", TINY)
+        result = tk("run", manifest, "--backbone", "tiny", "--analysis", "none", "--export", "none",
+                    "--store", store, "--plugin", TINY)
         assert result.exit_code == 0, result.stderr
     run_a, run_b = _runs(store)
     with Store.open(store, read_only=True) as opened:
@@ -51,7 +51,7 @@ def test_a_later_run_with_other_labels_leaves_an_earlier_runs_metadata_and_repor
         assert set(metadata["subtype"]) == {"benign-sub", "malignant-sub"}
         latest = opened.con.execute("SELECT DISTINCT label FROM images ORDER BY label").fetchall()
         assert latest == [("cat",), ("dog",), ("emu",), ("fox",)]  # images: as the latest run read them
-    report = run_tk("report", run_a, "--store", store, "--out", tmp_path / "a", "--reveal-ids", "--plugin", TINY)
+    report = tk("report", run_a, "--store", store, "--out", tmp_path / "a", "--reveal-ids", "--plugin", TINY)
     assert report.exit_code == 0, report.stderr
     html = next((tmp_path / "a").glob("tk-report-*.html")).read_text()
     assert "malignant" in html and "benign-sub" in html
@@ -115,15 +115,15 @@ def test_tk_report_reads_an_old_store_without_writing_it(tmp_path):
     manifest = _manifest(tmp_path / "m.csv", ["benign", "malignant"] * 3 + ["benign"],
                          ["O'Brien", "Smith-7", "Jones-9"] * 2 + ["Jones-9"])
     store = tmp_path / "tk.duckdb"
-    result = run_tk("run", manifest, "--backbone", "tiny", "--analysis", "integrity", "--export", "none",
-                    "--store", store, "--plugin", TINY)
+    result = tk("run", manifest, "--backbone", "stand_in", "--analysis", "integrity", "--export", "none",
+                "--store", store, "--plugin", STAND_IN)
     assert result.exit_code == 0, result.stderr
     _as_before(store, "m007_store_secrets", "m008_run_image_metadata", "m009_clinical", "m010_stain",
                "m011_shards")
     before = hashlib.sha256(store.read_bytes()).hexdigest()
     pages = []
     for out in ("a", "b"):
-        report = run_tk("report", "--store", store, "--out", tmp_path / out, "--plugin", TINY)
+        report = tk("report", "--store", store, "--out", tmp_path / out, "--plugin", STAND_IN)
         assert report.exit_code == 0, report.stderr
         pages.append(next((tmp_path / out).glob("tk-report-*.html")).read_text())
     assert hashlib.sha256(store.read_bytes()).hexdigest() == before  # read, never written

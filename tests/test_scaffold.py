@@ -11,7 +11,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from tests.conftest import TINY, run_tk
+from tests.conftest import STAND_IN, run_tk, tk
 from toolkit.errors import TkError
 from toolkit.plugins.commands.new_plugin import render_plugin
 from toolkit.plugin.registry import load_registry
@@ -24,14 +24,14 @@ def _pip_install_target(package: Path, target: Path) -> None:
 
 
 def test_analysis_scaffold_installs_lists_runs_and_passes_its_own_test(tmp_path, breakhis):
-    made = run_tk("new-plugin", "my_thing", "--kind", "analysis", "--dir", tmp_path)
+    made = tk("new-plugin", "my_thing", "--kind", "analysis", "--dir", tmp_path)
     assert made.exit_code == 0, made.stderr
     package = Path(made.stdout.strip())
     assert package == tmp_path / "tk-my-thing"
 
     site = tmp_path / "site"
     _pip_install_target(package, site)
-    env = {"PYTHONPATH": str(site), "TK_LOAD_PLUGINS": "my_thing"}
+    env = {"PYTHONPATH": str(site), "TK_LOAD_PLUGINS": "my_thing"}  # a fresh process finds the install on its path
     rows = json.loads(run_tk("plugins", "--json", env=env).stdout)
     mine = [r for r in rows if r["name"] == "my_thing"]
     assert mine == [{"name": "my_thing", "kind": "analysis", "plugin": "my_thing (tk-my-thing)",
@@ -40,7 +40,7 @@ def test_analysis_scaffold_installs_lists_runs_and_passes_its_own_test(tmp_path,
                                    "choices": ["raw", "standardised"], "help": "raw or standardised features"}]}]
 
     store, out = tmp_path / "tk.duckdb", tmp_path / "out"
-    result = run_tk("run", breakhis, "--backbone", "tiny", "--weights", "random", "--plugin", TINY,
+    result = run_tk("run", breakhis, "--backbone", "stand_in", "--weights", "random", "--plugin", STAND_IN,
                     "--analysis", "my_thing", "--store", store, "--out", out, env=env)
     assert result.exit_code == 0, result.stderr
     con = duckdb.connect(str(store), read_only=True)
@@ -55,7 +55,8 @@ def test_analysis_scaffold_installs_lists_runs_and_passes_its_own_test(tmp_path,
     assert "6 passed" in tested.stdout  # the registration test and the five analysis checks
 
 
-@pytest.mark.parametrize("kind, name", [("backbone", "my_net"), ("exporter", "my_csv")])
+@pytest.mark.parametrize("kind, name", [pytest.param("backbone", "my_net", marks=pytest.mark.slow),  # MobileNetV3
+                                        ("exporter", "my_csv")])
 def test_backbone_and_exporter_scaffolds_load_by_path_and_pass_the_kit(tmp_path, kind, name):
     package = render_plugin(name, kind, tmp_path)
     assert sorted(str(p.relative_to(package)) for p in package.rglob("*") if p.is_file()) == [
@@ -93,20 +94,20 @@ def test_a_name_ending_in_a_newline_is_refused(tmp_path):
 
 
 def test_refusals_are_one_line_errors(tmp_path):
-    assert run_tk("new-plugin", "dup", "--dir", tmp_path).exit_code == 0
-    again = run_tk("new-plugin", "dup", "--dir", tmp_path)
+    assert tk("new-plugin", "dup", "--dir", tmp_path).exit_code == 0
+    again = tk("new-plugin", "dup", "--dir", tmp_path)
     assert again.exit_code == 1
     assert again.stderr.strip().splitlines() == [f"error: {tmp_path / 'tk-dup'} already exists; choose another "
                                                  "NAME or --dir, or remove it"]
-    taken = run_tk("new-plugin", "pca", "--dir", tmp_path)
+    taken = tk("new-plugin", "pca", "--dir", tmp_path)
     assert taken.exit_code == 1 and "'pca' is already taken by the analysis of plugin pca" in taken.stderr
-    wrong_kind = run_tk("new-plugin", "thing", "--kind", "model", "--dir", tmp_path)
+    wrong_kind = tk("new-plugin", "thing", "--kind", "model", "--dir", tmp_path)
     assert wrong_kind.exit_code == 1 and "--kind 'model' is not one of analysis, backbone, exporter" in wrong_kind.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tk-dup"]
 
 
 def test_new_plugin_refuses_a_name_whose_results_would_be_a_core_table(tmp_path):
-    refused = run_tk("new-plugin", "findings", "--dir", tmp_path)
+    refused = tk("new-plugin", "findings", "--dir", tmp_path)
     assert refused.exit_code == 1
     assert refused.stderr.strip().splitlines() == [
         "error: analysis name 'findings' would store its results in tk's core table results_findings; "

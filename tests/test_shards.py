@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import TINY, run_tk
+from tests.conftest import TINY, tk
 from toolkit.errors import TkError
 from toolkit.ingest.scan import sha256_file
 from toolkit.store import Store
@@ -99,11 +99,11 @@ def test_tk_ingest_then_tk_run_reuses_the_ingested_vectors(tmp_path, breakhis):
     vectors = np.random.default_rng(1).normal(size=(len(shas), 16)).astype(np.float32)
     write_shard(tmp_path / "cluster", TINY_SET, shas, vectors)
     store = tmp_path / "tk.duckdb"
-    ingested = run_tk("ingest", tmp_path / "cluster", "--store", store)
+    ingested = tk("ingest", tmp_path / "cluster", "--store", store)
     assert ingested.exit_code == 0, ingested.stderr
     assert f"{len(shas)} new" in ingested.stderr
-    result = run_tk("run", breakhis, "--plugin", TINY, "-b", "tiny", "-w", "random", "--store", store,
-                    "--analysis", "none", "--export", "none")
+    result = tk("run", breakhis, "--plugin", TINY, "-b", "tiny", "-w", "random", "--store", store,
+                "--analysis", "none", "--export", "none")
     assert result.exit_code == 0, result.stderr
     assert "nothing to extract" in result.stderr
     with Store.open(store, read_only=True) as opened:
@@ -112,7 +112,7 @@ def test_tk_ingest_then_tk_run_reuses_the_ingested_vectors(tmp_path, breakhis):
     np.testing.assert_array_equal(np.array([stored[s] for s in shas], np.float32), vectors)
 
 
-NO_RAY = """
+NO_RAY = """  # a fresh interpreter, so that no test before has imported Ray
 import sys
 sys.modules["ray"] = None  # as if Ray were not installed
 from toolkit.cli import main
@@ -134,8 +134,8 @@ def test_engine_ray_without_ray_says_how_to_install_it(tmp_path, breakhis):
 def test_engine_ray_with_stain_normalisation_is_refused_before_any_work(tmp_path, breakhis):
     """Ray's workers do not normalise stains: a run asking for both would store raw vectors under a
     stained set's key, so it is one line, before the store is even created."""
-    result = run_tk("run", breakhis, "--plugin", TINY, "-b", "tiny", "--store", tmp_path / "tk.duckdb",
-                    "--engine", "ray", "--stain", "macenko")
+    result = tk("run", breakhis, "--plugin", TINY, "-b", "tiny", "--store", tmp_path / "tk.duckdb",
+                "--engine", "ray", "--stain", "macenko")
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines() == [
         "error: --stain macenko is not supported with --engine ray yet: run it with --engine local, or without "

@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from tests.conftest import TINY, run_tk
+from tests.conftest import STAND_IN, tk
 from tests.datasets import tile
 
 
-def test_similar_returns_the_image_itself_first(tmp_path, breakhis):
-    store = tmp_path / "tk.duckdb"
-    assert run_tk("run", breakhis, "--backbone", "tiny", "--store", store, "--export", "none",
-                  "--analysis", "none", "--plugin", TINY).exit_code == 0
+def test_similar_returns_the_image_itself_first(finished_run, finished_store):
+    store, breakhis = finished_store, finished_run.data
     query = sorted(breakhis.rglob("SOB_M_DC-*.png"))[1]
-    result = run_tk("similar", query, "--backbone", "tiny", "-k", "5", "--store", store, "--format", "csv",
-                    "--plugin", TINY)
+    result = tk("similar", query, "--backbone", "stand_in", "-k", "5", "--store", store, "--format", "csv",
+                "--plugin", STAND_IN)
     assert result.exit_code == 0, result.stderr
     lines = result.stdout.splitlines()
     assert lines[0] == "rank,image_id,relpath,label,subtype,similarity"
@@ -24,21 +22,19 @@ def test_similar_returns_the_image_itself_first(tmp_path, breakhis):
     assert abs(float(first[5]) - 1.0) < 1e-6
     similarities = [float(line.split(",")[5]) for line in lines[1:]]
     assert similarities == sorted(similarities, reverse=True)
-    table = run_tk("similar", query, "--backbone", "tiny", "-k", "1", "--store", store, "--plugin", TINY,
-                   env={"COLUMNS": "80"})  # issue #17, item 12: the table hid the file behind 'malignant/SOB/…'
+    table = tk("similar", query, "--backbone", "stand_in", "-k", "1", "--store", store, "--plugin", STAND_IN,
+               env={"COLUMNS": "80"})  # issue #17, item 12: the table hid the file behind 'malignant/SOB/…'
     assert table.exit_code == 0, table.stderr
     assert max(len(line) for line in table.stdout.splitlines()) <= 80
     assert query.name.replace("-", "") in "".join(table.stdout.split()).replace("│", "").replace("-", "")
 
 
-def test_similar_embeds_a_new_image(tmp_path, breakhis):
-    store = tmp_path / "tk.duckdb"
-    assert run_tk("run", breakhis, "--backbone", "tiny", "--store", store, "--export", "none",
-                  "--analysis", "none", "--plugin", TINY).exit_code == 0
+def test_similar_embeds_a_new_image(tmp_path, finished_store):
+    store = finished_store
     outside = tmp_path / "new.png"
     tile(np.random.default_rng(99), True).save(outside)
-    result = run_tk("similar", outside, "--backbone", "tiny", "-k", "3", "--store", store, "--format", "json",
-                    "--plugin", TINY)
+    result = tk("similar", outside, "--backbone", "stand_in", "-k", "3", "--store", store, "--format", "json",
+                "--plugin", STAND_IN)
     assert result.exit_code == 0, result.stderr
     import json
 
@@ -47,10 +43,8 @@ def test_similar_embeds_a_new_image(tmp_path, breakhis):
     assert all(r["similarity"] < 1.0 - 1e-7 for r in rows)  # not stored, so no exact match
 
 
-def test_similar_without_embeddings_says_what_to_do(tmp_path, breakhis):
-    store = tmp_path / "tk.duckdb"
-    run_tk("run", breakhis, "--backbone", "tiny", "--store", store, "--export", "none", "--analysis", "none",
-           "--plugin", TINY)
-    result = run_tk("similar", next(breakhis.rglob("*.png")), "--backbone", "resnet50", "--store", store)
+def test_similar_without_embeddings_says_what_to_do(finished_run, finished_store):
+    store, breakhis = finished_store, finished_run.data
+    result = tk("similar", next(breakhis.rglob("*.png")), "--backbone", "resnet50", "--store", store)
     assert result.exit_code == 1
     assert "run `tk run --backbone resnet50` first" in result.stderr

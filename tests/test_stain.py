@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import TINY, run_tk
+from tests.conftest import STAND_IN, TINY, tk
 from tests.datasets import make_breakhis
 from toolkit.errors import TkError
 from toolkit.extract import stain as stain_normalisation
@@ -157,9 +157,9 @@ def he_breakhis(root: Path) -> Path:
     return root
 
 
-def run(tmp_path: Path, data: Path, out: str, **settings) -> str:
-    summary = execute_run(RunSettings(data=data, backbones=["tiny"], weights="random", store=tmp_path / "tk.duckdb",
-                                      out=tmp_path / out, plugins=[str(TINY), *settings.pop("plugins", [])],
+def run(tmp_path: Path, data: Path, out: str, backbone: str = "stand_in", plugin: Path = STAND_IN, **settings) -> str:
+    summary = execute_run(RunSettings(data=data, backbones=[backbone], weights="random", store=tmp_path / "tk.duckdb",
+                                      out=tmp_path / out, plugins=[str(plugin), *settings.pop("plugins", [])],
                                       analyses=[], **settings))
     assert summary.status == "ok", summary.failures
     return summary.run_id
@@ -212,8 +212,8 @@ def test_similar_normalises_a_new_query_like_the_set(tmp_path):
     original = sorted(data.rglob("*.png"))[5]
     query = tmp_path / "query.png"
     Image.open(original).save(query, compress_level=0)  # the same pixels, other bytes: embedded anew
-    result = run_tk("similar", query, "--backbone", "tiny", "--store", tmp_path / "tk.duckdb", "--plugin", TINY,
-                    "-k", "1", "--format", "csv")
+    result = tk("similar", query, "--backbone", "stand_in", "--store", tmp_path / "tk.duckdb", "--plugin", STAND_IN,
+                "-k", "1", "--format", "csv")
     assert result.exit_code == 0, result.stderr
     line = result.stdout.splitlines()[1]
     assert original.name in line
@@ -241,7 +241,7 @@ def test_a_third_party_stain_plugin_is_used(tmp_path):
     plugin = tmp_path / "level_plugin.py"
     plugin.write_text(THIRD_PARTY)
     data = he_breakhis(tmp_path / "data")
-    listed = run_tk("plugins", "--json", "--plugin", plugin)
+    listed = tk("plugins", "--json", "--plugin", plugin)
     assert '"name": "level",\n    "kind": "stain"' in listed.stdout
     run_id = run(tmp_path, data, "level", stain="level", plugins=[str(plugin)])
     with Store.open(tmp_path / "tk.duckdb", read_only=True) as store:
@@ -259,8 +259,8 @@ def test_a_failing_normaliser_skips_the_image_and_stores_nothing_raw(tmp_path):
     plugin.write_text(THIRD_PARTY.replace('"level"', '"broken"').replace(
         "batch = np.asarray(batch, dtype=np.float32)", "raise ValueError('no stains here')"))
     data = he_breakhis(tmp_path / "data")
-    summary = execute_run(RunSettings(data=data, backbones=["tiny"], weights="random", store=tmp_path / "tk.duckdb",
-                                      out=tmp_path / "out", plugins=[str(TINY), str(plugin)], analyses=[],
+    summary = execute_run(RunSettings(data=data, backbones=["stand_in"], weights="random", store=tmp_path / "tk.duckdb",
+                                      out=tmp_path / "out", plugins=[str(STAND_IN), str(plugin)], analyses=[],
                                       stain="broken", exports=[]))
     assert summary.n_skipped == 32
     with Store.open(tmp_path / "tk.duckdb", read_only=True) as store:
@@ -285,7 +285,7 @@ def test_the_classifier_of_a_stained_run_reads_images_as_the_run_did(tmp_path):
     from toolkit.models.classifier import load_classifier
 
     data = he_breakhis(tmp_path / "data")
-    run_id = run(tmp_path, data, "macenko", stain="macenko")
+    run_id = run(tmp_path, data, "macenko", "tiny", TINY, stain="macenko")
     registry = load_registry([str(TINY)])
     with Store.open(tmp_path / "tk.duckdb", read_only=True) as store:
         classifier = load_classifier(store, registry, "tiny", run_id)

@@ -1,4 +1,4 @@
-"""`tk run` with the tiny backbone stores the statistics suite under the documented contract."""
+"""`tk run` with the stand-in backbone stores the statistics suite under the documented contract."""
 
 from __future__ import annotations
 
@@ -7,18 +7,13 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from tests.conftest import TINY, run_tk
 
 TTEST_COLUMNS = {"run_id", "backbone", "grouping", "level", "feature", "t", "p_val", "q_val", "cohen_d"}
 PROBE_COLUMNS = {"run_id", "backbone", "target", "split", "metric", "value", "ci_low", "ci_high"}
 
 
-def test_tk_run_stores_statistics_that_sql_can_recompute(tmp_path, breakhis):
-    store = tmp_path / "tk.duckdb"
-    result = run_tk("run", breakhis, "--backbone", "tiny", "--weights", "random", "--store", store,
-                    "--out", tmp_path / "reports", "--plugin", TINY)
-    assert result.exit_code == 0, result.stderr
-    con = duckdb.connect(str(store), read_only=True)
+def test_tk_run_stores_statistics_that_sql_can_recompute(finished_run):
+    con = duckdb.connect(str(finished_run.store), read_only=True)
     status = dict(con.execute("SELECT analysis, status FROM analysis_runs").fetchall())
     assert {status[a] for a in ("ttest", "anova", "correlation", "clustering", "probe", "integrity")} == {"ok"}
     assert status["cka"] == "skipped"  # one backbone
@@ -31,7 +26,7 @@ def test_tk_run_stores_statistics_that_sql_can_recompute(tmp_path, breakhis):
 
     feature, t_stored, p_stored = con.execute(
         "SELECT feature, t, p_val FROM results_ttest WHERE level = 'image' ORDER BY abs(t) DESC LIMIT 1").fetchone()
-    rows = con.execute("""SELECT i.label, e.vector FROM embeddings_tiny e JOIN images i USING (image_id)
+    rows = con.execute("""SELECT i.label, e.vector FROM embeddings_stand_in e JOIN images i USING (image_id)
                           JOIN run_images r USING (image_id)""").fetchall()
     labels = np.array([label for label, _ in rows])
     values = np.array([vector[feature] for _, vector in rows], dtype=np.float64)

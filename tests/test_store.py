@@ -12,7 +12,7 @@ import sys
 import time
 
 import duckdb
-from tests.conftest import PLUGINS, TINY, run_tk
+from tests.conftest import PLUGINS, TINY, run_tk, tk
 from tests.datasets import make_breakhis
 from toolkit.errors import TkError
 from toolkit.store import MIGRATIONS, Store
@@ -39,7 +39,7 @@ def test_sigkill_during_extraction_then_rerun_equals_clean_run(tmp_path):
     args = ["run", data, "--backbone", "slow", "--weights", "random", "--batch-size", "4",
             "--analysis", "none", "--export", "none", "--plugin", SLOW]
     clean = tmp_path / "clean.duckdb"
-    assert run_tk(*args, "--store", clean).exit_code == 0
+    assert tk(*args, "--store", clean).exit_code == 0
     expected = _contents(clean)
     assert len(expected[0]) == 48 and len(expected[1]) == 48
 
@@ -48,7 +48,7 @@ def test_sigkill_during_extraction_then_rerun_equals_clean_run(tmp_path):
         store = tmp_path / f"killed{attempt}.duckdb"
         _kill_after(args, store, "embedding 48 images with slow", rng.uniform(0.2, 2.5))  # 12 batches take ~3 s
         assert len(_contents(store)[1]) < 48, "the kill came too late to test anything"
-        resumed = run_tk(*args, "--store", store)
+        resumed = tk(*args, "--store", store)
         assert resumed.exit_code == 0, resumed.stderr
         assert _contents(store) == expected
         con = duckdb.connect(str(store), read_only=True)
@@ -82,7 +82,7 @@ def _wait_for_line(process, text, timeout):
 def test_second_writer_gets_one_clear_line(tmp_path, breakhis):
     store = tmp_path / "tk.duckdb"
     holder = duckdb.connect(str(store))
-    try:
+    try:  # a fresh process: the lock is held by another process (this one)
         result = run_tk("run", breakhis, "--backbone", "tiny", "--store", store, "--plugin", TINY)
     finally:
         holder.close()
@@ -92,16 +92,14 @@ def test_second_writer_gets_one_clear_line(tmp_path, breakhis):
                          "wait for it to finish or use another --store")
 
 
-def test_sql_is_read_only_by_default(tmp_path, breakhis):
-    store = tmp_path / "tk.duckdb"
-    assert run_tk("run", breakhis, "--backbone", "tiny", "--store", store, "--export", "none",
-                  "--analysis", "none", "--plugin", TINY).exit_code == 0
-    counted = run_tk("sql", "SELECT label, count(*) AS n FROM images GROUP BY label ORDER BY label",
-                     "--store", store, "--format", "csv")
+def test_sql_is_read_only_by_default(finished_store):
+    store = finished_store
+    counted = tk("sql", "SELECT label, count(*) AS n FROM images GROUP BY label ORDER BY label",
+                 "--store", store, "--format", "csv")
     assert counted.stdout.splitlines() == ["label,n", "benign,16", "malignant,16"]
-    dropped = run_tk("sql", "DROP TABLE images", "--store", store)
+    dropped = tk("sql", "DROP TABLE images", "--store", store)
     assert dropped.exit_code == 1 and "read-only" in dropped.stderr.lower()
-    assert run_tk("sql", "SELECT count(*) AS n FROM images", "--store", store, "--format", "csv").stdout.splitlines() == ["n", "32"]
+    assert tk("sql", "SELECT count(*) AS n FROM images", "--store", store, "--format", "csv").stdout.splitlines() == ["n", "32"]
 
 
 def _store_with_one_image(path):
@@ -143,12 +141,12 @@ def test_sql_reaches_no_file_but_the_store(tmp_path):
                     "DELETE FROM tk2.images")  # changing the store is what --write is for
     for mode, tried in (((), [*attacks, store_itself]), (("--write",), attacks)):
         for attack in tried:
-            result = run_tk("sql", attack, "--store", store, *mode)
+            result = tk("sql", attack, "--store", store, *mode)
             assert result.exit_code == 1, (mode, attack, result.stdout)
             assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert _files(tmp_path) == before
     assert _image_count(store) == 1 and _image_count(other) == 1
-    written = run_tk("sql", "DELETE FROM images", "--store", store, "--write")
+    written = tk("sql", "DELETE FROM images", "--store", store, "--write")
     assert written.exit_code == 0, written.stderr
     assert _image_count(store) == 0
 
@@ -158,21 +156,21 @@ def test_sql_reads_only_the_files_allowed_and_writes_none(tmp_path):
     _store_with_one_image(store)
     inbox.mkdir()
     (inbox / "labels.csv").write_text("relpath,label\na.png,benign\n")
-    read = run_tk("sql", f"SELECT i.relpath, l.label FROM images i JOIN read_csv('{inbox / 'labels.csv'}') l "
-                  "USING (relpath)", "--store", store, "--format", "csv", "--allow-files", inbox)
+    read = tk("sql", f"SELECT i.relpath, l.label FROM images i JOIN read_csv('{inbox / 'labels.csv'}') l "
+              "USING (relpath)", "--store", store, "--format", "csv", "--allow-files", inbox)
     assert read.exit_code == 0, read.stderr
     assert read.stdout.splitlines() == ["relpath,label", "a.png,benign"]
     before = _files(tmp_path)
     for attack in [f"COPY (SELECT 'x') TO '{inbox / 'labels.csv'}'", f"ATTACH '{inbox / 'new.duckdb'}' AS n",
                    "SELECT * FROM read_text('/etc/passwd')"]:
-        result = run_tk("sql", attack, "--store", store, "--allow-files", inbox)
+        result = tk("sql", attack, "--store", store, "--allow-files", inbox)
         assert result.exit_code == 1 and result.stderr.startswith("error: "), (attack, result.stderr)
     assert _files(tmp_path) == before
-    both = run_tk("sql", "SELECT 1", "--store", store, "--write", "--allow-files", inbox)
+    both = tk("sql", "SELECT 1", "--store", store, "--write", "--allow-files", inbox)
     assert both.exit_code == 1 and "--allow-files" in both.stderr
-    missing = run_tk("sql", "SELECT 1", "--store", store, "--allow-files", tmp_path / "nowhere")
+    missing = tk("sql", "SELECT 1", "--store", store, "--allow-files", tmp_path / "nowhere")
     assert missing.exit_code == 1 and "no such file or folder" in missing.stderr
-    assert "--allow-files" in run_tk("sql", "--help").stdout
+    assert "--allow-files" in tk("sql", "--help").stdout
 
 
 def test_sql_allow_files_refuses_a_folder_with_a_symlink_leading_out_of_it(tmp_path):
@@ -187,20 +185,20 @@ def test_sql_allow_files_refuses_a_folder_with_a_symlink_leading_out_of_it(tmp_p
     (inbox / "sub" / "key.csv").symlink_to(outside / "key.csv")
     (inbox / "same.csv").symlink_to(inbox / "labels.csv")  # a link that stays inside is fine
     query = f"SELECT * FROM read_csv('{inbox / 'sub' / 'key.csv'}')"
-    leaked = run_tk("sql", query, "--store", store, "--allow-files", inbox)
+    leaked = tk("sql", query, "--store", store, "--allow-files", inbox)
     assert leaked.exit_code == 1 and "hunter2" not in leaked.stdout, leaked.stdout
     assert leaked.stderr.strip() == (f"error: --allow-files {inbox}: the symlink {inbox / 'sub' / 'key.csv'} leads out "
                                      f"of it (to {outside / 'key.csv'}); remove the link, or name its target with "
                                      "--allow-files too")
     (inbox / "sub" / "key.csv").unlink()
     (inbox / "up").symlink_to(outside)  # a linked folder leading out
-    assert "the symlink" in run_tk("sql", "SELECT 1", "--store", store, "--allow-files", inbox).stderr
-    allowed = run_tk("sql", f"SELECT * FROM read_csv('{inbox / 'up' / 'key.csv'}')", "--store", store,
-                     "--allow-files", inbox, "--allow-files", outside, "--format", "csv")
+    assert "the symlink" in tk("sql", "SELECT 1", "--store", store, "--allow-files", inbox).stderr
+    allowed = tk("sql", f"SELECT * FROM read_csv('{inbox / 'up' / 'key.csv'}')", "--store", store,
+                 "--allow-files", inbox, "--allow-files", outside, "--format", "csv")
     assert allowed.exit_code == 0 and allowed.stdout.splitlines() == ["secret", "hunter2"], allowed.stderr
     (inbox / "up").unlink()
-    inside = run_tk("sql", f"SELECT * FROM read_csv('{inbox / 'same.csv'}')", "--store", store, "--allow-files",
-                    inbox, "--format", "csv")
+    inside = tk("sql", f"SELECT * FROM read_csv('{inbox / 'same.csv'}')", "--store", store, "--allow-files",
+                inbox, "--format", "csv")
     assert inside.exit_code == 0 and inside.stdout.splitlines() == ["relpath,label", "a.png,benign"], inside.stderr
 
 
@@ -246,7 +244,7 @@ def test_a_store_with_only_a_failed_run_says_why(tmp_path):
                                      ("explain", "x.png", "--backbone", "tiny"), ("report",), ("sql", "SELECT 1")])
 def test_commands_that_read_a_store_refuse_a_missing_one_and_create_none(tmp_path, command):
     (tmp_path / "x.png").write_bytes(b"not read")
-    result = run_tk(*command, "--plugin", TINY, cwd=tmp_path)
+    result = tk(*command, "--plugin", TINY, cwd=tmp_path)
     assert result.exit_code == 1, result.stdout
     assert "store tk.duckdb does not exist; run `tk run` first or pass --store" in result.stderr
     assert not (tmp_path / "tk.duckdb").exists()
@@ -255,7 +253,7 @@ def test_commands_that_read_a_store_refuse_a_missing_one_and_create_none(tmp_pat
 def test_a_file_that_is_not_a_store_is_refused(tmp_path):
     path = tmp_path / "notes.duckdb"
     path.write_text("hello")
-    result = run_tk("sql", "SELECT 1", "--store", path)
+    result = tk("sql", "SELECT 1", "--store", path)
     assert result.exit_code == 1 and "error:" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -284,14 +282,14 @@ def _last_run(store):
 def test_sigkill_while_writing_results_then_rerun_equals_clean_run(tmp_path, breakhis):
     args = ["run", breakhis, "--backbone", "tiny", "--weights", "random", "--export", "none", "--plugin", TINY]
     clean = tmp_path / "clean.duckdb"
-    assert run_tk(*args, "--store", clean).exit_code == 0
+    assert tk(*args, "--store", clean).exit_code == 0
     expected = _result_counts(clean, _last_run(clean))
     assert len(expected[0]) >= 5
     rng = random.Random(11)
     for attempt in range(2):
         store = tmp_path / f"killed{attempt}.duckdb"
         _kill_after(args, store, "running", rng.uniform(0.05, 1.5))
-        assert run_tk(*args, "--store", store).exit_code == 0
+        assert tk(*args, "--store", store).exit_code == 0
         assert _result_counts(store, _last_run(store)) == expected
         con = duckdb.connect(str(store), read_only=True)
         assert con.execute("SELECT count(*), count(DISTINCT path) FROM images").fetchall() == [(32, 32)]
@@ -334,12 +332,13 @@ def test_sql_output_escapes_control_characters(tmp_path, fmt):
     store = tmp_path / "s.duckdb"
     _store_with_one_image(store)
     query = "SELECT chr(27) || ']0;pwned' || chr(7) || chr(27) || '[2J' || chr(155) AS t"
-    result = run_tk("sql", query, "--store", store, "--format", fmt)
+    result = tk("sql", query, "--store", store, "--format", fmt)
     assert result.exit_code == 0, result.stderr
     assert not any(c in result.stdout for c in "\x1b\x07\x9b"), repr(result.stdout)
     assert "]0;pwned" in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_or_sigterm_says_what_is_kept_marks_the_run_interrupted_and_exits_130(tmp_path, sig):
     """Issue #20, item 13: the message never printed (Click turned Ctrl-C into Abort, exit 1) and the

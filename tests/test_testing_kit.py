@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import TINY
+from tests.conftest import STAND_IN, TINY
+from tests.datasets import tile
 from toolkit.plugin.types import Analysis, Backbone, Exporter, Needs
 from toolkit.plugin.registry import load_registry
 from toolkit.plugins import BUILTIN_PLUGINS
@@ -57,6 +58,28 @@ def test_parametrize_with_checks_gives_one_named_case_per_check_and_strict_xfail
 
 def test_the_tiny_test_backbone_passes():
     check_backbone(load_registry([TINY]).backbone("tiny"))
+
+
+def test_the_numpy_stand_in_backbone_passes_and_tells_tissues_apart():
+    """The stand-in that most tests embed with is a lawful backbone, gives every image its own
+    vector, and separates the generated malignant tiles from the benign ones, so statistics on its
+    embeddings have something to find."""
+    from scipy import stats
+
+    from toolkit.extract.external import ExternalModel, external_extractor
+    from toolkit.extract.weights import build_model
+
+    stand_in = load_registry([STAND_IN]).backbone("stand_in")
+    check_backbone(stand_in)
+    model, weights = build_model(stand_in, "random")
+    assert isinstance(model, ExternalModel) and weights.kind == "file"
+    rng = np.random.default_rng(0)
+    malignant = [True] * 8 + [False] * 8
+    pixels = np.stack([np.asarray(tile(rng, m).convert("RGB").resize(stand_in.input_size)) for m in malignant])
+    vectors = external_extractor(stand_in, model)(pixels)
+    assert vectors.shape == (16, stand_in.dim) and len({v.tobytes() for v in vectors}) == 16
+    welch = stats.ttest_ind(vectors[:8], vectors[8:], equal_var=False)  # per feature, malignant vs benign
+    assert (welch.pvalue < 1e-3).sum() >= 4, welch.pvalue
 
 
 def _analysis(run, needs: Needs = Needs()) -> Analysis:

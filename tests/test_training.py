@@ -9,7 +9,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from tests.conftest import TINY, run_tk
+from tests.conftest import TINY, run_tk, tk
 from tests.datasets import image_path, tile
 from toolkit.errors import TkError
 from toolkit.plugin.registry import load_registry
@@ -105,6 +105,7 @@ def test_unknown_variant_is_one_clear_error():
 @pytest.mark.slow
 def test_train_then_run_explain_and_export_the_variant(imbalanced, tmp_path):
     store, reports = tmp_path / "tk.duckdb", tmp_path / "reports"
+    # a fresh process: what TensorFlow's native libraries print at import is the point
     trained = run_tk("train", imbalanced, "--backbone", "tiny", "--plugin", TINY, "--weights", "random",
                      "--epochs", "1", "--unfreeze", "1", "--store", store)
     assert trained.exit_code == 0, trained.stderr
@@ -113,8 +114,8 @@ def test_train_then_run_explain_and_export_the_variant(imbalanced, tmp_path):
     assert "oneDNN" not in trained.stderr and "absl" not in trained.stderr  # TensorFlow imported quietly
     assert (tmp_path / "tk_models" / f"{variant}.keras").is_file()
 
-    ran = run_tk("run", imbalanced, "--backbone", f"tiny,{variant}", "--plugin", TINY, "--weights", "random",
-                 "--analysis", "probe", "--store", store, "--out", reports)
+    ran = tk("run", imbalanced, "--backbone", f"tiny,{variant}", "--plugin", TINY, "--weights", "random",
+             "--analysis", "probe", "--store", store, "--out", reports)
     assert ran.exit_code == 0, ran.stderr
     con = duckdb.connect(str(store), read_only=True)
     weights = con.execute("SELECT weights_kind, weights_sha256 FROM run_backbones WHERE backbone = ?", [variant]).fetchall()
@@ -126,16 +127,16 @@ def test_train_then_run_explain_and_export_the_variant(imbalanced, tmp_path):
     assert "Frozen tiny, linear probe" in section and 'alt="Training curve of' in section  # figures are <img>
 
     image = next(imbalanced.rglob("*.png"))
-    explained = run_tk("explain", image, "--backbone", variant, "--plugin", TINY, "--store", store,
-                       "--out", tmp_path / "explain")
+    explained = tk("explain", image, "--backbone", variant, "--plugin", TINY, "--store", store,
+                   "--out", tmp_path / "explain")
     assert explained.exit_code == 0, explained.stderr
     assert Path(explained.stdout.split("\t")[0]).is_file()
-    exported = run_tk("export", "--backbone", variant, "--format", "savedmodel", "--plugin", TINY,
-                      "--store", store, "--out", tmp_path / "exports")
+    exported = tk("export", "--backbone", variant, "--format", "savedmodel", "--plugin", TINY,
+                  "--store", store, "--out", tmp_path / "exports")
     assert exported.exit_code == 0, exported.stderr
 
     (tmp_path / "tk_models" / f"{variant}.keras").write_bytes(b"tampered")
-    tampered = run_tk("explain", image, "--backbone", variant, "--plugin", TINY, "--store", store)
+    tampered = tk("explain", image, "--backbone", variant, "--plugin", TINY, "--store", store)
     assert tampered.exit_code != 0 and "changed since training" in tampered.stderr
 
 
@@ -147,12 +148,12 @@ def test_a_report_shows_only_variants_trained_on_its_images_or_used_in_it(imbala
     store = tmp_path / "tk.duckdb"
     other = tmp_path / "other" / "BreaKHis_v1" / "histology_slides" / "breast"
     make_breakhis(other)
-    trained = run_tk("train", imbalanced, "--backbone", "tiny", "--plugin", TINY, "--weights", "random",
-                     "--epochs", "1", "--unfreeze", "0", "--store", store)
+    trained = tk("train", imbalanced, "--backbone", "tiny", "--plugin", TINY, "--weights", "random",
+                 "--epochs", "1", "--unfreeze", "0", "--store", store)
     assert trained.exit_code == 0, trained.stderr
     for data, out in ((imbalanced, tmp_path / "same"), (other, tmp_path / "other_report")):
-        ran = run_tk("run", data, "--backbone", "tiny", "--plugin", TINY, "--weights", "random",
-                     "--analysis", "none", "--store", store, "--out", out)
+        ran = tk("run", data, "--backbone", "tiny", "--plugin", TINY, "--weights", "random",
+                 "--analysis", "none", "--store", store, "--out", out)
         assert ran.exit_code == 0, ran.stderr
     assert 'id="training"' in next((tmp_path / "same").glob("*.html")).read_text()
     assert 'id="training"' not in next((tmp_path / "other_report").glob("*.html")).read_text()
@@ -193,6 +194,7 @@ def register_backbones(register):
 '''
 
 
+@pytest.mark.slow
 def test_a_head_that_cannot_learn_is_said_so_not_reported_as_a_result(imbalanced, tmp_path):
     """Issue #17, item 6: EfficientNetB0 with random weights pools features of ~1e-6, so the head never
     leaves equal probabilities (loss ln 2 = 0.6931) and tk printed chance figures as results. A backbone

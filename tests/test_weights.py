@@ -9,7 +9,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from tests.conftest import TINY, run_tk
+from tests.conftest import TINY, tk
 from toolkit.plugin.types import Backbone
 from toolkit.plugin.registry import load_registry
 from toolkit.ingest.scan import sha256_file
@@ -55,8 +55,8 @@ def test_local_weights_file_is_recorded_and_never_mixed(tmp_path, breakhis):
     model_b.save_weights(file_b)
     store = tmp_path / "tk.duckdb"
     for weights in (file_a, file_b):
-        result = run_tk("run", breakhis, "--backbone", "tiny", "--weights", weights, "--store", store,
-                        "--analysis", "none", "--export", "none", "--plugin", TINY)
+        result = tk("run", breakhis, "--backbone", "tiny", "--weights", weights, "--store", store,
+                    "--analysis", "none", "--export", "none", "--plugin", TINY)
         assert result.exit_code == 0, result.stderr
     assert "start a new embedding set" in result.stderr, result.stderr
     con = duckdb.connect(str(store), read_only=True)
@@ -75,8 +75,8 @@ def test_imagenet_strict_fails_with_one_line(tmp_path, breakhis):
     plugin.write_text(OFFLINE_PLUGIN)
     with pytest.raises(WeightsUnavailable, match="download failed"):
         build_model(load_registry([plugin]).backbone("offline"), "imagenet")
-    result = run_tk("run", breakhis, "--backbone", "offline", "--weights", "imagenet",
-                    "--store", tmp_path / "s.duckdb", "--plugin", plugin)
+    result = tk("run", breakhis, "--backbone", "offline", "--weights", "imagenet",
+                "--store", tmp_path / "s.duckdb", "--plugin", plugin)
     assert result.exit_code == 1
     line = result.stderr.strip().splitlines()[-1]  # the fix from the README, not only the raw exception (#17, 11)
     assert line.startswith("error: ImageNet weights for offline could not be downloaded (offline?); put the "
@@ -89,8 +89,8 @@ def test_auto_falls_back_to_random_loudly_and_records_it(tmp_path, breakhis):
     plugin = tmp_path / "offline.py"
     plugin.write_text(OFFLINE_PLUGIN)
     store = tmp_path / "s.duckdb"
-    result = run_tk("run", breakhis, "--backbone", "offline", "--store", store, "--out", tmp_path / "out",
-                    "--plugin", plugin)
+    result = tk("run", breakhis, "--backbone", "offline", "--store", store, "--out", tmp_path / "out",
+                "--plugin", plugin)
     assert result.exit_code == 0, result.stderr
     assert "using RANDOM weights (seed 0)" in result.stderr
     con = duckdb.connect(str(store), read_only=True)
