@@ -368,3 +368,13 @@ def test_importing_the_api_plugins_load_with_loads_no_heavy_library():
             f"print([m for m in {HEAVY!r} if is_loaded(m)])")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_cache_keys_cover_the_code_behind_public_names():
+    """An analysis that imports ``from toolkit import new_figure`` or ``from toolkit.stats import
+    compare_two`` is re-run when that code changes: its cache key hashes the modules behind them."""
+    from toolkit.analysis.cache import module_tree
+
+    tree = module_tree("toolkit.plugins.analyses.ttest")
+    assert {"toolkit.analysis.two_groups", "toolkit.analysis.stats", "toolkit.analysis.figures",
+            "toolkit.plugin.results"} <= set(tree)
