@@ -259,6 +259,21 @@ def test_plugins_import_only_the_public_api():
     assert not offences, "built-in plugins import tk's internals:\n" + "\n".join(offences)
 
 
+def test_example_and_test_plugins_import_only_the_public_api():
+    """What the docs and tests load as third-party plugins imports from tk what a third party can."""
+    root = Path(__file__).parents[1]
+    offences = []
+    for path in [*sorted((root / "tests" / "plugins").glob("*.py")), root / "docs" / "examples" / "every_hook.py",
+                 root / "docs" / "examples" / "tk-rf-importance" / "tk_rf_importance" / "__init__.py"]:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            imported = ([(a.name, ()) for a in node.names] if isinstance(node, ast.Import) else
+                        [(node.module or "", tuple(a.name for a in node.names))] if isinstance(node, ast.ImportFrom) else [])
+            offences += [f"{path.relative_to(root)}:{node.lineno} {name}" for name, names in imported
+                         if (name == "toolkit" or name.startswith("toolkit."))
+                         and (name not in PUBLIC or not set(names) <= PUBLIC[name])]
+    assert not offences, "plugins of the docs and tests import tk's internals:\n" + "\n".join(offences)
+
+
 def test_the_public_import_check_catches_every_form_of_private_import():
     module = "toolkit.plugins.analyses.clusters"
     for source in ("from toolkit.analysis.stats import bh_qvalues", "import toolkit.analysis.stats",
