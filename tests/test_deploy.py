@@ -172,7 +172,7 @@ def test_an_export_far_from_the_keras_model_warns_as_tk_run_precision_does(tmp_p
 
     from toolkit.extract.precision import PARITY_WARNING_BELOW
     from toolkit.plugin.types import ExportContext
-    from toolkit.plugins.exporters import deployment
+    from toolkit.plugins.exporters import deployment, parity
     from toolkit.store import Store
 
     rng = np.random.default_rng(0)
@@ -184,8 +184,8 @@ def test_an_export_far_from_the_keras_model_warns_as_tk_run_precision_does(tmp_p
     model = tmp_path / "tiny-int8.tflite"
     model.write_bytes(b"model")
     with Store.open(tmp_path / "s.duckdb") as store:
-        row = deployment.measure(ExportContext("r1", store), classifier, lambda pixels: far, "tflite-int8", model,
-                                 "uint8 RGB 0..255", np.zeros((8, 2, 2, 3), np.uint8))
+        row = parity.measure(ExportContext("r1", store), classifier, lambda pixels: far, "tflite-int8", model,
+                             "uint8 RGB 0..255", np.zeros((8, 2, 2, 3), np.uint8))
         assert row["centred_cosine_mean"] < PARITY_WARNING_BELOW
         assert len(warned) == 1 and "tiny tflite-int8 embeddings differ from the Keras model" in warned[0]
         assert f"below {PARITY_WARNING_BELOW}" in warned[0]

@@ -16,21 +16,21 @@ def test_run_survives_faulty_plugins(tmp_path, breakhis):
     store, out = tmp_path / "tk.duckdb", tmp_path / "out"
     started = time.monotonic()
     result = tk("run", breakhis, "--backbone", "tiny,wrongshape", "--store", store, "--out", out,
-                "--analysis", "raises,malformed,sleepy,pca_again", "--analysis-timeout", "2",
+                "--analysis", "raises,malformed,sleepy,well_behaved", "--analysis-timeout", "2",
                 "--plugin", TINY, "--plugin", FAULTY)
     assert time.monotonic() - started < 28, "the sleeping analysis was waited for"
     assert result.exit_code == 3, result.stderr
     con = duckdb.connect(str(store), read_only=True)
     statuses = dict(((a, s), m) for a, s, m in con.execute(
         "SELECT analysis, status, message FROM analysis_runs WHERE backbone = 'tiny'").fetchall())
-    assert set(statuses) == {("raises", "failed"), ("malformed", "failed"), ("sleepy", "failed"), ("pca_again", "ok")}
+    assert set(statuses) == {("raises", "failed"), ("malformed", "failed"), ("sleepy", "failed"), ("well_behaved", "ok")}
     assert statuses[("raises", "failed")].startswith("RuntimeError: this analysis always fails (at faulty_plugins.py:")
     assert "returned str" in statuses[("malformed", "failed")]
     assert "longer than 2 s (--analysis-timeout)" in statuses[("sleepy", "failed")]
     backbone = con.execute("SELECT status, error FROM run_backbones WHERE backbone = 'wrongshape'").fetchall()
     assert backbone[0][0] == "failed" and "declares dim 7 but its model outputs shape (None, 8)" in backbone[0][1]
     assert con.execute("SELECT status FROM runs").fetchall() == [("partial",)]
-    assert con.execute("SELECT count(*) FROM results_pca_again_coords").fetchall() == [(32,)]
+    assert con.execute("SELECT count(*) FROM results_well_behaved_coords").fetchall() == [(32,)]
     html = next(out.glob("*.html")).read_text()
     assert 'id="failures"' in html and "this analysis always fails" in html and "wrongshape" in html
 

@@ -16,7 +16,7 @@ from tests.datasets import make_breakhis
 from toolkit.errors import TkError
 from toolkit.extract import stain as stain_normalisation
 from toolkit.plugin.registry import load_registry
-from toolkit.plugins.stain import macenko, reinhard
+from toolkit.plugins.stain import he_reference, macenko, reinhard
 from toolkit.run.job import execute_run
 from toolkit.run.settings import RunSettings
 from toolkit.store import EmbeddingSet, Store
@@ -29,7 +29,7 @@ WHITE = np.full((48, 64, 3), 255, np.uint8)
 
 def he_tile(seed: int, matrix: np.ndarray = OTHER_STAINS, max_c: np.ndarray = OTHER_MAX_C,
             size: tuple[int, int] = (96, 128)) -> np.ndarray:
-    return macenko.synthetic_tile(matrix, max_c, size, seed)
+    return he_reference.synthetic_tile(matrix, max_c, size, seed)
 
 
 def test_macenko_recovers_the_stain_matrix_h_then_e():
@@ -49,7 +49,7 @@ def test_macenko_fit_gives_the_matrix_and_the_99th_percentile_concentrations():
 
 
 def test_macenko_on_a_tile_with_the_reference_stains_is_nearly_identity():
-    tile = he_tile(3, macenko.HE_REF, macenko.MAX_C_REF)
+    tile = he_tile(3, he_reference.HE_REF, he_reference.MAX_C_REF)
     out = macenko.apply(tile[None], macenko.MACENKO.default_state)[0]
     assert np.abs(out - tile).mean() < 2.0  # grey levels
     other = he_tile(3)
@@ -58,13 +58,13 @@ def test_macenko_on_a_tile_with_the_reference_stains_is_nearly_identity():
 
 def test_macenko_maps_other_stains_onto_the_reference():
     """The same tissue stained two ways comes out of Macenko close to the reference-stained one."""
-    source, target = he_tile(4), he_tile(4, macenko.HE_REF, macenko.MAX_C_REF)
+    source, target = he_tile(4), he_tile(4, he_reference.HE_REF, he_reference.MAX_C_REF)
     out = macenko.apply(source[None], macenko.MACENKO.default_state)[0]
     assert np.abs(out - target).mean() < 0.25 * np.abs(source.astype(float) - target).mean()
 
 
 def test_reinhard_output_has_the_target_lab_mean_and_std():
-    target = reinhard.fit(he_tile(5, macenko.HE_REF, macenko.MAX_C_REF))
+    target = reinhard.fit(he_tile(5, he_reference.HE_REF, he_reference.MAX_C_REF))
     out = reinhard.apply(he_tile(6)[None], target)
     mean, std = reinhard.lab_statistics(out)
     np.testing.assert_allclose(mean[0], target["mean"], atol=0.5)
@@ -80,7 +80,7 @@ def test_lab_conversion_round_trips():
 @pytest.mark.parametrize("method", ["macenko", "reinhard"])
 @pytest.mark.parametrize("tile", ["white", "single_stain"])
 def test_blank_and_single_stain_tiles_are_left_unchanged_and_counted(method, tile):
-    pixels = WHITE if tile == "white" else he_tile(7, macenko.HE_REF * [1, 0], macenko.MAX_C_REF)
+    pixels = WHITE if tile == "white" else he_tile(7, he_reference.HE_REF * [1, 0], he_reference.MAX_C_REF)
     if method == "reinhard" and tile == "single_stain":
         pytest.skip("Reinhard matches colour statistics; a single-stain tile is a valid input for it")
     normaliser = load_registry().stain_normaliser(method)
@@ -96,7 +96,7 @@ def test_blank_and_single_stain_tiles_are_left_unchanged_and_counted(method, til
 @pytest.mark.parametrize("method", ["macenko", "reinhard"])
 def test_a_batch_gives_what_each_image_gives_alone(method):
     normaliser = load_registry().stain_normaliser(method)
-    batch = np.stack([he_tile(9), he_tile(10, macenko.HE_REF, macenko.MAX_C_REF),
+    batch = np.stack([he_tile(9), he_tile(10, he_reference.HE_REF, he_reference.MAX_C_REF),
                       np.full((96, 128, 3), 255, np.uint8), he_tile(11)])
     together = np.asarray(normaliser.apply(batch, normaliser.default_state))
     alone = np.concatenate([np.asarray(normaliser.apply(image[None], normaliser.default_state)) for image in batch])
@@ -150,9 +150,9 @@ def he_breakhis(root: Path) -> Path:
     paths = make_breakhis(root)
     rng = np.random.default_rng(0)
     for k, path in enumerate(paths):
-        matrix = macenko.HE_REF + rng.normal(0, 0.08, (3, 2))
+        matrix = he_reference.HE_REF + rng.normal(0, 0.08, (3, 2))
         matrix = np.abs(matrix) / np.linalg.norm(matrix, axis=0)
-        Image.fromarray(macenko.synthetic_tile(matrix, macenko.MAX_C_REF * rng.uniform(0.7, 1.3, 2), (48, 64),
+        Image.fromarray(he_reference.synthetic_tile(matrix, he_reference.MAX_C_REF * rng.uniform(0.7, 1.3, 2), (48, 64),
                                                k)).save(path)
     return root
 

@@ -11,7 +11,7 @@ from statsmodels.stats.multitest import multipletests
 
 from toolkit.plugin.settings import NoSettings
 from toolkit.plugin.types import AnalysisContext
-from toolkit.analysis.stats import bh_qvalues, group_sums, patient_means, top_rows
+from toolkit.stats import bh_qvalues, group_sums, patient_means, top_rows
 
 SUBTYPES = {"benign": ["adenosis", "fibroadenoma"], "malignant": ["ductal_carcinoma", "lobular_carcinoma"]}
 MAGNIFICATIONS = (40, 100, 200, 400)

@@ -9,9 +9,9 @@ import pytest
 from scipy import stats
 from statsmodels.stats.multicomp import pairwise_tukeyhsd
 
-from toolkit.plugins.analyses.anova import f_test, kruskal_wallis, one_way, tukey
-from toolkit.analysis.stats import LevelView, RankCache, column_ranks
-from toolkit.plugins.analyses.ttest import GroupStats, compare_two, mann_whitney, welch
+from toolkit.plugins.analyses.anova import tukey
+from toolkit.stats import (GroupStats, LevelView, RankCache, column_ranks, compare_two, f_test, kruskal_wallis, mann_whitney,
+                           one_way, welch)
 
 SIZES = (30, 12, 45, 9)  # unequal groups
 

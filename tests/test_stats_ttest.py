@@ -8,9 +8,9 @@ from scipy import stats
 from statsmodels.stats.multicomp import pairwise_tukeyhsd
 
 from tests.test_stats_common import SIGNAL_FEATURES, synthetic_context
-from toolkit.plugins.analyses.anova import AnovaSettings, anova, f_test, one_way, tukey
-from toolkit.analysis.stats import bh_qvalues, level_views
-from toolkit.plugins.analyses.ttest import TtestSettings, compare_two, ttest
+from toolkit.plugins.analyses.anova import AnovaSettings, anova, tukey
+from toolkit.plugins.analyses.ttest import TtestSettings, ttest
+from toolkit.stats import bh_qvalues, compare_two, f_test, level_views, one_way
 from toolkit.plugin.results import Finding, SkipAnalysis, Table
 
 

@@ -12,9 +12,9 @@ from scipy.stats import friedmanchisquare
 from statsmodels.stats.anova import AnovaRM
 
 from tests.test_stats_common import synthetic_context
-from toolkit.analysis.stats import patient_blocks, patient_means, within_patient
+from toolkit.stats import patient_blocks, patient_means, repeated_measures, within_patient
 from toolkit.plugin.results import Finding, Table
-from toolkit.plugins.analyses.anova import AnovaSettings, anova, repeated_measures
+from toolkit.plugins.analyses.anova import AnovaSettings, anova
 
 
 def _within_effect_context(n_patients: int = 12, dim: int = 6, seed: int = 3):
@@ -65,7 +65,7 @@ def test_magnification_is_tested_within_patients_and_finds_the_shared_effect():
     finding = next(r for r in results if isinstance(r, Finding) and "within patients" in r.message)
     assert finding.message.startswith("patient level (within patients): 2 of 6 features differ across 4")
     # the one-way test of the same patient means, as the old code ran it, misses the effect
-    from toolkit.plugins.analyses.anova import one_way
+    from toolkit.stats import one_way
 
     view = patient_means(np.asarray(context.embeddings, dtype=np.float64), context.metadata, "magnification")
     assert (one_way(view, "magnification")["q_val"] >= 0.05).all()

@@ -11,11 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from toolkit import hookimpl
-from toolkit.plugin.sections import ReportSection
-from toolkit.plugin.types import (Analysis, AnalysisContext, Backbone, ExportContext, Exporter, Needs,
-                                  StainNormaliser)
-from toolkit.plugin.results import Finding, Result, Table
+from toolkit import (Analysis, AnalysisContext, Backbone, ExportContext, Exporter, Finding, Needs, ReportSection, Result,
+                     StainNormaliser, Table, hookimpl)
 
 __version__ = "1.0.0"
 

@@ -8,12 +8,8 @@ from itertools import combinations
 
 import numpy as np
 
-from toolkit.analysis.evaluation import (OutOfFold, patient_classes, patient_resamples, percentile_ci,
-                                         probe_metrics)
-from toolkit.analysis.stats import group_codes
-from toolkit.lazy import lazy_import
-from toolkit.plugin.results import Finding, SkipAnalysis, Table
-from toolkit.plugin.types import AnalysisContext
+from toolkit import AnalysisContext, Finding, SkipAnalysis, Table, lazy_import
+from toolkit.stats import OutOfFold, group_codes, patient_classes, patient_resamples, percentile_ci, probe_metrics
 
 pd = lazy_import("pandas")
 

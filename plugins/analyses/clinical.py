@@ -15,15 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import hookimpl
-from toolkit.analysis.evaluation import (C_DEFAULT, N_BOOTSTRAP, OutOfFold, cross_validate, fold_indices,
-                                         metric_rows, standardise)
-from toolkit.analysis.figures import PALETTE, new_figure, to_svg
-from toolkit.analysis.stats import FDR_ALPHA, bh_qvalues, column_ranks, group_sums, has_patients
-from toolkit.lazy import lazy_import
-from toolkit.plugin.results import Figure, Finding, SkipAnalysis, Table
-from toolkit.plugin.sections import ReportContext, ReportSection
-from toolkit.plugin.types import Analysis, AnalysisContext, Needs
+from toolkit import (Analysis, AnalysisContext, Figure, Finding, Needs, PALETTE, ReportContext, ReportSection,
+                     SkipAnalysis, Table, hookimpl, lazy_import, new_figure, to_svg)
+from toolkit.stats import (C_DEFAULT, FDR_ALPHA, N_BOOTSTRAP, OutOfFold, bh_qvalues, column_ranks, cross_validate,
+                           fold_indices, group_sums, has_patients, metric_rows, standardise)
 
 pd = lazy_import("pandas")
 special = lazy_import("scipy.special")

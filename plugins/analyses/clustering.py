@@ -12,20 +12,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from toolkit import hookimpl
-from toolkit.analysis.figures import colour_for, new_figure, to_svg
-from toolkit.plugin.sections import ComparisonColumn, ReportContext, ReportSection
-from toolkit.plugin.settings import setting
-from toolkit.report.environment import format_number
-from toolkit.plugin.types import Analysis, AnalysisContext, Needs
-from toolkit.analysis.stats import group_codes
-from toolkit.analysis.ward import condensed_euclidean, cut, distance_strip, sample_rows, strips, upper_gram, ward_linkage
-from toolkit.plugin.results import Figure, Finding, SkipAnalysis, Table
-from toolkit.lazy import lazy_import
+from toolkit import (Analysis, AnalysisContext, ComparisonColumn, Figure, Finding, Needs, ReportContext, ReportSection,
+                     SkipAnalysis, Table, colour_for, format_number, hookimpl, lazy_import, new_figure, setting, to_svg)
+from toolkit.stats import (WARD_MAX_IMAGES, condensed_euclidean, cut, distance_strip, group_codes, sample_rows, strips,
+                           upper_gram, ward_linkage)
 
 pd = lazy_import("pandas")
 
-MAX_IMAGES = 10_000
+MAX_IMAGES = WARD_MAX_IMAGES  # the max_images setting's default
 DENDROGRAM_LEAVES = 30
 REFERENCES = ("label", "subtype")
 

@@ -25,18 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit import hookimpl
-from toolkit.analysis.stats import FDR_ALPHA, has_patients, level_views, patient_note, top_rows
-from toolkit.analysis.ward import cut, sample_rows, ward_of
-from toolkit.lazy import lazy_import
-from toolkit.analysis.figures import PALETTE, new_figure, to_svg
-from toolkit.plugin.results import Figure, Finding, SkipAnalysis, Table
-from toolkit.plugin.sections import ReportContext, ReportSection
-from toolkit.plugin.settings import setting
-from toolkit.plugin.types import Analysis, AnalysisContext, Needs
-from toolkit.plugins.analyses.anova import one_way
-from toolkit.plugins.analyses.clustering import MAX_IMAGES
-from toolkit.plugins.analyses.ttest import compare_two
+from toolkit import (Analysis, AnalysisContext, Figure, Finding, Needs, PALETTE, ReportContext, ReportSection,
+                     SkipAnalysis, Table, hookimpl, lazy_import, new_figure, setting, to_svg)
+from toolkit.stats import (FDR_ALPHA, WARD_MAX_IMAGES, compare_two, cut, has_patients, level_views, one_way, patient_note,
+                           sample_rows, top_rows, ward_of)
 
 pd = lazy_import("pandas")
 stats = lazy_import("scipy.stats")
@@ -113,7 +105,7 @@ def split_partitions(x: np.ndarray, metadata: pd.DataFrame, ks: list[int], seed:
     assigned to the nearest centroid of A's clusters."""
     in_a = halves(metadata, seed)
     fit, test = np.flatnonzero(in_a), np.flatnonzero(~in_a)
-    fit = fit[sample_rows(len(fit), MAX_IMAGES, seed)]
+    fit = fit[sample_rows(len(fit), WARD_MAX_IMAGES, seed)]
     if len(fit) < 4 or len(test) < 4:
         return []
     links = ward_of(x[fit])
@@ -131,8 +123,8 @@ def contrasts(k: int) -> list[tuple[str, str]]:
 
 def feature_tests(x: np.ndarray, metadata: pd.DataFrame, part: Partition) -> tuple[list, list, list[Finding]]:
     """Every feature's tests for one partition: the pairwise contrasts (see :func:`contrasts`; columns
-    design, k, contrast and those of ``ttest``'s ``compare_two`` but grouping) and, for k > 2, the
-    omnibus tests (``anova``'s ``one_way`` columns but factor), at image and patient level."""
+    design, k, contrast and those of ``toolkit.stats.compare_two`` but grouping) and, for k > 2, the
+    omnibus tests (``toolkit.stats.one_way``'s columns but factor), at image and patient level."""
     meta = metadata.iloc[part.rows].reset_index(drop=True)
     values, names = x[part.rows], np.array([f"cluster {c}" for c in part.clusters], dtype=object)
     pairwise, omnibus, findings = [], [], []

@@ -7,12 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit import hookimpl
-from toolkit.analysis.figures import new_figure, to_svg
-from toolkit.plugin.sections import ReportContext, ReportSection
-from toolkit.plugin.types import Analysis, AnalysisContext, Needs
-from toolkit.plugin.results import Figure, Finding, SkipAnalysis, Table
-from toolkit.lazy import lazy_import
+from toolkit import (Analysis, AnalysisContext, Figure, Finding, Needs, ReportContext, ReportSection, SkipAnalysis,
+                     Table, hookimpl, lazy_import, new_figure, to_svg)
 
 pd = lazy_import("pandas")
 

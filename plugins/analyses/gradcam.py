@@ -11,10 +11,7 @@ import io
 
 import numpy as np
 
-from toolkit import hookimpl
-from toolkit.plugin.types import Analysis, AnalysisContext, Needs
-from toolkit.plugin.results import Figure, SkipAnalysis, Table
-from toolkit.lazy import lazy_import
+from toolkit import Analysis, AnalysisContext, Figure, Needs, SkipAnalysis, Table, hookimpl, lazy_import
 
 pd = lazy_import("pandas")
 
@@ -33,8 +30,7 @@ def choose(predictions: pd.DataFrame) -> pd.DataFrame:
 def gradcam_gallery(context: AnalysisContext) -> list:
     """Table ``main`` (image_id, y_true, y_pred, probability, correct, peak_row, peak_col: where the
     heatmap peaks, as a fraction of the image) and a gallery figure of the overlays."""
-    from toolkit.models.classifier import load_classifier
-    from toolkit.models.gradcam import gradcam, overlay_png
+    from toolkit import gradcam_heatmaps, gradcam_overlay_png, load_classifier
 
     predictions = context.results("probe", "predictions")
     if not predictions.empty:
@@ -53,11 +49,11 @@ def gradcam_gallery(context: AnalysisContext) -> list:
     paths = context.store.image_paths(chosen["image_id"])
     pixels = np.stack([classifier.read(paths[i]) for i in chosen["image_id"]])  # stain-normalised as the run's
     class_index = [classifier.head.classes.index(label) for label in chosen["y_pred"]]
-    heatmaps, _ = gradcam(classifier.model, layer, pixels, classifier.backbone.preprocess, class_index)
+    heatmaps, _ = gradcam_heatmaps(classifier.model, layer, pixels, classifier.backbone.preprocess, class_index)
     peaks = [np.unravel_index(np.argmax(h), h.shape) for h in heatmaps]
     chosen["peak_row"] = [r / heatmaps.shape[1] for r, _ in peaks]
     chosen["peak_col"] = [c / heatmaps.shape[2] for _, c in peaks]
-    overlays = [overlay_png(p, h) for p, h in zip(pixels, heatmaps)]
+    overlays = [gradcam_overlay_png(p, h) for p, h in zip(pixels, heatmaps)]
     return [Table("main", chosen, "Images shown in the Grad-CAM gallery"),
             _gallery(context.backbone, chosen, overlays)]
 
@@ -65,7 +61,7 @@ def gradcam_gallery(context: AnalysisContext) -> list:
 def _gallery(backbone: str, chosen: pd.DataFrame, overlays: list[bytes]) -> Figure:
     from PIL import Image
 
-    from toolkit.analysis.figures import new_figure
+    from toolkit import new_figure
 
     columns = max(int(chosen.groupby("y_true").size().max()), 1)
     rows = chosen["y_true"].nunique()

@@ -7,11 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from toolkit import hookimpl
-from toolkit.plugin.sections import ReportContext, ReportSection
-from toolkit.plugin.types import Analysis, AnalysisContext, Needs
-from toolkit.plugin.results import Finding, Table
-from toolkit.lazy import lazy_import
+from toolkit import (Analysis, AnalysisContext, Finding, Needs, ReportContext, ReportSection, Table, hookimpl,
+                     lazy_import)
 
 pd = lazy_import("pandas")
 

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from toolkit import hookimpl
-from toolkit.analysis.figures import MARKERS, colour_for, new_figure, to_svg
-from toolkit.plugin.types import Analysis, AnalysisContext, Needs
-from toolkit.plugin.results import Figure, Finding, SkipAnalysis, Table
-from toolkit.lazy import lazy_import
+from toolkit import (Analysis, AnalysisContext, Figure, Finding, MARKERS, Needs, SkipAnalysis, Table, colour_for,
+                     hookimpl, lazy_import, new_figure, to_svg)
 
 pd = lazy_import("pandas")
 

@@ -12,19 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from toolkit import hookimpl
-from toolkit.analysis.evaluation import (C_DEFAULT, N_BOOTSTRAP, SOLVER_TOL, OutOfFold, confusion_counts, cross_validate,
-                                         fold_indices, metric_rows, prediction_rows, probe_metrics)
-from toolkit.analysis.figures import PALETTE, new_figure, to_svg
-from toolkit.analysis.stats import group_codes
-from toolkit.plugin.results import Figure, Finding, SkipAnalysis, Table
-from toolkit.plugin.sections import ReportContext, ReportSection
+from toolkit import (Analysis, AnalysisContext, Figure, Finding, Needs, PALETTE, ReportContext, ReportSection,
+                     SkipAnalysis, Table, hookimpl, lazy_import, new_figure, setting, to_svg)
+from toolkit.stats import (C_DEFAULT, N_BOOTSTRAP, OutOfFold, SOLVER_TOL, confusion_counts, cross_validate,
+                           fold_indices, group_codes, metric_rows, prediction_rows, probe_metrics)
 from toolkit.plugins.analyses.backbone_comparison import backbone_comparison
 from toolkit.plugins.analyses.probe_report import model_card_section, summary_section
 from toolkit.plugins.analyses.protocols import PATIENT_CV, PROTOCOLS, Protocol
-from toolkit.plugin.settings import setting
-from toolkit.plugin.types import Analysis, AnalysisContext, Needs
-from toolkit.lazy import lazy_import
 
 pd = lazy_import("pandas")
 

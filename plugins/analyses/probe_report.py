@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from toolkit.lazy import lazy_import
-from toolkit.plugin.sections import ComparisonColumn, ReportContext, ReportSection
-from toolkit.report.data import estimate
+from toolkit import ComparisonColumn, ReportContext, ReportSection, lazy_import, metric_estimate
 from toolkit.plugins.analyses.protocols import PATIENT_CV, PROTOCOLS
 
 pd = lazy_import("pandas")
@@ -27,7 +25,7 @@ def backbone_estimates(context: ReportContext) -> list[dict]:
                       & (metrics["class"].isna() | metrics["metric"].isin(["sensitivity", "specificity"]))]
     rows = []
     for name in context.backbone_names:
-        rows.append({"backbone": name, **{key: estimate(metrics, backbone=name, split=split, metric=metric) for key, split, metric in (
+        rows.append({"backbone": name, **{key: metric_estimate(metrics, backbone=name, split=split, metric=metric) for key, split, metric in (
             ("balanced_accuracy", "patient", "balanced_accuracy"), ("roc_auc", "patient", "roc_auc"),
             ("sensitivity", "patient", "sensitivity"), ("specificity", "patient", "specificity"),
             ("patient_score", "patient", "patient_score"),
@@ -86,7 +84,7 @@ def summary_section(context: ReportContext) -> list[ReportSection]:
     protocol_columns = [ComparisonColumn(f"Balanced accuracy, {name} (mean of {PROTOCOLS[name].repeats} splits)",
                                          values, order=63, note=f"“{name}”: {PROTOCOLS[name].description}.")
                         for name, values in protocol_scores(context).items()]
-    return [ReportSection(slot="summary", template=SUMMARY_TEMPLATE,
+    return [ReportSection(slot="summary", template=SUMMARY_TEMPLATE, reads=("clustering",),
                           data={"best": best, "tied": tied, "paired": paired}, columns=[
         ComparisonColumn("Balanced accuracy, new patients", column("balanced_accuracy"), order=60,
                          best=highlighted,
@@ -141,7 +139,7 @@ def model_card_section(context: ReportContext) -> list[ReportSection]:
         rows = metrics[metrics["backbone"] == b["backbone"]]
         found = []
         for metric, cls, label in CARD_METRICS:
-            interval = estimate(rows, metric=metric, **{"class": cls})
+            interval = metric_estimate(rows, metric=metric, **{"class": cls})
             if interval:
                 found.append({"label": label, **interval})
         backbones.append({"backbone": b["backbone"], "metrics": found, "weights": _weights_text(b)})

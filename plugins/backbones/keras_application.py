@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from toolkit.plugin.types import Backbone
+from toolkit import Backbone
 
 
 def _application(module: str) -> Any:

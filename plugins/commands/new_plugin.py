@@ -9,17 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from toolkit import hookimpl
-from toolkit.errors import TkError
-from toolkit.plugin.registry import PLUGIN_NAME
-from toolkit.plugin.results import core_table_taken_by
+from toolkit import PLUGIN_NAME, TkError, core_table_taken_by, hookimpl
 
 KINDS = ("analysis", "backbone", "exporter")
 if TYPE_CHECKING:
     import typer
 
-    from toolkit.plugin.registry import Registry
-    from toolkit.plugin.types import CliContext
+    from toolkit import CliContext, Registry
 
 SCAFFOLD = Path(__file__).parent / "scaffold"
 

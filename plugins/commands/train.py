@@ -15,7 +15,7 @@ from toolkit import BatchSizeOption, DataArgument, PluginOption, SeedOption, Sou
 from toolkit.plugins.commands.train_report import report_section
 
 if TYPE_CHECKING:
-    from toolkit.plugin.sections import ReportContext, ReportSection
+    from toolkit import ReportContext, ReportSection
 
 
 def _summary(metrics) -> str:  # noqa: ANN001 (a pandas DataFrame; pandas is imported lazily)
@@ -55,8 +55,7 @@ def train_command(
     plugin: PluginOption = None,
 ) -> None:
     """Fine-tune a backbone with a softmax head; the result becomes the backbone <NAME>@<train id>."""
-    from toolkit import console
-    from toolkit.models.training import TrainSettings, train
+    from toolkit import TrainSettings, console, train
 
     settings = TrainSettings(data=data, backbone=backbone, weights=weights, store=store, plugins=context.obj.plugins,
                              source=source, augment=augment, balance=balance, epochs=epochs, unfreeze=unfreeze,

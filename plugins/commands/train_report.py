@@ -10,11 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from toolkit.lazy import lazy_import
-from toolkit.models.training_record import DIFFERENCES, HISTORY, METRICS, RUNS
-from toolkit.plugin.sections import ReportContext, ReportSection
-from toolkit.report.data import estimate
-from toolkit.store import Store
+from toolkit import ReportContext, ReportSection, lazy_import, metric_estimate
+from toolkit import TRAINING_DIFFERENCES as DIFFERENCES, TRAINING_HISTORY as HISTORY
+from toolkit import TRAINING_METRICS as METRICS, TRAINING_RUNS as RUNS
 
 pd = lazy_import("pandas")
 
@@ -27,10 +25,10 @@ SETTINGS_SHOWN = ("augment", "balance", "epochs", "unfreeze", "learning_rate", "
 def _per_class(frame: pd.DataFrame, metric: str, cls: str, classes: list[str]) -> dict[str, float] | None:
     """A per-class estimate; binary probes list only the second class, whose specificity is the
     first class's sensitivity (and the other way round)."""
-    found = estimate(frame, metric=metric, **{"class": cls})
+    found = metric_estimate(frame, metric=metric, **{"class": cls})
     if found is None and len(classes) == 2 and cls == classes[0]:
         other = {"sensitivity": "specificity", "specificity": "sensitivity"}[metric]
-        found = estimate(frame, metric=other, **{"class": classes[1]})
+        found = metric_estimate(frame, metric=other, **{"class": classes[1]})
     return found
 
 
@@ -47,7 +45,7 @@ def comparison_rows(finetuned: pd.DataFrame, probes: dict[str, pd.DataFrame], cl
     rows = []
     for metric, label in METRIC_LABELS:
         for cls in (per_class if metric in ("sensitivity", "specificity") else [None]):
-            pick = (lambda f: estimate(f, metric=metric, **{"class": None})) if cls is None else (  # noqa: E731
+            pick = (lambda f: metric_estimate(f, metric=metric, **{"class": None})) if cls is None else (  # noqa: E731
                 lambda f: _per_class(f, metric, cls, classes))
             rows.append({"label": f"{label}, {cls}" if cls else label, "finetuned": pick(finetuned),
                          **{name: pick(frame) if not frame.empty else None for name, frame in probes.items()}})
@@ -58,7 +56,7 @@ def curve_figure(history: pd.DataFrame, variant: str) -> dict[str, Any]:
     """Training and held-out loss per epoch, with the start of fine-tuning marked; a figure record."""
     from matplotlib.ticker import MaxNLocator
 
-    from toolkit.analysis.figures import PALETTE, new_figure, to_svg
+    from toolkit import PALETTE, new_figure, to_svg
 
     figure, axes = new_figure(5.6, 3.4)
     axes.plot(history["epoch"], history["loss"], color=PALETTE[0], marker="o", label="training loss")
@@ -86,11 +84,12 @@ def curve_figure(history: pd.DataFrame, variant: str) -> dict[str, Any]:
     return {"mime": "image/svg+xml", "content": to_svg(figure).encode(), "alt": alt}
 
 
-def training_sections(store: Store, run_id: str, backbones: list[str],
-                      dataset_fingerprint: str | None = None) -> dict[str, list[dict[str, Any]]]:
+def training_sections(context: ReportContext) -> dict[str, list[dict[str, Any]]]:
     """``variants``: per trained variant (latest first) that the run used, or that was trained on the
-    run's images (same ``dataset_fingerprint``) from one of its backbones, its metrics beside the frozen probe (and the probe on the variant's embeddings, when the run has
+    run's images (same dataset fingerprint) from one of its backbones, its metrics beside the frozen probe (and the probe on the variant's embeddings, when the run has
     them) and its training curve; ``ablations``: the paired differences of their ablations."""
+    store, run_id, backbones = context.store, context.run_id, context.backbone_names
+    dataset_fingerprint = context.run.get("dataset_fingerprint")
     if not backbones:
         return {"variants": [], "ablations": []}
     bases = {name.split("@")[0] for name in backbones}
@@ -122,10 +121,9 @@ TEMPLATE = Path(__file__).parent / "templates" / "training.html"
 
 def report_section(context: ReportContext) -> list[ReportSection]:
     """"Fine-tuned backbones", when a variant of one of the run's backbones was trained."""
-    training = training_sections(context.store, context.run_id, context.backbone_names,
-                                 context.run.get("dataset_fingerprint"))
+    training = training_sections(context)
     if not training["variants"]:
         return []
     return [ReportSection("Fine-tuned backbones", slot="models", order=10, anchor="training", template=TEMPLATE,
-                          data={"training": training})]
+                          data={"training": training}, reads=("probe",))]
 

@@ -13,12 +13,7 @@ import re
 import shlex
 from pathlib import Path
 
-from toolkit import __version__, hookimpl
-from toolkit.plugin.sections import ReportContext
-from toolkit.plugin.types import ExportContext, Exporter
-from toolkit.report.data import gather
-from toolkit.report.environment import make_environment, write_atomically
-from toolkit.report.sections import collect, render
+from toolkit import ExportContext, Exporter, __version__, hookimpl, report_page, write_atomically
 
 CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src data:; font-src data:; "
        "script-src 'none'; base-uri 'none'; form-action 'none'")
@@ -52,17 +47,11 @@ def shareable_path(arg: str, data_root: str | None) -> str:
 
 def export_report(context: ExportContext, out_dir: Path) -> list[Path]:
     """Render ``report.html`` for the run into ``out_dir`` (written atomically)."""
-    registry = context.registry
-    env = make_environment(context.template_dir, registry.pm)
-    reveal_ids = bool(context.settings.get("reveal_ids"))
-    data = gather(context.store, context.run_id, registry, reveal_ids=reveal_ids)
-    report_context = ReportContext(context.run_id, context.store, registry, data["run"], data["backbones"],
-                                   pseudonym=data["pseudonyms"])
-    data.update(render(collect(report_context), env, data["pseudonyms"]))
-    data.update(csp=CSP, tk_version=__version__,
-                command=data["pseudonyms"].text(shareable_command(data["run"]["command"], data["run"]["data_root"])),
-                data_name=data["pseudonyms"].text(Path(data["run"]["data_root"] or "").name))
-    html = env.get_template("report.html").render(**data)
+    page = report_page(context)
+    run, pseudonyms = page.data["run"], page.data["pseudonyms"]
+    html = page.render(csp=CSP, tk_version=__version__,
+                       command=pseudonyms.text(shareable_command(run["command"], run["data_root"])),
+                       data_name=pseudonyms.text(Path(run["data_root"] or "").name))
     path = report_path(out_dir, context.run_id)
     write_atomically(path, html)
     return [path]

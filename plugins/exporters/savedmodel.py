@@ -5,10 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from toolkit import hookimpl
-from toolkit.extract.conversion import write_savedmodel
-from toolkit.plugin.types import ExportContext, Exporter
-from toolkit.plugins.exporters.deployment import PARITY, classifiers, measure, sample_pixels, write_json
+from toolkit import ExportContext, Exporter, hookimpl, write_savedmodel
+from toolkit.plugins.exporters.parity import PARITY, classifiers, measure, sample_pixels, write_json
 
 
 def next_version(model_dir: Path) -> int:

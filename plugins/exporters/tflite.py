@@ -7,11 +7,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
-from toolkit import hookimpl
-from toolkit.extract.conversion import convert, write_savedmodel
-from toolkit.plugin.types import ExportContext, Exporter
-from toolkit.extract.litert import LiteModel
-from toolkit.plugins.exporters.deployment import PARITY, classifiers, measure, sample_pixels, write_json
+from toolkit import ExportContext, Exporter, LiteModel, convert_to_tflite, hookimpl, write_savedmodel
+from toolkit.plugins.exporters.parity import PARITY, classifiers, measure, sample_pixels, write_json
 
 VARIANTS = {
     "tflite": "fp32",
@@ -32,7 +29,7 @@ def make_export(variant: str) -> Callable[[ExportContext, Path], list[Path]]:
             folder.mkdir(parents=True, exist_ok=True)
             path = folder / f"{classifier.backbone.name}-{variant}.tflite"
             with tempfile.TemporaryDirectory() as tmp:
-                path.write_bytes(convert(write_savedmodel(classifier.backbone, classifier.model, Path(tmp) / "model"), variant,
+                path.write_bytes(convert_to_tflite(write_savedmodel(classifier.backbone, classifier.model, Path(tmp) / "model"), variant,
                                          calibration))
             lite = LiteModel(path)
             input_type = "uint8 RGB 0..255" if variant == "int8" else "float32 RGB 0..255"

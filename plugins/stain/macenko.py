@@ -10,8 +10,8 @@ stain concentrations of every pixel are their least-squares solution; each conce
 so that its 99th percentile matches the reference's, and the image is rebuilt with the reference
 stain matrix.
 
-The default reference (``HE_REF``, ``MAX_C_REF``) is the one of the widely used reference
-implementation (github.com/schaugf/HEnorm_python, after Macenko's MATLAB code; also in
+The default reference (``HE_REF``, ``MAX_C_REF``, in ``he_reference``) is the one of the widely used
+reference implementation (github.com/schaugf/HEnorm_python, after Macenko's MATLAB code; also in
 StainTools and torchstain).
 """
 
@@ -22,14 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import hookimpl
-from toolkit.plugin.types import StainNormaliser
+from toolkit import StainNormaliser, hookimpl
+from toolkit.plugins.stain.he_reference import HE_REF, IO, MAX_C_REF
 
-IO = 240.0
 ALPHA = 1.0
 BETA = 0.15
-HE_REF = np.array([[0.5626, 0.2159], [0.7201, 0.8012], [0.4062, 0.5581]])
-MAX_C_REF = np.array([1.9705, 1.0308])
 MIN_TISSUE = 0.01  # at least this share of an image's pixels must be stained for a fit
 MIN_ANGLE = np.deg2rad(2.0)  # two stain vectors closer than this: one stain, nothing to separate
 FIT_PIXELS = 1 << 16  # fit on at most this many pixels per image (evenly strided); apply to all
@@ -82,7 +79,7 @@ def fit(reference: np.ndarray) -> dict[str, Any]:
     od = optical_density(np.asarray(reference)[None])
     matrix, usable = stain_matrices(od)
     if not usable[0]:
-        from toolkit.errors import TkError
+        from toolkit import TkError
 
         raise TkError("the stain reference image shows too little tissue or a single stain for Macenko; "
                       "choose an H&E image with both stains")
@@ -104,25 +101,6 @@ def apply(batch: np.ndarray, state: dict[str, Any]) -> np.ndarray:
     rebuilt = IO * np.exp(-np.einsum("ck,nkp->npc", reference, found * scale[:, :, None].astype(np.float32)))
     out = np.clip(rebuilt, 0, 255).reshape(batch.shape)
     return np.where(usable[:, None, None, None], out, batch.astype(np.float32))
-
-
-def synthetic_tile(matrix: np.ndarray, max_c: np.ndarray, size: tuple[int, int] = (64, 64),
-                   seed: int = 0) -> np.ndarray:
-    """An H&E-like uint8 tile built from a stain matrix ``(3, 2)``: nuclei (mostly H) and stroma
-    (mostly E) on some background, with concentrations up to ``max_c``. For tests and the default
-    Reinhard target."""
-    rng = np.random.default_rng(seed)
-    height, width = size
-    yy, xx = np.mgrid[0:height, 0:width]
-    nuclei = np.zeros((height, width))
-    for _ in range(max(3, height * width // 400)):
-        cy, cx, r = rng.uniform(0, height), rng.uniform(0, width), rng.uniform(2, 5)
-        nuclei = np.maximum(nuclei, np.clip(1.2 - np.hypot(yy - cy, xx - cx) / r, 0, 1))
-    stroma = np.clip(0.6 + 0.4 * np.sin(xx / 5.0 + rng.uniform(0, 6)) * np.cos(yy / 7.0), 0, 1)
-    h = max_c[0] * np.clip(nuclei + 0.03 * rng.random((height, width)), 0, 1)
-    e = max_c[1] * np.clip(stroma * (1 - nuclei) ** 2 + 0.03 * rng.random((height, width)), 0, 1)
-    od = np.einsum("ck,hwk->hwc", np.asarray(matrix, float), np.stack([h, e], axis=-1))
-    return np.clip(IO * np.exp(-od) - 1, 0, 255).round().astype(np.uint8)
 
 
 MACENKO = StainNormaliser(

@@ -3,7 +3,7 @@ for H&E: each image's per-channel mean and standard deviation in CIE L*a*b* (sRG
 to a target's. Vectorised over a batch.
 
 The default target is the L*a*b* statistics of a synthetic tile built from the default Macenko
-reference (``toolkit.plugins.stain.macenko.HE_REF`` and ``MAX_C_REF``), so the two built-ins aim at
+reference (``HE_REF`` and ``MAX_C_REF`` of ``he_reference``), so the two built-ins aim at
 the same colours without an image shipped with tk.
 """
 
@@ -13,9 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from toolkit import hookimpl
-from toolkit.plugin.types import StainNormaliser
-from toolkit.plugins.stain.macenko import HE_REF, MAX_C_REF, synthetic_tile
+from toolkit import StainNormaliser, hookimpl
+from toolkit.plugins.stain.he_reference import HE_REF, MAX_C_REF, synthetic_tile
 
 MIN_STD = 1e-3  # a channel flatter than this (a blank tile) cannot be rescaled: left unchanged
 RGB_TO_XYZ = np.array([[0.412453, 0.357580, 0.180423],

@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from toolkit import hookimpl
-from toolkit.extract.stain import RUNS
-from toolkit.plugin.sections import ReportContext, ReportSection
+from toolkit import ReportContext, ReportSection, hookimpl
+from toolkit import STAIN_RUNS as RUNS
 
 TEMPLATE = Path(__file__).parent / "templates" / "stain.html"
 

@@ -3,9 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from toolkit import hookimpl
-from toolkit.plugin.types import Analysis, Backbone, Needs
-from toolkit.plugin.results import Finding, Table
+from toolkit import Analysis, Backbone, Finding, Needs, Table, hookimpl
 
 __version__ = "1.2.3"
 

@@ -2,9 +2,7 @@
 
 import time
 
-from toolkit import hookimpl
-from toolkit.plugin.types import Analysis, Backbone
-from toolkit.plugins.analyses.pca import pca
+from toolkit import Analysis, Backbone, Exporter, Table, hookimpl
 
 
 def raises(context):
@@ -13,6 +11,13 @@ def raises(context):
 
 def malformed(context):
     return "not a list of results"
+
+
+def well_behaved(context):
+    """The first feature of every image: an analysis that works, beside those that do not."""
+    import pandas as pd
+
+    return [Table("coords", pd.DataFrame({"image_id": context.metadata["image_id"], "x": context.embeddings[:, 0]}))]
 
 
 def sleepy(context):
@@ -33,7 +38,7 @@ def register_analyses(register):
     register(Analysis(name="raises", run=raises))
     register(Analysis(name="malformed", run=malformed))
     register(Analysis(name="sleepy", run=sleepy))
-    register(Analysis(name="pca_again", run=pca))
+    register(Analysis(name="well_behaved", run=well_behaved))
 
 
 @hookimpl
@@ -58,7 +63,5 @@ def stray_out(context, out_dir):
 
 @hookimpl
 def register_exporters(register):
-    from toolkit.plugin.types import Exporter
-
     register(Exporter(name="escape", export=escape_out))
     register(Exporter(name="stray", export=stray_out))

@@ -1,7 +1,6 @@
 """A backbone whose embeddings are all NaN (as a broken model or an fp16 overflow would give)."""
 
-from toolkit import hookimpl
-from toolkit.plugin.types import Backbone
+from toolkit import Backbone, hookimpl
 
 DIM = 4
 

@@ -4,8 +4,7 @@ import time
 
 import numpy as np
 
-from toolkit import hookimpl
-from toolkit.plugin.types import Backbone
+from toolkit import Backbone, hookimpl
 
 SECONDS_PER_BATCH = 0.25
 

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from toolkit import hookimpl
-from toolkit.plugin.types import Backbone
+from toolkit import Backbone, hookimpl
 
 NAME = "stand_in"
 DIM = 16

@@ -1,7 +1,6 @@
 """A tiny test backbone, registered through the same hook third-party plugins use."""
 
-from toolkit import hookimpl
-from toolkit.plugin.types import Backbone
+from toolkit import Backbone, hookimpl
 
 DIM = 16
 

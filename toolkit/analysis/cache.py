@@ -124,7 +124,16 @@ def _absolute(imports: tuple[tuple[int, str, tuple[str, ...]], ...], package: st
             base = f"{parent}.{module}" if module else parent
         names.add(base)
         names.update(f"{base}.{member}" for member in members)
+        names.update(_lazy_modules(base, members))
     return {n for n in names if n}
+
+
+def _lazy_modules(package: str, members: tuple[str, ...]) -> set[str]:
+    """The modules that ``package`` loads ``members`` from on first use (``toolkit``'s public names)."""
+    origin = getattr(sys.modules.get(package), "_lazy_origin", None)
+    if origin is None:
+        return set()
+    return {found[0] for found in map(origin, members) if found is not None}
 
 
 def library_versions(extra: tuple[str, ...] = ()) -> dict[str, str]:

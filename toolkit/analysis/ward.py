@@ -9,6 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 STRIP_ROWS = 256  # rows of distances held at a time: 256 x 10,000 float64 is 20 MB
+WARD_MAX_IMAGES = 10_000
+"""The most images Ward clusters at once (a seeded sample of this many beyond it): the float64
+Gram matrix of 10,000 images is 800 MB."""
 
 
 def upper_gram(x: np.ndarray) -> np.ndarray:

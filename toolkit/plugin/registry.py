@@ -195,8 +195,9 @@ def hook_functions(plugin: object) -> object:
 def builtin_plugins() -> list[str]:
     """Module names of the built-in plugins, from the ``tk.builtins`` entry point of the installed tk.
 
-    Core names no built-in: they are found the way installed plugins are, so built-ins use exactly
-    the public API.
+    Core names no built-in: they are found the way installed plugins are, through the same hooks.
+    They import from tk only ``toolkit``, ``toolkit.stats`` and ``toolkit.testing``, as a third-party
+    plugin can (``tests/test_architecture.py`` checks it).
     """
     names: list[str] = []
     for ep in importlib.metadata.entry_points(group=BUILTIN_GROUP):

@@ -55,6 +55,10 @@ class ReportSection:
     :param anchor: the section's HTML id (``models`` and ``appendix`` sections get one from the
         title when not given) and its link in the table of contents.
     :param columns: columns for the backbone comparison table (a section may hold only columns).
+    :param reads: the analyses of other plugins whose stored results the section shows, as
+        ``Needs.analyses`` declares them for an analysis. Report sections are rendered after every
+        analysis has run, so a read analysis that did not run leaves its part out; nothing waits
+        for it or is skipped.
     """
 
     title: str = ""
@@ -67,6 +71,7 @@ class ReportSection:
     template: Path | None = None
     data: dict[str, Any] = field(default_factory=dict)
     columns: list[ComparisonColumn] = field(default_factory=list)
+    reads: tuple[str, ...] = ()
 
     @classmethod
     def comparison_columns(cls, *columns: ComparisonColumn) -> ReportSection:

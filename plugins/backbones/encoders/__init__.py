@@ -20,7 +20,7 @@ from toolkit.plugins.backbones.encoders.spec import EncoderSpec, read_spec, spec
 if TYPE_CHECKING:
     import typer
 
-    from toolkit.plugin.types import CliContext
+    from toolkit import CliContext
 
 
 def describe(spec: EncoderSpec) -> str:

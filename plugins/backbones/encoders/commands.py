@@ -16,7 +16,7 @@ from toolkit.plugins.backbones.encoders.spec import (EncoderSpec, as_row, read_s
                                                      write_spec)
 
 if TYPE_CHECKING:
-    from toolkit.plugin.types import CliContext
+    from toolkit import CliContext
 
 KIND_HELP = "Exactly one of --onnx FILE, --keras-hub DIR or --savedmodel DIR."
 

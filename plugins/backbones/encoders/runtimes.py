@@ -93,9 +93,9 @@ def onnx_runner(spec: EncoderSpec, path: str) -> Callable[[np.ndarray], np.ndarr
 
 def keras_model(spec: EncoderSpec, path: str) -> Any:
     """A Keras model: preprocessed NHWC batch -> pooled ``(n, dim)`` embeddings (Keras-Hub or SavedModel)."""
-    from toolkit.extract.tfimport import tensorflow
+    from toolkit import import_tensorflow
 
-    tensorflow()  # TensorFlow first, without its start-up chatter on stderr
+    import_tensorflow()  # TensorFlow first, without its start-up chatter on stderr
     import keras
 
     size = (spec.input_size, spec.input_size, 3)
@@ -175,9 +175,9 @@ def model_input_size(kind: str, path: str, signature: str = "serving_default") -
         size = json.loads(config.read_text()).get("image_size") if config.is_file() else None
         sides = [size, size] if isinstance(size, int) else []
     else:
-        from toolkit.extract.tfimport import tensorflow
+        from toolkit import import_tensorflow
 
-        tf = tensorflow()
+        tf = import_tensorflow()
         try:
             specs = tf.saved_model.load(path).signatures[signature].structured_input_signature[1]
         except (KeyError, OSError, ValueError):

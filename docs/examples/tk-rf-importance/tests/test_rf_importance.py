@@ -1,7 +1,7 @@
 """The tk conformance kit on tk_rf_importance, and one check of its numbers."""
 
 import tk_rf_importance
-from toolkit.plugin.types import AnalysisContext
+from toolkit import AnalysisContext
 from toolkit.store import Store
 from toolkit.testing import parametrize_with_checks, registered, synthetic_run
 

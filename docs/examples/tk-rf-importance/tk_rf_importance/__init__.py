@@ -5,10 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from toolkit import hookimpl
-from toolkit.analysis.figures import PALETTE, new_figure, to_svg
-from toolkit.plugin.types import Analysis, AnalysisContext, Needs
-from toolkit.plugin.results import Figure, Finding, Result, Table
+from toolkit import (PALETTE, Analysis, AnalysisContext, Figure, Finding, Needs, Result, Table, hookimpl, new_figure,
+                     to_svg)
 
 __version__ = "0.1.0"
 
