@@ -93,7 +93,7 @@ def ingest_rate(root: Path, rows: int, dim: int, per_shard: int = 32) -> dict:
                     rng.normal(size=(count, dim)).astype(np.float32))
     with Store.open(root / "ingest.duckdb") as store:
         started = time.perf_counter()
-        [done] = store.ingest_shards(folder)
+        [done] = store.shards.ingest_shards(folder)
         seconds = time.perf_counter() - started
     assert done.new_rows == rows
     return {"rows": rows, "dim": dim, "shards": done.shards, "seconds": round(seconds, 2),
