@@ -111,7 +111,8 @@ def training_sections(context: ReportContext) -> dict[str, list[dict[str, Any]]]
             "rows": comparison_rows(metrics, {"frozen": of(run["backbone"]), "variant": of(run["variant"])}, classes),
             "curve": curve_figure(history, run["variant"]) if not history.empty else None})
     ablation_ids = sorted({v["ablation_id"] for v in variants if v["ablation_id"]})
-    ablations = [{"ablation_id": a, "rows": store.tables.rows(DIFFERENCES, where={"ablation_id": a}, order_by=("factor", "metric"))
+    ablations = [{"ablation_id": a,
+                  "rows": store.tables.rows(DIFFERENCES, where={"ablation_id": a}, order_by=("factor", "metric"))
                   .astype(object).replace({np.nan: None}).to_dict("records")} for a in ablation_ids]
     return {"variants": variants, "ablations": ablations}
 

@@ -127,8 +127,8 @@ def load_classifier(store: StoreReader | Store, registry: Registry, backbone_nam
         raise TkError(f"run {run['run_id']} has no {backbone_name} embeddings; run `tk run --backbone {backbone_name}`")
     kind, weights_id, precision, dim = row["weights_kind"], row["weights_id"], row["precision"], int(row["dim"])
     backbone = find_backbone(registry.backbones, backbone_name)
-    metadata, embeddings = store.embeddings.run_embeddings(run["run_id"], EmbeddingSet(backbone_name, weights_id, dim, precision,
-                                                                             row.get("stain") or "none"))
+    embedding_set = EmbeddingSet(backbone_name, weights_id, dim, precision, row.get("stain") or "none")
+    metadata, embeddings = store.embeddings.run_embeddings(run["run_id"], embedding_set)
     if metadata["label"].isna().any():
         raise TkError("the classifier needs a label for every image of the run")
     head = fit_head(embeddings, metadata["label"].to_numpy(), seed)

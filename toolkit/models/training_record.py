@@ -60,7 +60,8 @@ def record_start(store_path: Path, train_id: str, backbone: str, variant: str, a
 
 def record_failure(store_path: Path, train_id: str, error: str) -> None:
     with Store.open(store_path) as store:
-        store.tables.update_rows(RUNS, {"status": "failed", "error": error, "finished_at": utcnow()}, {"train_id": train_id})
+        store.tables.update_rows(RUNS, {"status": "failed", "error": error, "finished_at": utcnow()},
+                                 {"train_id": train_id})
 
 
 def record_success(store_path: Path, train_id: str, finished: dict[str, Any], history: pd.DataFrame,
@@ -71,7 +72,8 @@ def record_success(store_path: Path, train_id: str, finished: dict[str, Any], hi
         for spec in (HISTORY, METRICS):
             store.tables.ensure_table(spec)
         with store.transaction():
-            store.tables.update_rows(RUNS, {**finished, "finished_at": utcnow(), "status": "ok"}, {"train_id": train_id})
+            store.tables.update_rows(RUNS, {**finished, "finished_at": utcnow(), "status": "ok"},
+                                     {"train_id": train_id})
             store.tables.insert_rows(HISTORY, records(history[list(HISTORY.columns)[1:]], train_id=train_id))
             store.tables.insert_rows(METRICS, records(metrics[list(METRICS.columns)[1:]], train_id=train_id))
 

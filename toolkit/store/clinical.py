@@ -33,7 +33,7 @@ class ClinicalReader(Part):
         kinds = dict(self.con.execute("SELECT name, kind FROM clinical_columns WHERE run_id = ? ORDER BY rowid",
                                       [run_id]).fetchall())
         values = self.db.query_df("SELECT image_id, name, kind, value_num, value_text FROM clinical WHERE run_id = ?",
-                               [run_id])
+                                  [run_id])
         frame = pd.DataFrame({"image_id": pd.Series(sorted(values["image_id"].unique()), dtype="int64")})
         for name, kind in kinds.items():
             rows = values[values["name"] == name]
@@ -47,7 +47,7 @@ class ClinicalReader(Part):
         if not self.db.table_exists("clinical_columns"):
             return pd.DataFrame(columns=["name", "kind", "level", "source"])
         return self.db.query_df("SELECT name, kind, level, source FROM clinical_columns WHERE run_id = ? ORDER BY rowid",
-                             [run_id])
+                                [run_id])
 
 
 class Clinical(ClinicalReader):

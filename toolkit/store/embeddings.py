@@ -98,8 +98,8 @@ class EmbeddingsReader(Part):
     def last_parity(self, embedding_set: EmbeddingSet) -> dict[str, Any]:
         """The parity against fp32 recorded by the latest run that measured it for this set."""
         row = self.db.one("SELECT rb.parity_centred_cosine_mean, rb.parity_centred_cosine_min, rb.parity_rank_corr, "
-                       "rb.parity_n_images FROM run_backbones rb JOIN runs r USING (run_id) WHERE rb.table_name = ? "
-                       "AND rb.parity_n_images IS NOT NULL ORDER BY r.started_at DESC LIMIT 1", [embedding_set.table])
+                          "rb.parity_n_images FROM run_backbones rb JOIN runs r USING (run_id) WHERE rb.table_name = ? "
+                          "AND rb.parity_n_images IS NOT NULL ORDER BY r.started_at DESC LIMIT 1", [embedding_set.table])
         keys = ("centred_cosine_mean", "centred_cosine_min", "similarity_rank_corr", "n_images")
         return dict(zip(keys, row)) if row else {}
 
@@ -140,7 +140,7 @@ class EmbeddingsReader(Part):
     def weights_path(self, backbone: str, weights_id: str) -> str | None:
         """The local weights file an embedding set was made with, if any."""
         row = self.db.one("SELECT weights_path FROM embedding_sets WHERE backbone = ? AND weights_id = ?",
-                       [backbone, weights_id])
+                          [backbone, weights_id])
         return row[0] if row else None
 
 

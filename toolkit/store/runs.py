@@ -60,13 +60,13 @@ class RunsReader(Part):
     def skipped_files(self, run_id: str) -> list[dict[str, Any]]:
         """The files a run could not use: relpath, reason."""
         return self.db.query_df("SELECT relpath, reason FROM skipped_files WHERE run_id = ? ORDER BY relpath",
-                             [run_id]).to_dict("records")
+                                [run_id]).to_dict("records")
 
     def run_backbones(self, run_id: str, ok_only: bool = False) -> list[dict[str, Any]]:
         """One dict per backbone of a run (every ``run_backbones`` column), by name."""
         where = " AND status = 'ok'" if ok_only else ""
         return self.db.query_df(f"SELECT * FROM run_backbones WHERE run_id = ?{where} ORDER BY backbone",
-                             [run_id]).to_dict("records")
+                                [run_id]).to_dict("records")
 
     def run_backbone(self, run_id: str, backbone: str) -> dict[str, Any] | None:
         """The ``run_backbones`` row of one backbone that finished in a run, or None."""

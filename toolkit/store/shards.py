@@ -157,7 +157,7 @@ class Shards(Part):
     def shard_set(self, embedding_set: EmbeddingSet) -> ShardSet:
         """The ``tk.set`` metadata of a stored set (created by ``ensure_set``), for the shards of its vectors."""
         row = self.db.one("SELECT weights_kind, weights_sha256, weights_path, model_path, model_sha256 FROM embedding_sets "
-                       "WHERE table_name = ?", [embedding_set.table])
+                          "WHERE table_name = ?", [embedding_set.table])
         if row is None:
             raise TkError(f"embedding set {embedding_set.table} is not in the store; plan it before embedding")
         return ShardSet(embedding_set.backbone, embedding_set.weights_id, embedding_set.dim, embedding_set.precision,
@@ -189,7 +189,7 @@ class Shards(Part):
                 kept, distinct = self.db.one("SELECT count(*), count(DISTINCT sha256) FROM shard_rows")
                 rows = "shard_rows" if kept == distinct else "(SELECT DISTINCT ON (sha256) * FROM shard_rows)"
                 new = self.db.one(f"INSERT INTO {table} (sha256, vector, run_id) SELECT s.sha256, s.vector, ? "
-                               f"FROM {rows} s ANTI JOIN {table} USING (sha256)", [run_id])[0]
+                                  f"FROM {rows} s ANTI JOIN {table} USING (sha256)", [run_id])[0]
                 self.con.execute("DROP TABLE shard_rows")
                 self.con.executemany("INSERT INTO ingested_shards (shard, table_name) VALUES (?, ?)",
                                      [[p.name, table] for p in files])
