@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from toolkit import Exporter
+from toolkit import Exporter, Table
 from toolkit.errors import PluginError, TkError
 from toolkit.plugin.results import CORE_RESULT_TABLES
 from toolkit.plugin.types import AnalysisContext, ExportContext
@@ -109,3 +110,28 @@ def test_a_failing_migration_rolls_back_and_leaves_the_store_file_as_it_was(tmp_
     with Store.open(path, read_only=True) as store:
         assert not store.table_exists("half_done") and "half_done" not in store.query_df("DESCRIBE runs")["column_name"].tolist()
         assert store.stand_ins == []
+
+
+def test_result_tables_stored_before_their_owners_were_recorded_keep_their_names_and_rows(tmp_path):
+    path = tmp_path / "tk.duckdb"
+    with Store.open(path) as store:
+        run = synthetic_run(store, backbones={"alpha": 4})
+        store.results.save_results(run.run_id, "probe", "alpha", "ok", "", 0.0,
+                                   [Table("predictions", pd.DataFrame({"p": [0.5, 0.25]}))])
+        store.results.save_results(run.run_id, "probe_predictions", "alpha", "ok", "", 0.0,
+                                   [Table("main", pd.DataFrame({"mine": [1]}))])
+        # a store written before m012: no owners recorded, both analyses listed under one table name
+        store.con.execute("DROP TABLE result_table_names")
+        store.con.execute("DELETE FROM _migrations WHERE name = 'm012_result_table_names'")
+        store.con.execute("UPDATE result_tables SET table_name = 'results_probe_predictions' "
+                          "WHERE analysis = 'probe_predictions'")
+    with Store.open(path, read_only=True) as store:
+        assert store.stand_ins == ["m012_result_table_names"]
+        assert store.results.sql_name("probe", "predictions") == "results_probe_predictions"
+    with Store.open(path) as store:
+        assert store.results.sql_name("probe", "predictions") == "results_probe_predictions"
+        assert store.results.sql_name("probe_predictions") is None, "the first to store in a shared table owns it"
+        store.results.save_results(run.run_id, "probe_predictions", "alpha", "ok", "", 0.0,
+                                   [Table("main", pd.DataFrame({"mine": [2]}))])
+        assert store.results.result_table(run.run_id, "probe", "predictions", "alpha")["p"].tolist() == [0.5, 0.25]
+        assert store.results.result_table(run.run_id, "probe_predictions", backbone="alpha")["mine"].tolist() == [2]

@@ -53,8 +53,7 @@ class StoreReader:
         """Only reached for a name the reader lacks: say where a read lives, or that plugins do not write."""
         if name.startswith("_"):
             raise AttributeError(name)
-        parts = [part for part in ("images", "clinical", "embeddings", "runs", "results", "tables")
-                 if hasattr(getattr(self, part), name)]
+        parts = [part for part, reads in vars(self).items() if hasattr(type(reads), name)]
         if parts:
             raise AttributeError(f"the store's reads are grouped by part: use store.{parts[0]}.{name}")
         raise AttributeError(f"the store is read-only to plugins, it has no {name!r}: analyses return their "
