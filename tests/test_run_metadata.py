@@ -83,6 +83,8 @@ def test_the_migration_gives_each_stored_run_the_view_images_holds(tmp_path):
 def _as_before(store, *migrations):
     """Turn ``store`` back into one written before ``migrations`` (their tables, columns and records gone)."""
     with duckdb.connect(str(store)) as con:
+        if "m012_result_table_names" in migrations:
+            con.execute("DROP TABLE result_table_names")
         if "m011_shards" in migrations:
             con.execute("DROP TABLE ingested_shards")
         if "m010_stain" in migrations:
@@ -119,7 +121,7 @@ def test_tk_report_reads_an_old_store_without_writing_it(tmp_path):
                 "--store", store, "--plugin", STAND_IN)
     assert result.exit_code == 0, result.stderr
     _as_before(store, "m007_store_secrets", "m008_run_image_metadata", "m009_clinical", "m010_stain",
-               "m011_shards")
+               "m011_shards", "m012_result_table_names")
     before = hashlib.sha256(store.read_bytes()).hexdigest()
     pages = []
     for out in ("a", "b"):

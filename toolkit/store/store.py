@@ -15,7 +15,7 @@ from typing import Any, Sequence
 from toolkit.errors import StoreBusy, TkError
 from toolkit.lazy import lazy_import
 from toolkit.store.clinical import Clinical, ClinicalReader
-from toolkit.store.connection import Connection
+from toolkit.store.connection import Connection, Part
 from toolkit.store.embeddings import Embeddings, EmbeddingsReader
 from toolkit.store.images import Images, ImagesReader
 from toolkit.store.migrations import MIGRATIONS, migrate, newer_migrations
@@ -47,13 +47,14 @@ class StoreReader:
         self.tables = TablesReader(db)
 
     def reader(self) -> StoreReader:
+        """Itself (a plugin context calls ``reader()`` on whichever store it is given)."""
         return self
 
     def __getattr__(self, name: str) -> Any:
         """Only reached for a name the reader lacks: say where a read lives, or that plugins do not write."""
         if name.startswith("_"):
             raise AttributeError(name)
-        parts = [part for part, reads in vars(self).items() if hasattr(type(reads), name)]
+        parts = [part for part, reads in vars(self).items() if isinstance(reads, Part) and hasattr(type(reads), name)]
         if parts:
             raise AttributeError(f"the store's reads are grouped by part: use store.{parts[0]}.{name}")
         raise AttributeError(f"the store is read-only to plugins, it has no {name!r}: analyses return their "
