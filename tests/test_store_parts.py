@@ -68,6 +68,10 @@ def test_an_exporter_hands_its_rows_back_and_core_writes_them_after_it_returns(t
                                               r"declare; list the table in Exporter\(tables=...\)"):
             export_into(undeclared, context, tmp_path / "out", store)
         assert not store.table_exists("sneaky_notes")
+    with Store.open(tmp_path / "tk.duckdb", read_only=True) as store:  # tk report: re-renders, stores nothing
+        context = ExportContext(run.run_id, store, registry=object())
+        with pytest.raises(TkError, match="exporter noter handed rows for export_notes, but store .* is open read-only"):
+            export_into(declared, context, tmp_path / "again", store)
 
 
 def test_core_table_names_come_from_the_migrations_and_no_declared_table_takes_one():
