@@ -8,7 +8,7 @@ Arms (each `tk run` in a fresh interpreter, into a fresh store, on the same gene
   ray       --engine ray with a local Ray of this machine's cores (started by the run, counted)
   nodes-K   --engine ray --ray-address of a cluster started here with ray.cluster_utils.Cluster: a
             head with 0 CPUs and K worker nodes of 1 CPU each (K = 1, 2), each node its own raylet
-  ingest    Store.ingest_shards over synthetic shards (32 rows each, the default batch) of --ingest-dim
+  ingest    store.shards.ingest_shards over synthetic shards (32 rows each, the default batch) of --ingest-dim
             vectors: rows/s into DuckDB
 
 Each tk arm reports the whole run's wall time and the embedding phase's ("embedded N images in X s",
@@ -78,7 +78,7 @@ def on_cluster(data: Path, root: Path, backbone: str, nodes: int) -> dict:
 
 
 def ingest_rate(root: Path, rows: int, dim: int, per_shard: int = 32) -> dict:
-    """Rows/s of the driver's ingest (``Store.ingest_shards``) over ``rows`` synthetic rows."""
+    """Rows/s of the driver's ingest (``store.shards.ingest_shards``) over ``rows`` synthetic rows."""
     import numpy as np
 
     from toolkit.store import Store
@@ -93,7 +93,7 @@ def ingest_rate(root: Path, rows: int, dim: int, per_shard: int = 32) -> dict:
                     rng.normal(size=(count, dim)).astype(np.float32))
     with Store.open(root / "ingest.duckdb") as store:
         started = time.perf_counter()
-        [done] = store.ingest_shards(folder)
+        [done] = store.shards.ingest_shards(folder)
         seconds = time.perf_counter() - started
     assert done.new_rows == rows
     return {"rows": rows, "dim": dim, "shards": done.shards, "seconds": round(seconds, 2),

@@ -61,7 +61,7 @@ def test_dependant_reads_its_dependency_and_is_skipped_when_it_failed():
     run = synthetic_run(store, backbones={"alpha": 8})
     outcomes = run_analyses(store, run.run_id, run.sets, with_dependencies([READER], {"producer": PRODUCER, "reader": READER}))
     assert [(o.analysis, o.status) for o in outcomes] == [("producer", "ok"), ("reader", "ok")]
-    assert store.result_table(run.run_id, "reader", backbone="alpha")["doubled"].tolist() == [2.0, 4.0]
+    assert store.results.result_table(run.run_id, "reader", backbone="alpha")["doubled"].tolist() == [2.0, 4.0]
 
     def broken(context):
         raise RuntimeError("boom")
@@ -120,7 +120,7 @@ def test_a_list_setting_arrives_as_a_list_of_typed_elements():
     store = Store.open(":memory:")
     run = synthetic_run(store, backbones={"alpha": 4})
     run_analyses(store, run.run_id, run.sets, [LISTER], chosen)
-    echoed = store.result_table(run.run_id, "lister", "main", "alpha")["settings"].iloc[0]
+    echoed = store.results.result_table(run.run_id, "lister", "main", "alpha")["settings"].iloc[0]
     assert echoed == "ListSettings(names=('subtype', 'grade'), ks=[3, 2], k=(4,), scale='raw')"
     assert parse_assignments(["lister.k=auto", "lister.names="], {"lister": LISTER}) == {"lister": {"k": (), "names": ()}}
     assert settings_record(resolved(LISTER, chosen)) == {"names": ["subtype", "grade"], "ks": [3, 2], "k": [4],
@@ -237,10 +237,10 @@ def test_a_setting_changes_the_stored_probe_results_and_the_cache_key():
     store = Store.open(":memory:")
     run = synthetic_run(store, backbones={"alpha": 8})
     first = run_analyses(store, run.run_id, run.sets, [probe], {"probe": {"bootstrap": 50}})
-    default = store.result_table(run.run_id, "probe", "predictions", "alpha")
+    default = store.results.result_table(run.run_id, "probe", "predictions", "alpha")
     second = run_analyses(store, run.run_id, run.sets, [probe], {"probe": {"bootstrap": 50, "c": 0.0001}})
     assert first[0].status == second[0].status == "ok" and second[0].reused_from is None
-    changed = store.result_table(run.run_id, "probe", "predictions", "alpha")
+    changed = store.results.result_table(run.run_id, "probe", "predictions", "alpha")
     assert (default["probability"] - changed["probability"]).abs().max() > 0.01
     again = run_analyses(store, run.run_id, run.sets, [probe], {"probe": {"bootstrap": 50, "c": 0.0001}})
     assert again[0].reused_from == run.run_id
@@ -290,3 +290,39 @@ def test_an_analysis_that_needs_patients_says_how_to_give_patient_ids():
     message = unmet_need(Needs(labels=True, patients=True), metadata)
     assert message.startswith("needs a patient id for every image; 10 have none")
     assert "CSV manifest that has a patient_id column" in message and "--patient-from REGEX" in message
+
+
+PROBE_PREDICTIONS = '''
+import pandas as pd
+from toolkit import Analysis, Table, hookimpl
+
+
+def run(context):
+    return [Table("main", pd.DataFrame({"mine": [context.seed] * 3}))]
+
+
+@hookimpl
+def register_analyses(register):
+    register(Analysis(name="probe_predictions", run=run))
+'''
+
+
+def test_an_analysis_named_like_another_analysis_table_keeps_its_own_rows_when_either_is_rerun(tmp_path):
+    """``probe``'s table ``predictions`` and an analysis named ``probe_predictions`` would both be
+    ``results_probe_predictions``: each owns a table of its own, and re-running one deletes nothing of the other."""
+    plugin = tmp_path / "probe_predictions.py"
+    plugin.write_text(PROBE_PREDICTIONS)
+    registry = load_registry([str(plugin)])
+    both = [registry.analyses["probe"], registry.analyses["probe_predictions"]]
+    store = Store.open(":memory:")
+    run = synthetic_run(store, backbones={"alpha": 8})
+    run_analyses(store, run.run_id, run.sets, both, registry=registry)
+    n_images = len(store.results.result_table(run.run_id, "probe", "predictions", "alpha"))
+    for seed, analysis in enumerate(both + both, start=1):  # another seed: recomputed and stored again, not reused
+        run_analyses(store, run.run_id, run.sets, [analysis], seed=seed, registry=registry)
+        predictions = store.results.result_table(run.run_id, "probe", "predictions", "alpha")
+        mine = store.results.result_table(run.run_id, "probe_predictions", backbone="alpha")
+        assert len(predictions) == n_images > 3 and "mine" not in predictions.columns
+        assert list(mine.columns) == ["mine"] and len(mine) == 3
+    assert store.results.sql_name("probe", "predictions") == "results_probe_predictions"
+    assert store.results.sql_name("probe_predictions") == "results_probe_predictions_2"

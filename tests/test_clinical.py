@@ -334,12 +334,12 @@ def test_store_keeps_image_level_values_with_the_images_and_patient_values_per_p
                          ClinicalColumn("grade", "categorical", "patient", "manifest")],
                         {"grade": {"p0": "G1", "p1": None}}, [])
     with Store.open(tmp_path / "tk.duckdb") as store:
-        store.start_run("r1", "test", {}, {})
-        store.record_clinical("r1", data)
-        store.add_images("r1", images)
-        kinds, frame = store.run_clinical("r1")
+        store.runs.start_run("r1", "test", {}, {})
+        store.clinical.record_clinical("r1", data)
+        store.images.add_images("r1", images)
+        kinds, frame = store.clinical.run_clinical("r1")
         rows = store.con.execute("SELECT image_id, value_num FROM clinical_values ORDER BY image_id").fetchall()
-        assert store.run_clinical("another run")[0] == {}
+        assert store.clinical.run_clinical("another run")[0] == {}
     assert kinds == {"ki67": "numeric", "grade": "categorical"}
     assert rows == [(1, 5.0), (3, 12.0), (4, 30.0)]  # a missing value has no row
     assert frame["ki67"].tolist()[0] == 5.0 and np.isnan(frame["ki67"].tolist()[1])

@@ -184,12 +184,16 @@ def test_an_export_far_from_the_keras_model_warns_as_tk_run_precision_does(tmp_p
     model = tmp_path / "tiny-int8.tflite"
     model.write_bytes(b"model")
     with Store.open(tmp_path / "s.duckdb") as store:
-        row = parity.measure(ExportContext("r1", store), classifier, lambda pixels: far, "tflite-int8", model,
+        export = ExportContext("r1", store)
+        row = parity.measure(export, classifier, lambda pixels: far, "tflite-int8", model,
                              "uint8 RGB 0..255", np.zeros((8, 2, 2, 3), np.uint8))
         assert row["centred_cosine_mean"] < PARITY_WARNING_BELOW
+        [handed] = export.handed  # stored by core once the export returns
+        assert handed.spec is parity.PARITY and handed.where == {"run_id": "r1", "backbone": "tiny", "format": "tflite-int8"}
+        store.tables.write(handed)
         assert len(warned) == 1 and "tiny tflite-int8 embeddings differ from the Keras model" in warned[0]
         assert f"below {PARITY_WARNING_BELOW}" in warned[0]
-        context = SimpleNamespace(run_id="r1", store=store)
+        context = SimpleNamespace(run_id="r1", store=store.reader())
         [section] = deployment.report_sections(context)
         assert section.data["parity_warnings"] == warned
 

@@ -314,7 +314,7 @@ def test_similar_embeds_a_new_image_with_the_onnx_encoder(tmp_path, breakhis):
     from toolkit.store import Store
 
     with Store.open(store) as opened:
-        embedding_set, kind, path = opened.current_set("enc")
+        embedding_set, kind, path = opened.embeddings.current_set("enc")
     vector = embed_one(load_registry().backbones["enc"], query, kind, embedding_set.weights_id, path)
     session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
     direct = session.run(None, {"pixels": normalised(load_rgb(query, (SIZE, SIZE)), 0, 1).transpose(2, 0, 1)[None]})

@@ -71,7 +71,7 @@ def test_hook_register_exporters(tmp_path):
     check_exporter(exporter)
     with Store.open(tmp_path / "tk.duckdb") as store:
         run = synthetic_run(store)
-        store.save_results(run.run_id, "feature_spread", "alpha", "skipped", "too few", 0.0, [])
+        store.results.save_results(run.run_id, "feature_spread", "alpha", "skipped", "too few", 0.0, [])
         [path] = exporter.export(ExportContext(run.run_id, store), tmp_path / "out")
     assert json.loads(path.read_text()) == [
         {"analysis": "feature_spread", "backbone": "alpha", "status": "skipped", "message": "too few", "seconds": 0.0}]
@@ -122,7 +122,7 @@ def test_hook_report_sections(tmp_path):
     registry = load_registry([EVERY_HOOK])
     with Store.open(tmp_path / "tk.duckdb") as store:
         run = synthetic_run(store)
-        n_images = store.run_image_count(run.run_id)
+        n_images = store.images.run_image_count(run.run_id)
         context = ExportContext(run.run_id, store, registry=registry)
         [path] = registry.exporter("html").export(context, tmp_path / "out")
     html = path.read_text()

@@ -144,8 +144,8 @@ def test_stores_from_before_precision_keep_their_sets(tmp_path):
             ["emb_tiny__random_seed0", "fp32"]]
         assert store.one("SELECT precision FROM run_backbones") == ("fp32",)
         assert EmbeddingSet("tiny", "random-seed0", 16).table == "emb_tiny__random_seed0"
-        assert store.ensure_set(EmbeddingSet("tiny", "random-seed0", 16), "random", None, None) == []
-        assert store.ensure_set(EmbeddingSet("tiny", "random-seed0", 16, "int8"), "random", None, None) == ["random-seed0"]
+        assert store.embeddings.ensure_set(EmbeddingSet("tiny", "random-seed0", 16), "random", None, None) == []
+        assert store.embeddings.ensure_set(EmbeddingSet("tiny", "random-seed0", 16, "int8"), "random", None, None) == ["random-seed0"]
 
 
 def test_parity_far_from_fp32_gives_a_run_warning_and_close_parity_none():

@@ -42,11 +42,11 @@ def test_a_later_run_with_other_labels_leaves_an_earlier_runs_metadata_and_repor
         assert result.exit_code == 0, result.stderr
     run_a, run_b = _runs(store)
     with Store.open(store, read_only=True) as opened:
-        mine = opened.run_images(run_a)
+        mine = opened.images.run_images(run_a)
         assert sorted(mine["label"]) == ["benign"] * 4 + ["malignant"] * 4
         assert sorted(mine["patient_id"].unique()) == ["p0", "p1", "p2", "p3"]
-        assert sorted(opened.run_images(run_b)["label"].unique()) == ["cat", "dog", "emu", "fox"]
-        metadata, vectors = opened.run_embeddings(run_a, EmbeddingSet("tiny", "random-seed0", 16, "fp32"))
+        assert sorted(opened.images.run_images(run_b)["label"].unique()) == ["cat", "dog", "emu", "fox"]
+        metadata, vectors = opened.embeddings.run_embeddings(run_a, EmbeddingSet("tiny", "random-seed0", 16, "fp32"))
         assert list(metadata["label"]) == ["benign", "malignant"] * 4 and vectors.shape == (8, 16)
         assert set(metadata["subtype"]) == {"benign-sub", "malignant-sub"}
         latest = opened.con.execute("SELECT DISTINCT label FROM images ORDER BY label").fetchall()
@@ -77,12 +77,14 @@ def test_the_migration_gives_each_stored_run_the_view_images_holds(tmp_path):
         assert rows == [("r1", 1, "a.png", "aa", "manifest", "benign", "A", 40, "7", 64, 48),
                         ("r1", 2, "b.png", "bb", "manifest", "malignant", None, None, None, 32, 32),
                         ("r2", 2, "b.png", "bb", "manifest", "malignant", None, None, None, 32, 32)]
-        assert list(store.run_images("r1")["label"]) == ["benign", "malignant"]
+        assert list(store.images.run_images("r1")["label"]) == ["benign", "malignant"]
 
 
 def _as_before(store, *migrations):
     """Turn ``store`` back into one written before ``migrations`` (their tables, columns and records gone)."""
     with duckdb.connect(str(store)) as con:
+        if "m012_result_table_names" in migrations:
+            con.execute("DROP TABLE result_table_names")
         if "m011_shards" in migrations:
             con.execute("DROP TABLE ingested_shards")
         if "m010_stain" in migrations:
@@ -119,7 +121,7 @@ def test_tk_report_reads_an_old_store_without_writing_it(tmp_path):
                 "--store", store, "--plugin", STAND_IN)
     assert result.exit_code == 0, result.stderr
     _as_before(store, "m007_store_secrets", "m008_run_image_metadata", "m009_clinical", "m010_stain",
-               "m011_shards")
+               "m011_shards", "m012_result_table_names")
     before = hashlib.sha256(store.read_bytes()).hexdigest()
     pages = []
     for out in ("a", "b"):
@@ -134,8 +136,8 @@ def test_tk_report_reads_an_old_store_without_writing_it(tmp_path):
     with duckdb.connect(str(store), read_only=True) as con:
         assert [r[0] for r in con.execute("SELECT name FROM _migrations ORDER BY name").fetchall()][-1] == "m006_run_error"
     with Store.open(store) as upgraded:  # a writing open upgrades it: one secret from now on
-        assert upgraded.stand_ins == [] and len(upgraded.report_secret()) == 32
-        assert sorted(upgraded.run_images(upgraded.run()["run_id"])["label"]) == ["benign"] * 4 + ["malignant"] * 3
+        assert upgraded.stand_ins == [] and len(upgraded.runs.report_secret()) == 32
+        assert sorted(upgraded.images.run_images(upgraded.runs.run()["run_id"])["label"]) == ["benign"] * 4 + ["malignant"] * 3
     _as_before(store, "m006_run_error")
     with pytest.raises(TkError, match=r"predates schema m006_run_error and was opened read-only; open it once with a "
                                       r"writing tk command"):

@@ -52,11 +52,11 @@ def test_ingest_is_idempotent_and_reads_each_shard_once(tmp_path):
     first = write_shard(tmp_path / "shards", TINY_SET, _shas(4), vectors[:4])
     write_shard(tmp_path / "shards", TINY_SET, _shas(6)[2:], vectors[2:])  # overlaps the first on 2 rows
     with Store.open(tmp_path / "tk.duckdb") as store:
-        [done] = store.ingest_shards(tmp_path / "shards", "run-1")
+        [done] = store.shards.ingest_shards(tmp_path / "shards", "run-1")
         assert (done.shards, done.rows, done.new_rows, done.rejected) == (2, 8, 6, 0)
-        assert store.ingest_shards(tmp_path / "shards") == []  # recorded: not read again
+        assert store.shards.ingest_shards(tmp_path / "shards") == []  # recorded: not read again
         (first.parent / "copy.parquet").write_bytes(first.read_bytes())  # the same rows under a new name
-        [again] = store.ingest_shards(tmp_path / "shards")
+        [again] = store.shards.ingest_shards(tmp_path / "shards")
         assert (again.shards, again.rows, again.new_rows) == (1, 4, 0)
         stored = dict(store.con.execute("SELECT sha256, vector FROM emb_tiny__random_seed0").fetchall())
         assert store.one("SELECT weights_kind FROM embedding_sets WHERE table_name = 'emb_tiny__random_seed0'") == ("random",)
@@ -78,7 +78,7 @@ def test_ingest_refuses_bad_rows_of_a_foreign_shard(tmp_path):
                                  schema=shard_schema(TINY_SET))
     pq.write_table(table, folder / "foreign.parquet")
     with Store.open(tmp_path / "tk.duckdb") as store:
-        [done] = store.ingest_shards(tmp_path / "shards")
+        [done] = store.shards.ingest_shards(tmp_path / "shards")
         assert (done.rows, done.new_rows, done.rejected) == (5, 1, 4)
         assert store.con.execute("SELECT sha256 FROM emb_tiny__random_seed0").fetchall() == [(_shas(1)[0],)]
 
@@ -88,7 +88,7 @@ def test_a_shard_without_set_metadata_is_a_one_line_error(tmp_path):
     folder.mkdir()
     pq.write_table(pa.table({"sha256": _shas(1)}), folder / "bare.parquet")
     with Store.open(tmp_path / "tk.duckdb") as store, pytest.raises(TkError, match="no tk.set metadata"):
-        store.ingest_shards(tmp_path)
+        store.shards.ingest_shards(tmp_path)
 
 
 def test_tk_ingest_then_tk_run_reuses_the_ingested_vectors(tmp_path, breakhis):

@@ -186,7 +186,7 @@ def test_stained_runs_make_their_own_sets_and_the_report_shows_the_strip(tmp_pat
                    for table, stain in found.items()}
         assert len({tuple(v) for v in vectors.values()}) == 4  # normalised pixels, other embeddings
         rows = store.con.execute("SELECT stain, n_embedded FROM run_backbones WHERE run_id = ?", [stained]).fetchall()
-        settings = store.run(stained)["settings"]
+        settings = store.runs.run(stained)["settings"]
     assert rows[0][0].startswith("macenko-") and rows[0][1] == 32
     settings = settings if isinstance(settings, dict) else json.loads(settings)
     assert (settings["stain"], settings["stain_id"]) == ("macenko", rows[0][0])
@@ -247,7 +247,7 @@ def test_a_third_party_stain_plugin_is_used(tmp_path):
     with Store.open(tmp_path / "tk.duckdb", read_only=True) as store:
         [(table, stain)] = store.con.execute("SELECT table_name, stain FROM embedding_sets").fetchall()
         assert stain.startswith("level-") and table.endswith(stain.replace("-", "_"))
-        row = store.rows(stain_normalisation.RUNS, {"run_id": run_id}).iloc[0]
+        row = store.tables.rows(stain_normalisation.RUNS, {"run_id": run_id}).iloc[0]
     assert (row["n_normalised"], row["n_unchanged"]) == (32, 0)
     step = stain_normalisation.for_set(Store.open(tmp_path / "tk.duckdb", read_only=True),
                                        load_registry([plugin]), stain)
@@ -320,5 +320,5 @@ def test_m010_keeps_old_sets_and_lets_a_stained_set_join_them(tmp_path):
         assert store.con.execute("SELECT table_name, stain, precision FROM embedding_sets").fetchall() == [
             ("emb_tiny__random_seed0", "none", "fp32")]
         stained = EmbeddingSet("tiny", "random-seed0", 16, stain="macenko-1a2b3c4d")
-        assert store.ensure_set(stained, "random", None, None) == ["random-seed0"]
+        assert store.embeddings.ensure_set(stained, "random", None, None) == ["random-seed0"]
         assert store.con.execute("SELECT count(*), count(created_at) FROM embedding_sets").fetchone() == (2, 2)

@@ -209,7 +209,7 @@ def test_backbones_are_compared_on_the_same_patient_resamples():
     outcomes = run_analyses(store, run.run_id, run.sets, analyses, {"probe": {"bootstrap": 200},
                                                                     "backbone_comparison": {"bootstrap": 200}})
     assert [(o.analysis, o.status) for o in outcomes][-1] == ("backbone_comparison", "ok")
-    table = store.run_results(run.run_id, "backbone_comparison")
+    table = store.results.run_results(run.run_id, "backbone_comparison")
     assert sorted(table["metric"]) == ["balanced_accuracy", "roc_auc"]
     row = table[table["metric"] == "balanced_accuracy"].iloc[0]
     assert (row["backbone_a"], row["backbone_b"]) == ("alpha", "beta")

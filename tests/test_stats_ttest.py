@@ -127,10 +127,10 @@ def test_the_comparison_table_headlines_the_patient_level_count():
     store = Store.open(":memory:")
     run = synthetic_run(store, n_images=96, backbones={"alpha": 16})
     run_analyses(store, run.run_id, run.sets, [registry.analyses["ttest"]])
-    stored = store.run_results(run.run_id, "ttest")
+    stored = store.results.run_results(run.run_id, "ttest")
     per_level = {level: int((rows["q_val"] < 0.05).sum()) for level, rows in stored.groupby("level")}
     assert per_level["image"] != per_level["patient"]  # else the test could not tell the levels apart
-    context = ReportContext(run.run_id, store, registry, store.run(run.run_id), store.run_backbones(run.run_id))
+    context = ReportContext(run.run_id, store, registry, store.runs.run(run.run_id), store.runs.run_backbones(run.run_id))
     [section] = ttest_plugin.report_sections(context)
     [column] = section.columns
     n_patient = int((stored["level"] == "patient").sum())

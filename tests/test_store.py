@@ -224,20 +224,20 @@ def test_a_store_from_a_newer_tk_is_refused_with_upgrade_tk(tmp_path, read_only)
 
 def test_the_default_run_is_the_latest_finished_one_and_a_failed_run_keeps_its_error(tmp_path):
     with Store.open(tmp_path / "s.duckdb") as store:
-        store.start_run("a", "tk run", {}, {})
-        store.update_run("a", status="ok")
-        store.start_run("b", "tk run", {}, {})
-        store.update_run("b", status="failed", error="resnet50 has no ImageNet weights")
-        assert store.run()["run_id"] == "a"
-        assert store.run("b")["error"] == "resnet50 has no ImageNet weights"
+        store.runs.start_run("a", "tk run", {}, {})
+        store.runs.update_run("a", status="ok")
+        store.runs.start_run("b", "tk run", {}, {})
+        store.runs.update_run("b", status="failed", error="resnet50 has no ImageNet weights")
+        assert store.runs.run()["run_id"] == "a"
+        assert store.runs.run("b")["error"] == "resnet50 has no ImageNet weights"
 
 
 def test_a_store_with_only_a_failed_run_says_why(tmp_path):
     with Store.open(tmp_path / "s.duckdb") as store:
-        store.start_run("b", "tk run", {}, {})
-        store.update_run("b", status="failed", error="resnet50 has no ImageNet weights")
+        store.runs.start_run("b", "tk run", {}, {})
+        store.runs.update_run("b", status="failed", error="resnet50 has no ImageNet weights")
         with pytest.raises(TkError, match="no finished run .*b, failed: resnet50 has no ImageNet weights"):
-            store.run()
+            store.runs.run()
 
 
 @pytest.mark.parametrize("command", [("similar", "x.png", "--backbone", "tiny"), ("export", "--backbone", "tiny"),
@@ -306,9 +306,9 @@ def test_analysis_results_never_alter_a_core_table(tmp_path):
     with Store.open(tmp_path / "tk.duckdb") as store:
         before = store.query_df("DESCRIBE results_figures")
         with pytest.raises(PluginError, match="core table results_figures"):
-            store.save_results("r1", "figures", "tiny", "ok", "", 0.0, [Table("main", pd.DataFrame({"x": [1]}))])
+            store.results.save_results("r1", "figures", "tiny", "ok", "", 0.0, [Table("main", pd.DataFrame({"x": [1]}))])
         assert store.query_df("DESCRIBE results_figures").equals(before)
-        assert store.run_analyses("r1") == []
+        assert store.results.run_analyses("r1") == []
 
 
 def test_a_nan_or_infinite_vector_is_never_stored(tmp_path):
@@ -319,11 +319,11 @@ def test_a_nan_or_infinite_vector_is_never_stored(tmp_path):
 
     embedding_set = EmbeddingSet("tiny", "random_seed0", 2)
     with Store.open(tmp_path / "tk.duckdb") as store:
-        store.ensure_set(embedding_set, "random", None, None)
+        store.embeddings.ensure_set(embedding_set, "random", None, None)
         for bad in (np.nan, np.inf):
             with pytest.raises(TkError, match=r"tiny \(fp32\) gave NaN or infinite embeddings; they are never stored"):
-                store.write_batch("r1", [], {embedding_set: (["a", "b"], np.array([[1.0, 2.0], [bad, 0.0]]))})
-        assert store.missing(embedding_set, ["a", "b"]) == {"a", "b"}
+                store.embeddings.write_batch("r1", [], {embedding_set: (["a", "b"], np.array([[1.0, 2.0], [bad, 0.0]]))})
+        assert store.embeddings.missing(embedding_set, ["a", "b"]) == {"a", "b"}
 
 
 @pytest.mark.parametrize("fmt", ["table", "csv", "json"])

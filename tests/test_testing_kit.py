@@ -184,8 +184,8 @@ def test_an_exporter_writing_beside_out_dir_and_returning_nothing_is_caught():
 
 def test_an_exporter_writing_to_the_store_is_caught():
     def scribble(context, out_dir: Path):
-        context.store.con.execute("CREATE TABLE scribbles (x INTEGER)")
+        context.store.save_results(context.run_id, "scribble", "", "ok", "", 0.0, [])
         return []
 
-    with pytest.raises(AssertionError, match="store opened read-only"):
+    with pytest.raises(AssertionError, match="store opened read-only.*the store is read-only to plugins"):
         check_exporter_writes_inside_out_dir(Exporter(name="scribble", export=scribble))

@@ -45,6 +45,7 @@ _PUBLIC = {
     "Result": "toolkit.plugin.results", "Table": "toolkit.plugin.results", "Figure": "toolkit.plugin.results",
     "Finding": "toolkit.plugin.results", "SkipAnalysis": "toolkit.plugin.results",
     "patient_ref": "toolkit.plugin.results", "TableSpec": "toolkit.store.tables",
+    "StoreReader": "toolkit.store.store",
     "EmbeddingSet": "toolkit.store.embeddings", "TkError": "toolkit.errors",
     "Registry": "toolkit.plugin.registry", "PLUGIN_NAME": "toolkit.plugin.registry",
     "core_table_taken_by": "toolkit.plugin.results",

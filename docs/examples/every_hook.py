@@ -53,7 +53,7 @@ def register_analyses(register):
 
 def write_status(context: ExportContext, out_dir: Path) -> list[Path]:
     """``<run>-status.json``: the status of every analysis of the run."""
-    rows = sorted(context.store.run_analyses(context.run_id), key=lambda r: (r["analysis"], r["backbone"]))
+    rows = sorted(context.store.results.run_analyses(context.run_id), key=lambda r: (r["analysis"], r["backbone"]))
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{context.run_id}-status.json"
     path.write_text(json.dumps(rows, indent=2))
@@ -100,5 +100,5 @@ def prepare_jinja2_environment(env):
 
 @hookimpl
 def report_sections(context):
-    n_images = context.store.run_image_count(context.run_id)
+    n_images = context.store.images.run_image_count(context.run_id)
     return [ReportSection("Lab notes", paragraphs=[f"{n_images} images were scanned in our lab."])]

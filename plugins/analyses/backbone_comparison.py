@@ -36,7 +36,7 @@ def backbone_comparison(context: AnalysisContext) -> list:
     image_ids = meta["image_id"].to_numpy()
     fitted = {}
     for name in sorted(context.all_embeddings):
-        predictions = context.store.result_table(context.run_id, "probe", "predictions", name)
+        predictions = context.store.results.result_table(context.run_id, "probe", "predictions", name)
         if not predictions.empty and ((predictions["target"] == "label") & (predictions["split"] == "patient")).any():
             fitted[name] = out_of_fold(predictions, image_ids)
     if len(fitted) < 2:

@@ -327,10 +327,10 @@ def report_sections(context: ReportContext) -> list[ReportSection]:
     """The "Clinical variables" section: the run's clinical columns, the ones dropped, and per
     backbone what the correlations and probes found, in plain words; without clinical columns, how
     to add them."""
-    columns = context.store.run_clinical_columns(context.run_id)
+    columns = context.store.clinical.run_clinical_columns(context.run_id)
     said = [w for w in context.run.get("warnings") or [] if "clinical column" in w or "of the clinical CSV" in w]
-    correlations_found = context.store.run_results(context.run_id, "clinical")
-    probes = context.store.run_results(context.run_id, "clinical", "probe")
+    correlations_found = context.store.results.run_results(context.run_id, "clinical")
+    probes = context.store.results.run_results(context.run_id, "clinical", "probe")
     summaries = []
     for name in context.backbone_names:
         strongest = []

@@ -183,7 +183,7 @@ def register_analyses(register):
 @hookimpl
 def report_sections(context: ReportContext) -> list[ReportSection]:
     """The comparison table's silhouette of the label partition."""
-    table = context.store.run_results(context.run_id, "clustering")
+    table = context.store.results.run_results(context.run_id, "clustering")
     if table.empty:
         return []
     labels = table[table["partition"] == "label"]

@@ -386,10 +386,10 @@ def report_sections(context: ReportContext) -> list[ReportSection]:
     """The "Clusters" appendix section: significant features circular against split-sample, and how
     the clusters line up with label, subtype and clinical columns, for every backbone; the full
     summary and contingency tables below."""
-    summary_table = context.store.run_results(context.run_id, "clusters", "summary")
+    summary_table = context.store.results.run_results(context.run_id, "clusters", "summary")
     if summary_table.empty:
         return []
-    associations = context.store.run_results(context.run_id, "clusters", "contingency")
+    associations = context.store.results.run_results(context.run_id, "clusters", "contingency")
     tables = [Table("summary", summary_table.rename(columns={"backbone": "model"}),
                     "Features that differ between the clusters (q < 0.05) per design, k and level")]
     if not associations.empty:

@@ -160,7 +160,7 @@ CKA_TEMPLATE = Path(__file__).parent / "templates" / "cka.html"
 @hookimpl
 def report_sections(context: ReportContext) -> list[ReportSection]:
     """Backbone × backbone linear CKA, under the comparison table, when cka ran."""
-    frame = context.store.run_results(context.run_id, "cka")
+    frame = context.store.results.run_results(context.run_id, "cka")
     if frame.empty:
         return []
     names = sorted(set(frame["backbone_a"]) | set(frame["backbone_b"]))

@@ -46,7 +46,7 @@ def gradcam_gallery(context: AnalysisContext) -> list:
     if not layer:
         raise SkipAnalysis(f"backbone {context.backbone} declares no gradcam_layer")
     chosen = choose(predictions)
-    paths = context.store.image_paths(chosen["image_id"])
+    paths = context.store.images.image_paths(chosen["image_id"])
     pixels = np.stack([classifier.read(paths[i]) for i in chosen["image_id"]])  # stain-normalised as the run's
     class_index = [classifier.head.classes.index(label) for label in chosen["y_pred"]]
     heatmaps, _ = gradcam_heatmaps(classifier.model, layer, pixels, classifier.backbone.preprocess, class_index)

@@ -136,7 +136,7 @@ INTEGRITY_TEMPLATE = Path(__file__).parent / "templates" / "integrity.html"
 def report_sections(context: ReportContext) -> list[ReportSection]:
     """The integrity findings in the Dataset section: once each, and naming the backbones a finding
     holds for when it does not hold for all (near-duplicates depend on the embeddings)."""
-    found = context.store.run_findings(context.run_id, "integrity")
+    found = context.store.results.run_findings(context.run_id, "integrity")
     if not found:
         return []
     backbones: dict[tuple[str, str], set[str]] = {}

@@ -16,7 +16,7 @@ SUMMARY_TEMPLATE = Path(__file__).parent / "templates" / "probe_summary.html"
 def backbone_estimates(context: ReportContext) -> list[dict]:
     """Per backbone of the run: patient-split balanced accuracy, AUC, sensitivity and specificity,
     and the leaky image-split balanced accuracy (binary label target), each with its interval."""
-    metrics = context.store.run_results(context.run_id, "probe")
+    metrics = context.store.results.run_results(context.run_id, "probe")
     if metrics.empty:
         return []
     if "protocol" in metrics:  # results stored before protocols existed have none: all patient-cv
@@ -37,7 +37,7 @@ def paired_verdict(context: ReportContext, best: dict | None) -> dict | None:
     """Whether the best backbone is clearly better than the others (``backbone_comparison``): the
     paired differences in balanced accuracy against it, and ``unclear`` when one interval includes 0.
     None when there is nothing to compare."""
-    comparison = context.store.run_results(context.run_id, "backbone_comparison")
+    comparison = context.store.results.run_results(context.run_id, "backbone_comparison")
     if best is None or comparison.empty:
         return None
     rows = comparison[(comparison["metric"] == "balanced_accuracy")
@@ -53,7 +53,7 @@ def paired_verdict(context: ReportContext, best: dict | None) -> dict | None:
 
 def _silhouettes(context: ReportContext) -> dict[str, float]:
     """The label silhouette per backbone, when clustering ran (it breaks ties between backbones)."""
-    clustering = context.store.run_results(context.run_id, "clustering")
+    clustering = context.store.results.run_results(context.run_id, "clustering")
     if clustering.empty:
         return {}
     labels = clustering[clustering["partition"] == "label"]
@@ -101,7 +101,7 @@ def summary_section(context: ReportContext) -> list[ReportSection]:
 
 def protocol_scores(context: ReportContext) -> dict[str, dict[str, str]]:
     """Per published protocol the run was probed under: backbone -> "mean ± sd" balanced accuracy."""
-    metrics = context.store.run_results(context.run_id, "probe")
+    metrics = context.store.results.run_results(context.run_id, "probe")
     if metrics.empty or "protocol" not in metrics:
         return {}
     published = metrics[metrics["protocol"].isin(list(PROTOCOLS)) & (metrics["metric"] == "balanced_accuracy")]
@@ -124,13 +124,13 @@ def _weights_text(backbone: dict) -> str:
 def model_card_section(context: ReportContext) -> list[ReportSection]:
     """'Model card': intended and out-of-scope use, the data, how the classifier was tested, its
     metrics per backbone with intervals, weights, software and known limitations, on one screen."""
-    metrics = context.store.run_results(context.run_id, "probe")
+    metrics = context.store.results.run_results(context.run_id, "probe")
     if metrics.empty:
         return []
     if "protocol" in metrics:
         metrics = metrics[metrics["protocol"].fillna(PATIENT_CV) == PATIENT_CV]
     metrics = metrics[(metrics["target"] == "label") & (metrics["split"] == "patient")]
-    images = context.store.run_images(context.run_id)
+    images = context.store.images.run_images(context.run_id)
     patients_known = images["patient_id"].notna().all()
     per_class = [{"label": label, "images": len(group), "patients": int(group["patient_id"].nunique()) if patients_known else 0}
                  for label, group in images.groupby("label")]

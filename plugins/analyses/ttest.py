@@ -169,7 +169,7 @@ def register_analyses(register):
 def report_sections(context: ReportContext) -> list[ReportSection]:
     """The comparison table's count of features that differ between the label groups: at patient level
     (one mean per patient) when the run has patient ids, else at image level, and the header says which."""
-    table = context.store.run_results(context.run_id, "ttest")
+    table = context.store.results.run_results(context.run_id, "ttest")
     if table.empty:
         return []
     level = "patient" if (table["level"] == "patient").any() else "image"

@@ -93,17 +93,17 @@ def training_sections(context: ReportContext) -> dict[str, list[dict[str, Any]]]
     if not backbones:
         return {"variants": [], "ablations": []}
     bases = {name.split("@")[0] for name in backbones}
-    runs = store.rows(RUNS, where={"status": "ok"}, order_by=("started_at",), descending=True)
+    runs = store.tables.rows(RUNS, where={"status": "ok"}, order_by=("started_at",), descending=True)
     same_data = runs["backbone"].isin(bases) & (runs["dataset_fingerprint"] == dataset_fingerprint)
     runs = runs[same_data | runs["variant"].isin(backbones)].head(MAX_VARIANTS)
-    probe = store.run_results(run_id, "probe")
+    probe = store.results.run_results(run_id, "probe")
     if not probe.empty:
         probe = probe[(probe["target"] == "label") & (probe["split"] == "patient")]
     of = lambda name: probe[probe["backbone"] == name] if not probe.empty else probe  # noqa: E731
     variants = []
     for run in runs.to_dict("records"):
-        metrics = store.rows(METRICS, where={"train_id": run["train_id"], "split": "patient"})
-        history = store.rows(HISTORY, where={"train_id": run["train_id"]}, order_by=("epoch",))
+        metrics = store.tables.rows(METRICS, where={"train_id": run["train_id"], "split": "patient"})
+        history = store.tables.rows(HISTORY, where={"train_id": run["train_id"]}, order_by=("epoch",))
         settings = json.loads(run["settings"]) if isinstance(run["settings"], str) else run["settings"]
         classes = json.loads(run["classes"]) if isinstance(run["classes"], str) else list(run["classes"])
         variants.append({
@@ -111,7 +111,8 @@ def training_sections(context: ReportContext) -> dict[str, list[dict[str, Any]]]
             "rows": comparison_rows(metrics, {"frozen": of(run["backbone"]), "variant": of(run["variant"])}, classes),
             "curve": curve_figure(history, run["variant"]) if not history.empty else None})
     ablation_ids = sorted({v["ablation_id"] for v in variants if v["ablation_id"]})
-    ablations = [{"ablation_id": a, "rows": store.rows(DIFFERENCES, where={"ablation_id": a}, order_by=("factor", "metric"))
+    ablations = [{"ablation_id": a,
+                  "rows": store.tables.rows(DIFFERENCES, where={"ablation_id": a}, order_by=("factor", "metric"))
                   .astype(object).replace({np.nan: None}).to_dict("records")} for a in ablation_ids]
     return {"variants": variants, "ablations": ablations}
 

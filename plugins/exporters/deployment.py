@@ -14,7 +14,7 @@ TEMPLATE = Path(__file__).parent / "templates" / "deployment.html"
 @hookimpl
 def report_sections(context: ReportContext) -> list[ReportSection]:
     """"Exported models": size, latency and parity of every model exported from the run."""
-    rows = context.store.rows(PARITY, where={"run_id": context.run_id}, order_by=("backbone", "format"))
+    rows = context.store.tables.rows(PARITY, where={"run_id": context.run_id}, order_by=("backbone", "format"))
     if rows.empty:
         return []
     records = rows.to_dict("records")

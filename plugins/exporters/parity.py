@@ -32,7 +32,7 @@ BATCH = 32
 def classifiers(context: ExportContext) -> Iterator[Classifier]:
     """One classifier per backbone named in ``settings["backbones"]`` (default: all of the run's)."""
     names = context.settings.get("backbones") or [
-        row["backbone"] for row in context.store.run_backbones(context.run_id, ok_only=True)]
+        row["backbone"] for row in context.store.runs.run_backbones(context.run_id, ok_only=True)]
     for name in names:
         yield load_classifier(context.store, context.registry, name, context.run_id, int(context.settings.get("seed", 0)))
 
@@ -42,12 +42,13 @@ def sample_pixels(context: ExportContext, size: tuple[int, int], seed: int = 0) 
 
     Held-out images are never used for calibration unless the run has too few images.
     """
-    return calibration_sample(context.store.run_contents(context.run_id), size, seed, N_CALIBRATION, N_PARITY)
+    return calibration_sample(context.store.images.run_contents(context.run_id), size, seed, N_CALIBRATION, N_PARITY)
 
 
 def measure(context: ExportContext, classifier: Classifier, exported: Any, fmt: str, path: Path,
             input_type: str, held_out: np.ndarray) -> dict[str, Any]:
-    """Parity and latency of ``exported`` (callable on pixels) against the Keras model; stored."""
+    """Parity and latency of ``exported`` (callable on pixels) against the Keras model, handed back
+    through ``context`` for core to store."""
     reference = classifier.predict(held_out)
     found = prediction_parity(reference, exported(held_out))
     batch = np.resize(held_out, (BATCH, *held_out.shape[1:]))
@@ -61,7 +62,7 @@ def measure(context: ExportContext, classifier: Classifier, exported: Any, fmt: 
         **found,
     }
     key = {"run_id": context.run_id, "backbone": classifier.backbone.name, "format": fmt}
-    context.store.replace_rows(PARITY, [{**key, **row}], where=key)
+    context.replace_rows(PARITY, [{**key, **row}], where=key)
     far = export_parity_warning(classifier.backbone.name, fmt, found)
     if far:
         console.warn(far)

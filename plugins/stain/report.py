@@ -15,7 +15,7 @@ TEMPLATE = Path(__file__).parent / "templates" / "stain.html"
 @hookimpl
 def report_sections(context: ReportContext) -> list[ReportSection]:
     """"Stain normalisation", for a run that normalised its images (``tk run --stain``)."""
-    rows = context.store.rows(RUNS, where={"run_id": context.run_id})
+    rows = context.store.tables.rows(RUNS, where={"run_id": context.run_id})
     if rows.empty:
         return []
     row = rows.iloc[0].to_dict()

@@ -112,8 +112,8 @@ class RunData:
 
     @classmethod
     def load(cls, store: Store, run_id: str, sets: dict[str, EmbeddingSet]) -> RunData:
-        kinds, clinical = store.run_clinical(run_id)
-        loaded = {name: with_clinical(store.run_embeddings(run_id, embedding_set), clinical)
+        kinds, clinical = store.clinical.run_clinical(run_id)
+        loaded = {name: with_clinical(store.embeddings.run_embeddings(run_id, embedding_set), clinical)
                   for name, embedding_set in sets.items()}
         typed = [f"clinical:{name}={kind}" for name, kind in kinds.items()]  # a changed type is changed data
         keys = {name: data_key([sets[name].table, *typed], meta) for name, (meta, _) in loaded.items()}
@@ -137,8 +137,8 @@ class RunData:
         return AnalysisContext(
             run_id=self.run_id, backbone=backbone or None,
             embeddings=None if backbone == ALL_BACKBONES else _read_only(self.loaded[backbone][1]),
-            metadata=meta.copy(), all_embeddings=all_embeddings, store=self.store.reader(), registry=registry,
-            settings=settings, seed=seed, clinical_columns=dict(self.clinical_columns))
+            metadata=meta.copy(), all_embeddings=all_embeddings, store=self.store.reader(own_cursor=True),
+            registry=registry, settings=settings, seed=seed, clinical_columns=dict(self.clinical_columns))
 
 
 def run_analyses(store: Store, run_id: str, sets: dict[str, EmbeddingSet], analyses: list[Analysis],
@@ -171,11 +171,11 @@ def run_analyses(store: Store, run_id: str, sets: dict[str, EmbeddingSet], analy
             keys[(analysis.name, backbone)] = key
             unfinished = [(name, done.get((name, target))) for name, target in needed
                           if done.get((name, target)) is None or done[(name, target)].status != "ok"]
-            source = None if unfinished else store.reusable_results(key)
+            source = None if unfinished else store.results.reusable_results(key)
             if unfinished:
                 outcome = _skip_dependant(store, run_id, analysis, backbone, unfinished, key)
             elif source is not None:
-                status, message, seconds = store.copy_results(source, run_id, analysis.name, backbone)
+                status, message, seconds = store.results.copy_results(source, run_id, analysis.name, backbone)
                 outcome = Outcome(analysis.name, backbone or "all", status, message, seconds, reused_from=source)
             else:
                 context = data.context(analysis, backbone, settings, seed, registry)
@@ -203,7 +203,7 @@ def _skip_dependant(store: Store, run_id: str, analysis: Analysis, backbone: str
     reasons = "; ".join(f"{name} {'did not run' if o is None else o.status}" + (f" ({o.message})" if o and o.message else "")
                         for name, o in unfinished)
     message = f"needs the results of {', '.join(dict.fromkeys(name for name, _ in unfinished))}: {reasons}"
-    store.save_results(run_id, analysis.name, backbone, "skipped", message, 0.0,
+    store.results.save_results(run_id, analysis.name, backbone, "skipped", message, 0.0,
                        [Finding(f"{analysis.name} was skipped: it {message}.", "warning")], key)
     return Outcome(analysis.name, backbone or "all", "skipped", message, 0.0)
 
@@ -262,8 +262,8 @@ def _run_one(store: Store, analysis: Analysis, context: AnalysisContext, backbon
             results = []
     seconds = time.perf_counter() - started
     try:
-        store.save_results(context.run_id, analysis.name, backbone, status, message, seconds, results, key)
+        store.results.save_results(context.run_id, analysis.name, backbone, status, message, seconds, results, key)
     except Exception as exc:  # results that cannot be stored count as a failure of this analysis only
         status, message = "failed", f"results could not be stored: {type(exc).__name__}: {str(exc).splitlines()[0]}"
-        store.save_results(context.run_id, analysis.name, backbone, status, message, seconds, [])
+        store.results.save_results(context.run_id, analysis.name, backbone, status, message, seconds, [])
     return Outcome(analysis.name, backbone or "all", status, message, seconds)

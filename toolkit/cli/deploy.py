@@ -40,16 +40,16 @@ def export(
     check_out_folder(out)
     escaped, files = False, []
     with Store.open(store, must_exist=True) as opened:  # records the exports' parity
-        export_context = ExportContext(opened.run(run_id)["run_id"], opened, {"backbones": [backbone], "seed": seed},
+        export_context = ExportContext(opened.runs.run(run_id)["run_id"], opened, {"backbones": [backbone], "seed": seed},
                                        registry=registry)
         for exporter in exporters:
             try:
-                files += [str(path) for path in export_into(exporter, export_context, out)]
+                files += [str(path) for path in export_into(exporter, export_context, out, opened)]
             except ExportEscape as exc:
                 console.error(f"exporter {exporter.name}: {exc}")
                 escaped = True
         tables = {spec.name: spec for exporter in exporters for spec in exporter.tables}
-        rows = {name: opened.rows(spec, where={"run_id": export_context.run_id, "backbone": backbone})
+        rows = {name: opened.tables.rows(spec, where={"run_id": export_context.run_id, "backbone": backbone})
                 for name, spec in tables.items()}
     if as_json:
         print(json.dumps({"files": files, **{name: frame.to_dict("records") for name, frame in rows.items()}},

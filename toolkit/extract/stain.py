@@ -156,9 +156,9 @@ def _plain(value: Any) -> Any:
 
 def remember(store: Store, step: StainStep) -> None:
     """Keep the step's reference state with its id, for the queries that must match the set."""
-    if not store.rows(REFERENCES, {"stain_id": step.stain_id}).empty:
+    if not store.tables.rows(REFERENCES, {"stain_id": step.stain_id}).empty:
         return
-    store.insert_rows(REFERENCES, [{"stain_id": step.stain_id, "method": step.normaliser.name,
+    store.tables.insert_rows(REFERENCES, [{"stain_id": step.stain_id, "method": step.normaliser.name,
                                     "reference_path": step.reference_path, "reference_sha256": step.reference_sha256,
                                     "state": json.dumps(step.state)}])
 
@@ -167,7 +167,7 @@ def for_set(store: Store, registry: Registry, stain_id: str) -> StainStep | None
     """The step an embedding set was made with (None for raw images), to normalise a query the same way."""
     if stain_id == NONE:
         return None
-    found = store.rows(REFERENCES, {"stain_id": stain_id})
+    found = store.tables.rows(REFERENCES, {"stain_id": stain_id})
     if found.empty:
         raise TkError(f"the store does not hold the reference of stain normalisation {stain_id}; "
                       "re-run `tk run --stain ...` with this store")
@@ -195,7 +195,7 @@ def restore(described: dict[str, Any], registry: Registry, reference_path: str |
 
 def record_run(store: Store, run_id: str, step: StainStep, images: Iterable[ScannedImage]) -> None:
     """Record what the run's normalisation did, with the report's strip of thumbnails before and after."""
-    store.replace_rows(RUNS, [{"run_id": run_id, "stain_id": step.stain_id, "method": step.normaliser.name,
+    store.tables.replace_rows(RUNS, [{"run_id": run_id, "stain_id": step.stain_id, "method": step.normaliser.name,
                                "reference_path": step.reference_path, "n_normalised": step.n_normalised,
                                "n_unchanged": step.n_unchanged, "seconds": step.seconds,
                                "strip": json.dumps(strip(step, images))}], {"run_id": run_id})

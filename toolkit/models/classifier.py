@@ -18,7 +18,7 @@ from toolkit.errors import TkError
 from toolkit.extract import stain as stain_normalisation
 from toolkit.plugin.types import Backbone
 from toolkit.plugin.registry import Registry
-from toolkit.store import EmbeddingSet, Store
+from toolkit.store import EmbeddingSet, Store, StoreReader
 from toolkit.analysis.evaluation import C_DEFAULT, SOLVER_MAX_ITER, SOLVER_TOL
 from toolkit.extract.external import require_keras
 from toolkit.extract.weights import build_model, request_for
@@ -118,22 +118,22 @@ class Classifier:
         return {k: v.numpy() for k, v in self.model(x, training=False).items()}
 
 
-def load_classifier(store: Store, registry: Registry, backbone_name: str, run_id: str | None = None,
+def load_classifier(store: StoreReader | Store, registry: Registry, backbone_name: str, run_id: str | None = None,
                     seed: int = 0) -> Classifier:
     """Rebuild a run's backbone with its weights and fit the head on that run's embeddings."""
-    run = store.run(run_id)
-    row = store.run_backbone(run["run_id"], backbone_name)
+    run = store.runs.run(run_id)
+    row = store.runs.run_backbone(run["run_id"], backbone_name)
     if row is None:
         raise TkError(f"run {run['run_id']} has no {backbone_name} embeddings; run `tk run --backbone {backbone_name}`")
     kind, weights_id, precision, dim = row["weights_kind"], row["weights_id"], row["precision"], int(row["dim"])
     backbone = find_backbone(registry.backbones, backbone_name)
-    metadata, embeddings = store.run_embeddings(run["run_id"], EmbeddingSet(backbone_name, weights_id, dim, precision,
-                                                                             row.get("stain") or "none"))
+    embedding_set = EmbeddingSet(backbone_name, weights_id, dim, precision, row.get("stain") or "none")
+    metadata, embeddings = store.embeddings.run_embeddings(run["run_id"], embedding_set)
     if metadata["label"].isna().any():
         raise TkError("the classifier needs a label for every image of the run")
     head = fit_head(embeddings, metadata["label"].to_numpy(), seed)
     request, weights_seed = ((backbone.fixed_weights, 0) if backbone.fixed_weights else
-                             request_for(kind, weights_id, store.weights_path(backbone_name, weights_id)))
+                             request_for(kind, weights_id, store.embeddings.weights_path(backbone_name, weights_id)))
     base, resolved = build_model(backbone, request, weights_seed)
     if resolved.weights_id != weights_id:
         raise TkError(f"{backbone_name}'s weights now resolve to {resolved.weights_id}, but run {run['run_id']} "

@@ -42,15 +42,15 @@ def find_similar(store: Store, backbone: Backbone, image: Path, k: int = 10,
     query image is stain-normalised as the stored set was (its normaliser from ``registry``)."""
     if not image.is_file():
         raise TkError(f"{image} does not exist; give the path of an image file")
-    current = store.current_set(backbone.name)
+    current = store.embeddings.current_set(backbone.name)
     if current is None:
         raise TkError(f"the store has no {backbone.name} embeddings; run `tk run --backbone {backbone.name}` first")
     embedding_set, kind, weights_path = current
     sha = sha256_file(image)
-    query = store.stored_vector(embedding_set, sha)
+    query = store.embeddings.stored_vector(embedding_set, sha)
     if query is None:
         stain = stain_normalisation.for_set(store, registry or load_registry(), embedding_set.stain)
         query = embed_one(backbone, image, kind, embedding_set.weights_id, weights_path, embedding_set.precision,
-                          store.set_model(embedding_set), stain)
-    return store.nearest(embedding_set, query, k)
+                          store.embeddings.set_model(embedding_set), stain)
+    return store.embeddings.nearest(embedding_set, query, k)
 

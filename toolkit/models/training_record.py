@@ -52,7 +52,7 @@ def records(frame: pd.DataFrame, **constant: Any) -> list[dict[str, Any]]:
 def record_start(store_path: Path, train_id: str, backbone: str, variant: str, ablation_id: str | None,
                  settings: TrainSettings, classes: list[str], dataset_fingerprint: str) -> None:
     with Store.open(store_path) as store:
-        store.insert_rows(RUNS, [{"train_id": train_id, "backbone": backbone, "variant": variant,
+        store.tables.insert_rows(RUNS, [{"train_id": train_id, "backbone": backbone, "variant": variant,
                                   "ablation_id": ablation_id, "settings": json.dumps(asdict(settings), default=str),
                                   "classes": json.dumps(classes), "started_at": utcnow(), "status": "running",
                                   "dataset_fingerprint": dataset_fingerprint}])
@@ -60,7 +60,8 @@ def record_start(store_path: Path, train_id: str, backbone: str, variant: str, a
 
 def record_failure(store_path: Path, train_id: str, error: str) -> None:
     with Store.open(store_path) as store:
-        store.update_rows(RUNS, {"status": "failed", "error": error, "finished_at": utcnow()}, {"train_id": train_id})
+        store.tables.update_rows(RUNS, {"status": "failed", "error": error, "finished_at": utcnow()},
+                                 {"train_id": train_id})
 
 
 def record_success(store_path: Path, train_id: str, finished: dict[str, Any], history: pd.DataFrame,
@@ -69,13 +70,14 @@ def record_success(store_path: Path, train_id: str, finished: dict[str, Any], hi
     its history and metrics, in one transaction."""
     with Store.open(store_path) as store:
         for spec in (HISTORY, METRICS):
-            store.ensure_table(spec)
+            store.tables.ensure_table(spec)
         with store.transaction():
-            store.update_rows(RUNS, {**finished, "finished_at": utcnow(), "status": "ok"}, {"train_id": train_id})
-            store.insert_rows(HISTORY, records(history[list(HISTORY.columns)[1:]], train_id=train_id))
-            store.insert_rows(METRICS, records(metrics[list(METRICS.columns)[1:]], train_id=train_id))
+            store.tables.update_rows(RUNS, {**finished, "finished_at": utcnow(), "status": "ok"},
+                                     {"train_id": train_id})
+            store.tables.insert_rows(HISTORY, records(history[list(HISTORY.columns)[1:]], train_id=train_id))
+            store.tables.insert_rows(METRICS, records(metrics[list(METRICS.columns)[1:]], train_id=train_id))
 
 
 def record_differences(store_path: Path, ablation_id: str, table: pd.DataFrame) -> None:
     with Store.open(store_path) as store:
-        store.insert_rows(DIFFERENCES, records(table[list(DIFFERENCES.columns)[1:]], ablation_id=ablation_id))
+        store.tables.insert_rows(DIFFERENCES, records(table[list(DIFFERENCES.columns)[1:]], ablation_id=ablation_id))

@@ -127,6 +127,6 @@ def report_sections(context: ReportContext) -> list[ReportSection]:
 
         @hookimpl
         def report_sections(context):
-            n = context.store.run_image_count(context.run_id)
+            n = context.store.images.run_image_count(context.run_id)
             return [ReportSection("Lab notes", paragraphs=[f"{n} images were scanned in our lab."])]
     """

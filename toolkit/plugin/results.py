@@ -124,11 +124,13 @@ def validate_results(analysis: str, results: Any) -> list[Result]:
 
 
 #: Core tables inside the ``results_`` namespace of analysis results; no result table may take their names.
+#: The registry checks them at load time, before any store is open; a test keeps them equal to those the
+#: migrations make (``toolkit.store.migrations.core_tables``).
 CORE_RESULT_TABLES = ("results_findings", "results_figures")
 
 
 def table_name(analysis: str, table: str) -> str:
-    """SQL name of a stored result table."""
+    """The SQL name a result table takes unless another (analysis, table) pair has it (``toolkit.store.results``)."""
     return f"results_{analysis}" if table == "main" else f"results_{analysis}_{table}"
 
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:
     from toolkit.plugin.registry import Registry
     from toolkit.plugin.results import Figure, Table
-    from toolkit.store import Store
+    from toolkit.store import StoreReader
 
 SLOTS = ("summary", "comparison", "models", "dataset", "appendix")
 """Where a section goes: ``summary`` (after the summary's first paragraph), ``comparison`` (below
@@ -85,14 +85,14 @@ class ReportContext:
 
     :ivar run: the run's row (run_id, status, command, settings, versions, warnings, ...).
     :ivar backbones: one dict per backbone of the run (the ``run_backbones`` columns).
-    :ivar store: the store (read it; do not write).
+    :ivar store: the store, to read (a ``toolkit.store.StoreReader``: it has no method that writes).
     :ivar registry: every loaded plugin.
     :ivar pseudonym: maps a patient id to what the report may show (a pseudonym unless ids are
         revealed).
     """
 
     run_id: str
-    store: Store
+    store: StoreReader
     registry: Registry
     run: dict[str, Any]
     backbones: list[dict[str, Any]]

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
     from toolkit.plugin.registry import Registry
     from toolkit.plugin.results import Result
-    from toolkit.store import Store, TableSpec
+    from toolkit.store import Store, StoreReader, TableRows, TableSpec
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,9 @@ class AnalysisContext:
     :ivar all_embeddings: every backbone of the run by name, rows aligned with ``metadata``.
     :ivar settings: this analysis' settings, an instance of its settings dataclass (the declared
         defaults, overridden by ``tk run --set NAME.KEY=VALUE``): read ``context.settings.top_k``.
-    :ivar store: the run's store, for reading (``context.results`` covers the usual case).
+    :ivar store: the run's store, to read (``context.results`` covers the usual case): a
+        ``toolkit.store.StoreReader``, which has no method that writes (a ``Store`` given is read
+        through its reader); the runner stores what ``run`` returns.
     :ivar registry: every loaded plugin (to build a backbone's model, say).
     :ivar clinical_columns: the run's clinical variables (extra manifest columns, ``--clinical``):
         column name -> ``"categorical"`` or ``"numeric"``; each is also a column of ``metadata`` with
@@ -106,18 +108,22 @@ class AnalysisContext:
     embeddings: np.ndarray | None
     metadata: pd.DataFrame
     all_embeddings: dict[str, np.ndarray]
-    store: Store | None = None
+    store: StoreReader | Store | None = None
     registry: Registry | None = None
     settings: Any = field(default_factory=NoSettings)
     seed: int = 0
     clinical_columns: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.store is not None:
+            self.store = self.store.reader()
 
     def results(self, analysis: str, table: str = "main") -> pd.DataFrame:
         """A table stored by ``analysis`` (declared in ``Needs.analyses``) for this run and backbone,
         without the run_id and backbone columns; empty when it stored none."""
         if self.store is None:
             raise RuntimeError("this context has no store to read results from")
-        return self.store.result_table(self.run_id, analysis, table, self.backbone or "")
+        return self.store.results.result_table(self.run_id, analysis, table, self.backbone or "")
 
 
 @dataclass(frozen=True)
@@ -157,21 +163,33 @@ class Analysis:
 class ExportContext:
     """What an exporter reads: the finished run in the store, the loaded plugins and the settings.
 
+    :ivar store: the store, to read: a ``toolkit.store.StoreReader``, which has no method that
+        writes (a ``Store`` given is read through its reader).
     :ivar settings: ``reveal_ids`` (report), ``backbones`` and ``seed`` (model exporters).
     :ivar registry: every loaded plugin (the default plugins when not given).
+    :ivar handed: the rows the exporter handed back (:meth:`replace_rows`), for core to write.
     """
 
     run_id: str
-    store: Store
+    store: StoreReader | Store
     settings: dict[str, Any] = field(default_factory=dict)
     template_dir: Path | None = None
     registry: Registry | None = None
+    handed: list[TableRows] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
+        self.store = self.store.reader()
         if self.registry is None:  # the plugins that load without --plugin paths
             from toolkit.plugin.registry import load_registry
 
             self.registry = load_registry()
+
+    def replace_rows(self, spec: TableSpec, rows: list[dict[str, Any]], where: dict[str, Any]) -> None:
+        """Hand back rows for a table the exporter declares (``Exporter.tables``): once ``export``
+        returns, core deletes the rows matching ``where`` and inserts ``rows``, in one transaction."""
+        from toolkit.store import TableRows
+
+        self.handed.append(TableRows(spec, list(rows), dict(where)))
 
 
 @dataclass(frozen=True)
@@ -183,8 +201,9 @@ class Exporter:
         inside ``out_dir`` (a path whose joins cannot leave it), and nothing beside it may change.
     :param default: run by ``tk run`` when ``--export`` is not given.
     :param rerender: run again by ``tk report`` (it reads only the store and recomputes nothing).
-    :param tables: the tables it writes (``toolkit.store.TableSpec``); ``tk export`` prints their
-        ``summary`` columns for the run and backbone it exported.
+    :param tables: the tables it writes (``toolkit.store.TableSpec``), by handing rows back with
+        ``context.replace_rows``; ``tk export`` prints their ``summary`` columns for the run and
+        backbone it exported.
     """
 
     name: str

@@ -14,7 +14,7 @@ import numpy as np
 from toolkit.lazy import lazy_import
 from toolkit.plugin.registry import Registry
 from toolkit.plugin.results import PATIENT_REF
-from toolkit.store import Store
+from toolkit.store import StoreReader
 
 pd = lazy_import("pandas")
 
@@ -154,17 +154,17 @@ def table_record(name: str, description: str, frame: pd.DataFrame, n_rows: int) 
             "rows": shown.values.tolist(), "n_rows": int(n_rows)}
 
 
-def analysis_sections(store: Store, run_id: str, backbones: list[str], pseudonyms: Pseudonyms,
+def analysis_sections(store: StoreReader, run_id: str, backbones: list[str], pseudonyms: Pseudonyms,
                       registry: Registry) -> list[dict[str, Any]]:
     """Per-backbone sections (then one for analyses over all backbones); analyses by their declared
     ``order`` (unknown analyses last), then by name, each with its findings, figures and tables
     (patient ids in them pseudonymised)."""
     order = {name: a.order for name, a in registry.analyses.items()}
-    analyses = pseudonyms.records(store.run_analyses(run_id), "message")
-    findings = pseudonyms.records(store.run_findings(run_id), "message")
-    figures = pseudonyms.records(store.run_figures(run_id), "alt", "caption")
+    analyses = pseudonyms.records(store.results.run_analyses(run_id), "message")
+    findings = pseudonyms.records(store.results.run_findings(run_id), "message")
+    figures = pseudonyms.records(store.results.run_figures(run_id), "alt", "caption")
     tables = []
-    for entry in store.run_result_tables(run_id, MAX_TABLE_ROWS):
+    for entry in store.results.run_result_tables(run_id, MAX_TABLE_ROWS):
         frame = pseudonyms.frame(entry["frame"])
         tables.append({**entry, **table_record(entry["table_name"], entry["description"], frame, entry["n_rows"])})
     result = []
@@ -183,17 +183,17 @@ def analysis_sections(store: Store, run_id: str, backbones: list[str], pseudonym
     return result
 
 
-def gather(store: Store, run_id: str, registry: Registry, reveal_ids: bool = False) -> dict[str, Any]:
+def gather(store: StoreReader, run_id: str, registry: Registry, reveal_ids: bool = False) -> dict[str, Any]:
     """Everything the report template shows that no plugin contributes, read from the store, with
     patient ids pseudonymised (unless ``reveal_ids``) before anything is rendered."""
-    images = store.run_images(run_id)
-    pseudonyms = Pseudonyms(images["patient_id"].dropna().unique(), None if reveal_ids else store.report_secret(),
+    images = store.images.run_images(run_id)
+    pseudonyms = Pseudonyms(images["patient_id"].dropna().unique(), None if reveal_ids else store.runs.report_secret(),
                             run_id)
-    run = store.run(run_id)
+    run = store.runs.run(run_id)
     run = {**run, "error": pseudonyms.text(run.get("error")),
            "warnings": [pseudonyms.text(w) for w in run.get("warnings") or []]}
-    backbones = store.run_backbones(run_id)
-    analyses = pseudonyms.records(store.run_analyses(run_id), "message")
+    backbones = store.runs.run_backbones(run_id)
+    analyses = pseudonyms.records(store.results.run_analyses(run_id), "message")
     labels = images["label"].value_counts().sort_index().to_dict()
     return {
         "run": run,
@@ -209,7 +209,7 @@ def gather(store: Store, run_id: str, registry: Registry, reveal_ids: bool = Fal
         "backbones": backbones,
         "sections": analysis_sections(store, run_id, [b["backbone"] for b in backbones], pseudonyms, registry),
         "skipped": [{**r, "relpath": pseudonyms.path(r["relpath"]), "reason": pseudonyms.text(r["reason"])}
-                    for r in store.skipped_files(run_id)],
+                    for r in store.runs.skipped_files(run_id)],
         "failures": ([a for a in analyses if a["status"] == "failed"]
                      + pseudonyms.records([b for b in backbones if b["status"] != "ok"], "error")),
         "random_backbones": [b["backbone"] for b in backbones if b["weights_kind"] == "random"],

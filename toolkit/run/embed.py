@@ -63,17 +63,17 @@ def plan_backbones(store: Store, backbones: list[Backbone], settings: RunSetting
             embedding_set, resolved, model, needed = _plan_backbone(store, backbone, settings, shas, stain,
                                                                     build or settings.precision != "fp32")
             lowered = (lower(backbone, model, resolved, settings.precision, settings.batch_size, contents,
-                             settings.seed, store.set_model(embedding_set))
+                             settings.seed, store.embeddings.set_model(embedding_set))
                        if model is not None and settings.precision != "fp32" else None)
         except WeightsUnavailable:
             raise
         except TkError as exc:
             log.fail(f"backbone {backbone.name}: {exc}")
-            store.record_backbone(run_id, backbone.name, status="failed", error=str(exc), dim=backbone.dim)
+            store.runs.record_backbone(run_id, backbone.name, status="failed", error=str(exc), dim=backbone.dim)
             continue
         if resolved.note:
             log.warn(resolved.note)
-        others = store.ensure_set(embedding_set, resolved.kind, resolved.sha256, resolved.path,
+        others = store.embeddings.ensure_set(embedding_set, resolved.kind, resolved.sha256, resolved.path,
                                   *((lowered.model_path, lowered.model_sha256) if lowered else ()))
         if others:
             console.info(f"{backbone.name}: weights, precision and stain {embedding_set.label} differ from the stored "
@@ -98,7 +98,7 @@ def embed_missing(store: Store, planned: list[PlannedBackbone], scanned: list[Sc
     representatives: dict[str, ScannedImage] = {}
     for image in scanned:
         representatives.setdefault(image.sha256, image)
-    store.add_images(run_id, [image for image in scanned if image.sha256 not in needed_any])
+    store.images.add_images(run_id, [image for image in scanned if image.sha256 not in needed_any])
     to_embed = [image for sha, image in representatives.items() if sha in needed_any]
     if not to_embed:
         console.info("every image is already embedded for the selected backbones and weights; nothing to extract")
@@ -110,7 +110,7 @@ def embed_missing(store: Store, planned: list[PlannedBackbone], scanned: list[Sc
     def on_unreadable(image: ScannedImage, reason: str) -> None:
         bad_shas.add(image.sha256)
         console.warn(f"{image.record.relpath}: {reason} — skipped")
-        store.record_skipped(run_id, image.record.relpath, reason)
+        store.runs.record_skipped(run_id, image.record.relpath, reason)
 
     started = time.perf_counter()
     console.info(f"embedding {len(to_embed)} images with {names}")
@@ -118,7 +118,7 @@ def embed_missing(store: Store, planned: list[PlannedBackbone], scanned: list[Sc
         engine(to_embed, working, store, run_id, advance, on_unreadable, batch_size, stain=stain)
     console.info(f"embedded {len(to_embed) - len(bad_shas)} images in {time.perf_counter() - started:.1f} s")
     done_reps = {id(representatives[sha]) for sha in representatives if sha in needed_any and sha not in bad_shas}
-    store.add_images(run_id, [image for image in scanned if image.sha256 in needed_any
+    store.images.add_images(run_id, [image for image in scanned if image.sha256 in needed_any
                               and image.sha256 not in bad_shas and id(image) not in done_reps])
     return len(bad_shas)
 
@@ -132,13 +132,13 @@ def record_backbones(store: Store, run_id: str, planned: list[PlannedBackbone], 
         job, resolved = plan.job, plan.resolved
         if job.error:
             log.fail(job.error)
-            store.record_backbone(run_id, job.backbone.name, status="failed", error=job.error, dim=job.backbone.dim,
+            store.runs.record_backbone(run_id, job.backbone.name, status="failed", error=job.error, dim=job.backbone.dim,
                                   precision=settings.precision)
             continue
-        store.point_view(job.embedding_set)
+        store.embeddings.point_view(job.embedding_set)
         rate = job.embedded / job.seconds if job.seconds else None
-        parity = plan.parity or (store.last_parity(job.embedding_set) if settings.precision != "fp32" else {})
-        store.record_backbone(run_id, job.backbone.name, table_name=job.embedding_set.table,
+        parity = plan.parity or (store.embeddings.last_parity(job.embedding_set) if settings.precision != "fp32" else {})
+        store.runs.record_backbone(run_id, job.backbone.name, table_name=job.embedding_set.table,
                               weights_id=resolved.weights_id, weights_kind=resolved.kind,
                               weights_sha256=resolved.sha256, weights_note=resolved.note or None,
                               dim=job.backbone.dim, n_embedded=job.embedded,
@@ -161,7 +161,7 @@ def _plan_backbone(store: Store, backbone: Backbone, settings: RunSettings, shas
         planned = _auto_without_building(store, backbone, settings.seed, shas, settings.precision, stain)
     if planned is not None:
         embedding_set = EmbeddingSet(backbone.name, planned.weights_id, backbone.dim, settings.precision, stain)
-        needed = store.missing(embedding_set, shas)
+        needed = store.embeddings.missing(embedding_set, shas)
         if not needed or not build:
             return embedding_set, planned, None, needed
     model, resolved = build_model(backbone, request, settings.seed)
@@ -170,18 +170,18 @@ def _plan_backbone(store: Store, backbone: Backbone, settings: RunSettings, shas
 
         model = fold_batch_norm(model)  # folded here, so the unfolded copy is freed before the next backbone is built
     embedding_set = EmbeddingSet(backbone.name, resolved.weights_id, backbone.dim, settings.precision, stain)
-    return embedding_set, resolved, model, store.missing(embedding_set, shas)
+    return embedding_set, resolved, model, store.embeddings.missing(embedding_set, shas)
 
 
 def _auto_without_building(store: Store, backbone: Backbone, seed: int, shas: set[str],
                            precision: str, stain: str) -> ResolvedWeights | None:
     """``--weights auto`` resolved from what the store already holds, so that a re-run builds no model."""
-    if not store.missing(EmbeddingSet(backbone.name, "imagenet", backbone.dim, precision, stain), shas):
+    if not store.embeddings.missing(EmbeddingSet(backbone.name, "imagenet", backbone.dim, precision, stain), shas):
         return ResolvedWeights("imagenet", "imagenet")
     fallback = random_weights(seed)
     if not backbone.imagenet:
         return fallback
-    if not store.missing(EmbeddingSet(backbone.name, fallback.weights_id, backbone.dim, precision, stain), shas):
+    if not store.embeddings.missing(EmbeddingSet(backbone.name, fallback.weights_id, backbone.dim, precision, stain), shas):
         note = (f"the stored {backbone.name} embeddings of these images use RANDOM weights (seed {seed}), because "
                 "ImageNet weights were unavailable when they were made; they are reused. "
                 "Use --weights imagenet to require pretrained weights.")
@@ -195,8 +195,8 @@ def _report_lowered(store: Store, backbone: Backbone, embedding_set: EmbeddingSe
     for note in lowered.notes:
         log.warn(note)
     if lowered.model_path:
-        if store.set_model(embedding_set) != (lowered.model_path, lowered.model_sha256):
-            store.record_set_model(embedding_set, lowered.model_path, lowered.model_sha256)
+        if store.embeddings.set_model(embedding_set) != (lowered.model_path, lowered.model_sha256):
+            store.embeddings.record_set_model(embedding_set, lowered.model_path, lowered.model_sha256)
         origin = "converted and cached" if lowered.converted else "from the cache"
         console.info(f"{backbone.name}: int8 model {origin} ({lowered.model_path})")
     found = lowered.parity

@@ -53,7 +53,7 @@ def ingest_finished(store: Store, folder: Path, run_id: str | None, quiet: bool 
     """Ingest the shards under ``folder`` not ingested before (left by a killed run, or by a cluster
     job); says what each set got (unless ``quiet``) and returns the rows added."""
     added = 0
-    for done in store.ingest_shards(folder, run_id):
+    for done in store.shards.ingest_shards(folder, run_id):
         if not quiet:
             console.info(f"ingested {done.shards} shard(s) of {done.table} from {folder}: {done.rows} rows, "
                          f"{done.new_rows} new" + (f", {done.rejected} rejected (NaN/infinite, bad sha256 or "
@@ -66,10 +66,16 @@ def engine_extract(engine: str, store: Store, run_id: str, options: RayOptions |
     """The extraction function of ``engine``; for ``ray`` the finished shards of earlier runs are
     ingested first, so that planning sees them as stored."""
     if engine == "local":
-        return extract
+        return extract_locally
     assert options is not None
     ingest_finished(store, options.shards, run_id)
     return functools.partial(extract_on_ray, options)
+
+
+def extract_locally(images: list[ScannedImage], jobs: list[BackboneJob], store: Store, *args: Any,
+                    **kwargs: Any) -> list[ScannedImage]:
+    """``toolkit.extract.pipeline.extract`` in this process, writing through the store's embeddings."""
+    return extract(images, jobs, store.embeddings, *args, **kwargs)
 
 
 def extract_on_ray(options: RayOptions, images: list[ScannedImage], jobs: list[BackboneJob], store: Store,
@@ -111,7 +117,7 @@ def extract_on_ray(options: RayOptions, images: list[ScannedImage], jobs: list[B
         finally:  # what finished is kept, even when the run stops here
             ingest_finished(store, shards, run_id, quiet=True)
     done = [image for image in images if image.sha256 not in bad]
-    store.add_images(run_id, done)
+    store.images.add_images(run_id, done)
     return done
 
 
@@ -144,7 +150,7 @@ def _worker_job(store: Store, job: BackboneJob) -> Any:
 
     if job.backbone.fixed_weights:  # fine-tuned variants (<base>@<train_id>) exist only in the driver's registry
         raise TkError(f"--engine ray embeds registered backbones only; run {job.backbone.name} with --engine local")
-    shard_set = store.shard_set(job.embedding_set)
+    shard_set = store.shards.shard_set(job.embedding_set)
     request, seed = request_for(shard_set.weights_kind, shard_set.weights_id, shard_set.weights_path)
     return WorkerJob(job.backbone.name, request, seed, shard_set)
 

@@ -58,34 +58,34 @@ def execute_run(settings: RunSettings, command: str | None = None) -> RunSummary
                                          if declared(a.settings)}
         recorded["demo"] = settings.data is None  # the report says the data are synthetic
         recorded["stain_id"] = stain.stain_id if stain else stain_normalisation.NONE
-        store.start_run(run_id, command, recorded, versions())
+        store.runs.start_run(run_id, command, recorded, versions())
         console.info(f"run {run_id}: {len(records)} images found ({kind}) in {root}")
         try:
-            store.record_clinical(run_id, clinical)
+            store.clinical.record_clinical(run_id, clinical)
             if clinical.columns:
                 console.info("clinical variables: " + ", ".join(f"{c.name} ({c.kind}, per {c.level})"
                                                                 for c in clinical.columns))
-            scanned, unreadable = scan(records, store.known_files())
+            scanned, unreadable = scan(records, store.images.known_files())
             skipped += unreadable
             for item in skipped:
                 console.warn(f"{item.relpath}: {item.reason} — skipped")
-                store.record_skipped(run_id, item.relpath, item.reason)
+                store.runs.record_skipped(run_id, item.relpath, item.reason)
             summary = _embed_and_analyse(store, registry, settings, run_id, backbones, analyses, chosen, scanned,
                                          skipped, clinical.warnings, stain)
-            store.update_run(run_id, data_root=str(root), source=kind, dataset_fingerprint=dataset_fingerprint(scanned),
+            store.runs.update_run(run_id, data_root=str(root), source=kind, dataset_fingerprint=dataset_fingerprint(scanned),
                              n_images=summary.n_images, n_skipped=summary.n_skipped, warnings=summary.warnings,
                              status="ok" if not summary.failures else "partial", finished_at=utcnow())
             outputs = _export(store, registry, settings, run_id, exporters, summary.failures)
         except BaseException as exc:
             interrupted = is_interruption(exc)
-            store.update_run(run_id, status="interrupted" if interrupted else "failed",
+            store.runs.update_run(run_id, status="interrupted" if interrupted else "failed",
                              error="interrupted by the user (Ctrl-C or SIGTERM)" if interrupted else failure_reason(exc),
                              finished_at=utcnow())
             if interrupted and not isinstance(exc, KeyboardInterrupt):
                 raise KeyboardInterrupt from exc
             raise
         status = "ok" if not summary.failures else "partial"
-        store.update_run(run_id, status=status)
+        store.runs.update_run(run_id, status=status)
     return RunSummary(run_id, status, summary.n_images, summary.n_skipped, outputs, summary.failures)
 
 
@@ -134,7 +134,7 @@ def _embed_and_analyse(store: Store, registry: Registry, settings: RunSettings, 
     sets = record_backbones(store, run_id, planned, settings, {image.sha256 for image in scanned}, log)
     if analyses and sets:
         _analyse(store, registry, settings, run_id, sets, analyses, chosen, log)
-    return _Progress(store.run_image_count(run_id), len(skipped) + n_unreadable, log.failures, log.warnings)
+    return _Progress(store.images.run_image_count(run_id), len(skipped) + n_unreadable, log.failures, log.warnings)
 
 
 def _ray_options(settings: RunSettings) -> RayOptions | None:
@@ -179,14 +179,14 @@ def _export(store: Store, registry: Registry, settings: RunSettings, run_id: str
                             settings.template_dir, registry)
     for exporter in sorted(exporters, key=lambda e: e.default):  # reports (the defaults) last: they show the others' results
         try:
-            written = export_into(exporter, context, settings.out)
+            written = export_into(exporter, context, settings.out, store)
         except Exception as exc:  # one exporter failing must not lose the others' files
             message = f"exporter {exporter.name}: {type(exc).__name__}: {exc}"
             failures.append(message)
             console.error(message)
             continue
         for path in written:
-            store.record_export(run_id, exporter.name, path)
+            store.runs.record_export(run_id, exporter.name, path)
             outputs.append(path)
     return outputs
 
@@ -200,9 +200,9 @@ def rerender(store_path: Path, run_id: str | None, out: Path, plugins: list[str]
         raise TkError("no loaded exporter re-renders reports (Exporter(rerender=True)); load one with --plugin")
     check_out_folder(out)
     with Store.open(store_path, read_only=True) as store:
-        run = store.run(run_id)
+        run = store.runs.run(run_id)
         context = ExportContext(run["run_id"], store, {"reveal_ids": reveal_ids}, template_dir, registry)
-        return [path for exporter in exporters for path in export_into(exporter, context, out)]
+        return [path for exporter in exporters for path in export_into(exporter, context, out, store)]
 
 
 __all__ = ["RunSettings", "RunSummary", "execute_run", "rerender", "EXIT_OK", "EXIT_PARTIAL"]

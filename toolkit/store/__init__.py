@@ -3,7 +3,8 @@
 from toolkit.store.embeddings import EmbeddingSet, EmbeddingWriter
 from toolkit.store.migrations import MIGRATIONS
 from toolkit.store.sql import identifier
-from toolkit.store.store import Store
-from toolkit.store.tables import TableSpec
+from toolkit.store.store import Store, StoreReader
+from toolkit.store.tables import TableRows, TableSpec
 
-__all__ = ["MIGRATIONS", "EmbeddingSet", "EmbeddingWriter", "Store", "TableSpec", "identifier"]
+__all__ = ["MIGRATIONS", "EmbeddingSet", "EmbeddingWriter", "Store", "StoreReader", "TableRows", "TableSpec",
+           "identifier"]

@@ -22,12 +22,6 @@ class Connection:
     def close(self) -> None:
         self.con.close()
 
-    def __enter__(self) -> Any:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     @contextmanager
     def transaction(self) -> Iterator[None]:
         self.con.execute("BEGIN TRANSACTION")
@@ -49,3 +43,14 @@ class Connection:
     def table_exists(self, name: str) -> bool:
         row = self.one("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name])
         return bool(row and row[0])
+
+
+class Part:
+    """One concern of the store (images, runs, results...), over the connection it shares with the others."""
+
+    def __init__(self, db: Connection) -> None:
+        self.db = db
+
+    @property
+    def con(self) -> Any:
+        return self.db.con

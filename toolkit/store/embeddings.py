@@ -17,7 +17,8 @@ import numpy as np
 from toolkit.errors import TkError
 from toolkit.ingest.scan import ScannedImage
 from toolkit.lazy import lazy_import
-from toolkit.store.connection import Connection
+from toolkit.store.connection import Connection, Part
+from toolkit.store.images import Images
 from toolkit.store.sql import arrow_view, identifier
 
 pa = lazy_import("pyarrow")
@@ -70,70 +71,20 @@ def _vectors_to_arrow(shas: list[str], vectors: np.ndarray) -> pa.Table:
     return pa.table({"sha256": pa.array(shas, pa.string()), "vector": column})
 
 
-class Embeddings(Connection):
-    """Embedding sets and their vectors."""
-
-    def ensure_set(self, embedding_set: EmbeddingSet, weights_kind: str, weights_sha256: str | None,
-                   weights_path: str | None, model_path: str | None = None,
-                   model_sha256: str | None = None) -> list[str]:
-        """Create the set's table if it is new; returns the backbone's other weights (and precisions)
-        already stored (empty when the set existed or is the backbone's first). ``model_path`` is the
-        quantised model that makes an int8 set, kept so that later runs add to it with the same model."""
-        row = self.one("SELECT dim FROM embedding_sets WHERE table_name = ?", [embedding_set.table])
-        if row is not None:
-            if row[0] != embedding_set.dim:
-                raise TkError(f"embedding set {embedding_set.table} holds {row[0]}-d vectors but "
-                              f"{embedding_set.backbone} now gives {embedding_set.dim}-d; use another --store")
-            return []
-        others = [EmbeddingSet(embedding_set.backbone, r[0], embedding_set.dim, r[1], r[2]).label for r in self.con.execute(
-            "SELECT weights_id, precision, stain FROM embedding_sets WHERE backbone = ? ORDER BY created_at",
-            [embedding_set.backbone]).fetchall()]
-        with self.transaction():
-            self.con.execute(f"""CREATE TABLE {embedding_set.table} (
-                sha256 VARCHAR PRIMARY KEY,
-                vector FLOAT[{int(embedding_set.dim)}] NOT NULL,
-                run_id VARCHAR,
-                created_at TIMESTAMP DEFAULT current_timestamp)""")
-            self.con.execute("INSERT INTO embedding_sets (table_name, backbone, weights_id, weights_kind, weights_sha256, "
-                             "weights_path, dim, precision, model_path, model_sha256, stain) "
-                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                             [embedding_set.table, embedding_set.backbone, embedding_set.weights_id,
-                              weights_kind, weights_sha256, weights_path, embedding_set.dim,
-                              embedding_set.precision, model_path, model_sha256, embedding_set.stain])
-        return others
+class EmbeddingsReader(Part):
+    """Reads embedding sets and their vectors."""
 
     def missing(self, embedding_set: EmbeddingSet, sha256s: Iterable[str]) -> set[str]:
         wanted = sorted(set(sha256s))
-        if not wanted or not self.table_exists(embedding_set.table):
+        if not wanted or not self.db.table_exists(embedding_set.table):
             return set(wanted)
         with arrow_view(self.con, pa.table({"sha256": wanted})) as view:
             rows = self.con.execute(f"SELECT w.sha256 FROM {view} w ANTI JOIN {embedding_set.table} e USING (sha256)").fetchall()
         return {r[0] for r in rows}
 
-    def write_batch(self, run_id: str, images: list[ScannedImage],
-                    vectors: dict[EmbeddingSet, tuple[list[str], np.ndarray]]) -> None:
-        """Write images and their embeddings in one transaction; a NaN or infinite vector writes nothing."""
-        with self.transaction():
-            for embedding_set, (shas, array) in vectors.items():
-                if not shas:
-                    continue
-                if not np.isfinite(array).all():  # keyed by content, a bad vector would be reused by every run
-                    raise TkError(f"{embedding_set.backbone} ({embedding_set.precision}) gave NaN or infinite "
-                                  "embeddings; they are never stored")
-                with arrow_view(self.con, _vectors_to_arrow(shas, array)) as batch:
-                    self.con.execute(f"INSERT OR IGNORE INTO {embedding_set.table} (sha256, vector, run_id) "
-                                     f"SELECT sha256, vector::FLOAT[{int(embedding_set.dim)}], ? FROM {batch}", [run_id])
-            self._upsert_images(run_id, images)
-
-    def point_view(self, embedding_set: EmbeddingSet) -> None:
-        """Make ``embeddings_<backbone>`` show this set (the weights used last)."""
-        view = f"embeddings_{identifier(embedding_set.backbone)}"
-        self.con.execute(f"""CREATE OR REPLACE VIEW {view} AS
-            SELECT i.image_id, e.sha256, e.vector FROM images i JOIN {embedding_set.table} e USING (sha256)""")
-
     def current_set(self, backbone: str) -> tuple[EmbeddingSet, str, str | None] | None:
         """The set the ``embeddings_<backbone>`` view shows, with its weights kind and file path."""
-        row = self.one(
+        row = self.db.one(
             "SELECT s.backbone, s.weights_id, s.dim, s.precision, s.stain, s.weights_kind, s.weights_path FROM run_backbones rb "
             "JOIN runs r USING (run_id) JOIN embedding_sets s ON s.table_name = rb.table_name "
             "WHERE rb.backbone = ? AND rb.status = 'ok' ORDER BY r.started_at DESC LIMIT 1", [backbone])
@@ -141,18 +92,14 @@ class Embeddings(Connection):
 
     def set_model(self, embedding_set: EmbeddingSet) -> tuple[str, str] | None:
         """The quantised model (path, sha256) recorded as the maker of an int8 set, if any."""
-        row = self.one("SELECT model_path, model_sha256 FROM embedding_sets WHERE table_name = ?", [embedding_set.table])
+        row = self.db.one("SELECT model_path, model_sha256 FROM embedding_sets WHERE table_name = ?", [embedding_set.table])
         return (row[0], row[1]) if row and row[0] else None
-
-    def record_set_model(self, embedding_set: EmbeddingSet, path: str, sha256: str) -> None:
-        self.con.execute("UPDATE embedding_sets SET model_path = ?, model_sha256 = ? WHERE table_name = ?",
-                         [path, sha256, embedding_set.table])
 
     def last_parity(self, embedding_set: EmbeddingSet) -> dict[str, Any]:
         """The parity against fp32 recorded by the latest run that measured it for this set."""
-        row = self.one("SELECT rb.parity_centred_cosine_mean, rb.parity_centred_cosine_min, rb.parity_rank_corr, "
-                       "rb.parity_n_images FROM run_backbones rb JOIN runs r USING (run_id) WHERE rb.table_name = ? "
-                       "AND rb.parity_n_images IS NOT NULL ORDER BY r.started_at DESC LIMIT 1", [embedding_set.table])
+        row = self.db.one("SELECT rb.parity_centred_cosine_mean, rb.parity_centred_cosine_min, rb.parity_rank_corr, "
+                          "rb.parity_n_images FROM run_backbones rb JOIN runs r USING (run_id) WHERE rb.table_name = ? "
+                          "AND rb.parity_n_images IS NOT NULL ORDER BY r.started_at DESC LIMIT 1", [embedding_set.table])
         keys = ("centred_cosine_mean", "centred_cosine_min", "similarity_rank_corr", "n_images")
         return dict(zip(keys, row)) if row else {}
 
@@ -172,9 +119,9 @@ class Embeddings(Connection):
 
     def stored_vector(self, embedding_set: EmbeddingSet, sha256: str) -> np.ndarray | None:
         """The stored embedding of one content, or None."""
-        if not self.table_exists(embedding_set.table):
+        if not self.db.table_exists(embedding_set.table):
             return None
-        row = self.one(f"SELECT vector FROM {embedding_set.table} WHERE sha256 = ?", [sha256])
+        row = self.db.one(f"SELECT vector FROM {embedding_set.table} WHERE sha256 = ?", [sha256])
         return np.asarray(row[0], dtype=np.float32) if row else None
 
     def nearest(self, embedding_set: EmbeddingSet, query: np.ndarray, k: int) -> pd.DataFrame:
@@ -182,7 +129,7 @@ class Embeddings(Connection):
         ``query``: rank, image_id, relpath, label, subtype, similarity."""
         view = f"embeddings_{identifier(embedding_set.backbone)}"
         dim = int(embedding_set.dim)
-        return self.query_df(f"""
+        return self.db.query_df(f"""
             SELECT row_number() OVER (ORDER BY similarity DESC, image_id) AS rank, * FROM (
                 SELECT e.image_id, i.relpath, i.label, i.subtype,
                        array_cosine_similarity(e.vector, ?::FLOAT[{dim}]) AS similarity
@@ -192,6 +139,68 @@ class Embeddings(Connection):
 
     def weights_path(self, backbone: str, weights_id: str) -> str | None:
         """The local weights file an embedding set was made with, if any."""
-        row = self.one("SELECT weights_path FROM embedding_sets WHERE backbone = ? AND weights_id = ?",
-                       [backbone, weights_id])
+        row = self.db.one("SELECT weights_path FROM embedding_sets WHERE backbone = ? AND weights_id = ?",
+                          [backbone, weights_id])
         return row[0] if row else None
+
+
+class Embeddings(EmbeddingsReader):
+    """Creates embedding sets and writes their vectors (with the images they embed)."""
+
+    def __init__(self, db: Connection, images: Images) -> None:
+        super().__init__(db)
+        self.images = images
+
+    def ensure_set(self, embedding_set: EmbeddingSet, weights_kind: str, weights_sha256: str | None,
+                   weights_path: str | None, model_path: str | None = None,
+                   model_sha256: str | None = None) -> list[str]:
+        """Create the set's table if it is new; returns the backbone's other weights (and precisions)
+        already stored (empty when the set existed or is the backbone's first). ``model_path`` is the
+        quantised model that makes an int8 set, kept so that later runs add to it with the same model."""
+        row = self.db.one("SELECT dim FROM embedding_sets WHERE table_name = ?", [embedding_set.table])
+        if row is not None:
+            if row[0] != embedding_set.dim:
+                raise TkError(f"embedding set {embedding_set.table} holds {row[0]}-d vectors but "
+                              f"{embedding_set.backbone} now gives {embedding_set.dim}-d; use another --store")
+            return []
+        others = [EmbeddingSet(embedding_set.backbone, r[0], embedding_set.dim, r[1], r[2]).label for r in self.con.execute(
+            "SELECT weights_id, precision, stain FROM embedding_sets WHERE backbone = ? ORDER BY created_at",
+            [embedding_set.backbone]).fetchall()]
+        with self.db.transaction():
+            self.con.execute(f"""CREATE TABLE {embedding_set.table} (
+                sha256 VARCHAR PRIMARY KEY,
+                vector FLOAT[{int(embedding_set.dim)}] NOT NULL,
+                run_id VARCHAR,
+                created_at TIMESTAMP DEFAULT current_timestamp)""")
+            self.con.execute("INSERT INTO embedding_sets (table_name, backbone, weights_id, weights_kind, weights_sha256, "
+                             "weights_path, dim, precision, model_path, model_sha256, stain) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                             [embedding_set.table, embedding_set.backbone, embedding_set.weights_id,
+                              weights_kind, weights_sha256, weights_path, embedding_set.dim,
+                              embedding_set.precision, model_path, model_sha256, embedding_set.stain])
+        return others
+
+    def write_batch(self, run_id: str, images: list[ScannedImage],
+                    vectors: dict[EmbeddingSet, tuple[list[str], np.ndarray]]) -> None:
+        """Write images and their embeddings in one transaction; a NaN or infinite vector writes nothing."""
+        with self.db.transaction():
+            for embedding_set, (shas, array) in vectors.items():
+                if not shas:
+                    continue
+                if not np.isfinite(array).all():  # keyed by content, a bad vector would be reused by every run
+                    raise TkError(f"{embedding_set.backbone} ({embedding_set.precision}) gave NaN or infinite "
+                                  "embeddings; they are never stored")
+                with arrow_view(self.con, _vectors_to_arrow(shas, array)) as batch:
+                    self.con.execute(f"INSERT OR IGNORE INTO {embedding_set.table} (sha256, vector, run_id) "
+                                     f"SELECT sha256, vector::FLOAT[{int(embedding_set.dim)}], ? FROM {batch}", [run_id])
+            self.images.upsert(run_id, images)
+
+    def point_view(self, embedding_set: EmbeddingSet) -> None:
+        """Make ``embeddings_<backbone>`` show this set (the weights used last)."""
+        view = f"embeddings_{identifier(embedding_set.backbone)}"
+        self.con.execute(f"""CREATE OR REPLACE VIEW {view} AS
+            SELECT i.image_id, e.sha256, e.vector FROM images i JOIN {embedding_set.table} e USING (sha256)""")
+
+    def record_set_model(self, embedding_set: EmbeddingSet, path: str, sha256: str) -> None:
+        self.con.execute("UPDATE embedding_sets SET model_path = ?, model_sha256 = ? WHERE table_name = ?",
+                         [path, sha256, embedding_set.table])

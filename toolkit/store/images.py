@@ -8,6 +8,7 @@ from typing import Iterable
 from toolkit.ingest.scan import KnownFile, ScannedImage
 from toolkit.lazy import lazy_import
 from toolkit.store.clinical import Clinical
+from toolkit.store.connection import Connection, Part
 from toolkit.store.migrations import RUN_IMAGE_COLUMNS
 from toolkit.store.sql import arrow_view
 
@@ -37,14 +38,43 @@ def _images_to_arrow(images: list[ScannedImage]) -> pa.Table:
                      for name, values in rows.items()})
 
 
-class Images(Clinical):
-    """Images and the runs they belong to."""
+class ImagesReader(Part):
+    """Reads ``images`` and ``run_images``."""
 
     def known_files(self) -> dict[str, KnownFile]:
         rows = self.con.execute("SELECT path, sha256, size_bytes, mtime_ns, width, height FROM images").fetchall()
         return {r[0]: KnownFile(r[1], r[2], r[3], r[4], r[5]) for r in rows if r[2] is not None}
 
-    def _upsert_images(self, run_id: str, images: list[ScannedImage]) -> None:
+    def image_paths(self, image_ids: Iterable[int]) -> dict[int, str]:
+        """The file path of each image id."""
+        return dict(self.con.execute("SELECT image_id, path FROM images WHERE image_id IN (SELECT unnest(?))",
+                                     [list(map(int, image_ids))]).fetchall())
+
+    def run_image_count(self, run_id: str) -> int:
+        """How many images (files) a run analysed."""
+        return int(self.db.one("SELECT count(*) FROM run_images WHERE run_id = ?", [run_id])[0])
+
+    def run_contents(self, run_id: str) -> list[tuple[str, str]]:
+        """One file path per distinct content of a run's images, with that content's sha256, ordered by sha256."""
+        rows = self.con.execute("""SELECT any_value(i.path), r.sha256 FROM run_images r JOIN images i USING (image_id)
+                                   WHERE r.run_id = ? GROUP BY r.sha256 ORDER BY r.sha256""", [run_id]).fetchall()
+        return [(r[0], r[1]) for r in rows]
+
+    def run_images(self, run_id: str) -> pd.DataFrame:
+        """Label, subtype, magnification and patient of every image of a run, as that run read them."""
+        return self.db.query_df("SELECT label, subtype, magnification, patient_id FROM run_images WHERE run_id = ?",
+                                [run_id])
+
+
+class Images(ImagesReader):
+    """Records images and the runs they belong to, with their image-level clinical values."""
+
+    def __init__(self, db: Connection, clinical: Clinical) -> None:
+        super().__init__(db)
+        self.clinical = clinical
+
+    def upsert(self, run_id: str, images: list[ScannedImage]) -> None:
+        """Record ``images`` for a run, inside the caller's transaction (the one that writes their embeddings)."""
         if not images:
             return
         with arrow_view(self.con, _images_to_arrow(images)) as new:
@@ -61,29 +91,9 @@ class Images(Clinical):
                 FROM {new} n JOIN images i USING (path)
                 ON CONFLICT (run_id, image_id) DO UPDATE SET {", ".join(f"{c} = excluded.{c}" for c in RUN_IMAGE_COLUMNS)}""",
                              [run_id])
-        self._insert_image_values(run_id, images)
-
-    def image_paths(self, image_ids: Iterable[int]) -> dict[int, str]:
-        """The file path of each image id."""
-        return dict(self.con.execute("SELECT image_id, path FROM images WHERE image_id IN (SELECT unnest(?))",
-                                     [list(map(int, image_ids))]).fetchall())
+        self.clinical.insert_image_values(run_id, images)
 
     def add_images(self, run_id: str, images: list[ScannedImage]) -> None:
         """Record images that need no extraction (their content is already embedded)."""
-        with self.transaction():
-            self._upsert_images(run_id, images)
-
-    def run_image_count(self, run_id: str) -> int:
-        """How many images (files) a run analysed."""
-        return int(self.one("SELECT count(*) FROM run_images WHERE run_id = ?", [run_id])[0])
-
-    def run_contents(self, run_id: str) -> list[tuple[str, str]]:
-        """One file path per distinct content of a run's images, with that content's sha256, ordered by sha256."""
-        rows = self.con.execute("""SELECT any_value(i.path), r.sha256 FROM run_images r JOIN images i USING (image_id)
-                                   WHERE r.run_id = ? GROUP BY r.sha256 ORDER BY r.sha256""", [run_id]).fetchall()
-        return [(r[0], r[1]) for r in rows]
-
-    def run_images(self, run_id: str) -> pd.DataFrame:
-        """Label, subtype, magnification and patient of every image of a run, as that run read them."""
-        return self.query_df("SELECT label, subtype, magnification, patient_id FROM run_images WHERE run_id = ?",
-                             [run_id])
+        with self.db.transaction():
+            self.upsert(run_id, images)

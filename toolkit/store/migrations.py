@@ -5,14 +5,16 @@ A migration is never edited after release; a change to the schema is a new migra
 
 from __future__ import annotations
 
+import functools
 import secrets
 from typing import Callable
 
-
-from toolkit.store.sql import utcnow
+from toolkit.errors import TkError
 from toolkit.lazy import lazy_import
+from toolkit.store.sql import utcnow
 
 duckdb = lazy_import("duckdb")
+
 
 def m001_create_tables(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("CREATE SEQUENCE image_id_seq START 1")
@@ -247,11 +249,38 @@ def create_ingested_shards(con: duckdb.DuckDBPyConnection, temporary: bool = Fal
         PRIMARY KEY (table_name, shard))""")
 
 
+def m012_result_table_names(con: duckdb.DuckDBPyConnection) -> None:
+    """Which analysis and result owns each ``results_*`` table, so that no two (analysis, table) pairs
+    share one (``toolkit.store.results``). Tables stored before keep their names; where two pairs
+    already shared one, the first to store there keeps it."""
+    create_result_table_names(con)
+
+
+def create_result_table_names(con: duckdb.DuckDBPyConnection, temporary: bool = False) -> None:
+    """The table of ``m012_result_table_names``, filled from ``result_tables``; ``temporary`` makes it
+    in the connection's memory (the stand-in for a read-only store written before m012)."""
+    con.execute(f"""CREATE {"TEMP " if temporary else ""}TABLE result_table_names (
+        table_name VARCHAR PRIMARY KEY,
+        analysis VARCHAR NOT NULL,
+        result VARCHAR NOT NULL,
+        UNIQUE (analysis, result))""")
+    con.execute("""
+        INSERT INTO result_table_names
+        SELECT table_name, analysis, CASE
+                WHEN table_name = 'results_' || analysis THEN 'main'
+                WHEN starts_with(table_name, 'results_' || analysis || '_')
+                    THEN substr(table_name, length('results_' || analysis || '_') + 1)
+                ELSE table_name END
+        FROM (SELECT table_name, analysis, min(rowid) AS first FROM result_tables GROUP BY table_name, analysis)
+        QUALIFY row_number() OVER (PARTITION BY table_name ORDER BY first) = 1""")
+
+
 MIGRATIONS: list[Callable[[duckdb.DuckDBPyConnection], None]] = [m001_create_tables, m002_export_parity,
                                                                   m003_training, m004_analysis_cache_key,
                                                                   m005_precision, m006_run_error,
                                                                   m007_store_secrets, m008_run_image_metadata,
-                                                                  m009_clinical, m010_stain, m011_shards]
+                                                                  m009_clinical, m010_stain, m011_shards,
+                                                                  m012_result_table_names]
 
 
 def newer_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:
@@ -263,14 +292,33 @@ def newer_migrations(con: duckdb.DuckDBPyConnection) -> list[str]:
     return sorted(row[0] for row in con.execute("SELECT name FROM _migrations").fetchall() if row[0] not in known)
 
 
-def migrate(con: duckdb.DuckDBPyConnection) -> None:
-    """Apply every migration not yet recorded in ``_migrations``."""
+def migrate(con: duckdb.DuckDBPyConnection, where: str = "the store") -> None:
+    """Apply every migration not yet recorded in ``_migrations``, each in a transaction of its own:
+    one that fails is rolled back whole and raises ``TkError`` naming it (``where``: the store's path)."""
     con.execute("CREATE TABLE IF NOT EXISTS _migrations (name VARCHAR PRIMARY KEY, applied_at TIMESTAMP)")
     done = {row[0] for row in con.execute("SELECT name FROM _migrations").fetchall()}
     for migration in MIGRATIONS:
         if migration.__name__ in done:
             continue
         con.execute("BEGIN TRANSACTION")
-        migration(con)
-        con.execute("INSERT INTO _migrations VALUES (?, ?)", [migration.__name__, utcnow()])
+        try:
+            migration(con)
+            con.execute("INSERT INTO _migrations VALUES (?, ?)", [migration.__name__, utcnow()])
+        except Exception as exc:
+            con.execute("ROLLBACK")
+            cause = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise TkError(f"{where}: schema migration {migration.__name__} failed ({cause}) and was rolled back, "
+                          "leaving the store as it was; report this with the store's tk version") from exc
         con.execute("COMMIT")
+
+
+@functools.cache
+def core_tables() -> frozenset[str]:
+    """The name of every table and view the migrations make (read from a store they build in memory):
+    no plugin table or analysis result may take one."""
+    con = duckdb.connect(":memory:")
+    try:
+        migrate(con)
+        return frozenset(row[0] for row in con.execute("SELECT table_name FROM information_schema.tables").fetchall())
+    finally:
+        con.close()

@@ -25,6 +25,7 @@ import numpy as np
 
 from toolkit.errors import TkError
 from toolkit.lazy import lazy_import
+from toolkit.store.connection import Connection, Part
 from toolkit.store.embeddings import Embeddings, EmbeddingSet
 from toolkit.store.sql import identifier
 
@@ -135,8 +136,12 @@ def _footer(path: Path) -> tuple[ShardSet, int]:
     return found, footer.num_rows
 
 
-class Shards(Embeddings):
+class Shards(Part):
     """Ingesting Parquet shards into embedding sets (one transaction per set, idempotent)."""
+
+    def __init__(self, db: Connection, embeddings: Embeddings) -> None:
+        super().__init__(db)
+        self.embeddings = embeddings
 
     def ingest_shards(self, folder: Path | str, run_id: str | None = None) -> list[Ingested]:
         """Ingest every shard under ``folder`` not ingested before; returns what each set got."""
@@ -151,8 +156,8 @@ class Shards(Embeddings):
 
     def shard_set(self, embedding_set: EmbeddingSet) -> ShardSet:
         """The ``tk.set`` metadata of a stored set (created by ``ensure_set``), for the shards of its vectors."""
-        row = self.one("SELECT weights_kind, weights_sha256, weights_path, model_path, model_sha256 FROM embedding_sets "
-                       "WHERE table_name = ?", [embedding_set.table])
+        row = self.db.one("SELECT weights_kind, weights_sha256, weights_path, model_path, model_sha256 FROM embedding_sets "
+                          "WHERE table_name = ?", [embedding_set.table])
         if row is None:
             raise TkError(f"embedding set {embedding_set.table} is not in the store; plan it before embedding")
         return ShardSet(embedding_set.backbone, embedding_set.weights_id, embedding_set.dim, embedding_set.precision,
@@ -172,19 +177,19 @@ class Shards(Embeddings):
             if other != shard_set:
                 raise TkError(f"shard {path} describes another set than {files[0]}; shards of one folder "
                               "must come from the same backbone, weights and precision")
-        self.ensure_set(shard_set.embedding_set, shard_set.weights_kind, shard_set.weights_sha256, shard_set.weights_path,
+        self.embeddings.ensure_set(shard_set.embedding_set, shard_set.weights_kind, shard_set.weights_sha256, shard_set.weights_path,
                         shard_set.model_path, shard_set.model_sha256)
         dim = int(shard_set.dim)
         good = (f"set = ? AND regexp_full_match(sha256, '[0-9a-f]{{64}}') AND len(vector) = {dim} "
                 "AND isfinite(list_sum(vector))")  # a NaN or infinity anywhere makes the (double) sum so
         try:
-            with self.transaction():
+            with self.db.transaction():
                 self.con.execute(f"CREATE TEMP TABLE shard_rows AS SELECT sha256, vector::FLOAT[{dim}] AS vector "
                                  f"FROM read_parquet(?) WHERE {good}", [[str(p) for p in files], table])
-                kept, distinct = self.one("SELECT count(*), count(DISTINCT sha256) FROM shard_rows")
+                kept, distinct = self.db.one("SELECT count(*), count(DISTINCT sha256) FROM shard_rows")
                 rows = "shard_rows" if kept == distinct else "(SELECT DISTINCT ON (sha256) * FROM shard_rows)"
-                new = self.one(f"INSERT INTO {table} (sha256, vector, run_id) SELECT s.sha256, s.vector, ? "
-                               f"FROM {rows} s ANTI JOIN {table} USING (sha256)", [run_id])[0]
+                new = self.db.one(f"INSERT INTO {table} (sha256, vector, run_id) SELECT s.sha256, s.vector, ? "
+                                  f"FROM {rows} s ANTI JOIN {table} USING (sha256)", [run_id])[0]
                 self.con.execute("DROP TABLE shard_rows")
                 self.con.executemany("INSERT INTO ingested_shards (shard, table_name) VALUES (?, ?)",
                                      [[p.name, table] for p in files])

@@ -12,6 +12,7 @@ on a read-only file or medium. For the migrations listed here it stands in for t
 - ``m010_stain``: every embedding set and run backbone without stain normalisation (``none``), as
   the migration itself records them.
 - ``m011_shards``: no shard ingested (a reading command ingests none).
+- ``m012_result_table_names``: the owners of the result tables, as the migration itself records them.
 
 Any other missing migration is one error line: open the store once with a writing command.
 """
@@ -22,7 +23,8 @@ import secrets
 from typing import Any, Callable
 
 from toolkit.errors import TkError
-from toolkit.store.migrations import MIGRATIONS, RUN_IMAGE_COLUMNS, create_clinical_tables, create_ingested_shards
+from toolkit.store.migrations import (MIGRATIONS, RUN_IMAGE_COLUMNS, create_clinical_tables, create_ingested_shards,
+                                      create_result_table_names)
 
 
 def _secret_for_this_process(con: Any) -> None:
@@ -55,11 +57,16 @@ def _no_shards_ingested(con: Any) -> None:
     create_ingested_shards(con, temporary=True)
 
 
+def _result_table_owners(con: Any) -> None:
+    create_result_table_names(con, temporary=True)
+
+
 STAND_INS: dict[str, Callable[[Any], None]] = {"m007_store_secrets": _secret_for_this_process,
                                                "m008_run_image_metadata": _run_images_from_images,
                                                "m009_clinical": _no_clinical_variables,
                                                "m010_stain": _no_stain_normalisation,
-                                               "m011_shards": _no_shards_ingested}
+                                               "m011_shards": _no_shards_ingested,
+                                               "m012_result_table_names": _result_table_owners}
 
 
 def missing_migrations(con: Any) -> list[str]:

@@ -78,16 +78,16 @@ def check_analysis_results_are_stored(analysis: Analysis, seed: int = 0) -> None
     outcome = _run_on_kit_data(analysis, seed)
     results, store = outcome.results, outcome.store
     backbone = outcome.context.backbone or ""
-    store.save_results(KIT_RUN_ID, analysis.name, backbone, "ok", "", 0.0, results)
+    store.results.save_results(KIT_RUN_ID, analysis.name, backbone, "ok", "", 0.0, results)
     for table in (r for r in results if isinstance(r, Table)):
-        stored = store.result_table(KIT_RUN_ID, analysis.name, table.name, backbone)
+        stored = store.results.result_table(KIT_RUN_ID, analysis.name, table.name, backbone)
         expected = [identifier(str(c)) for c in table.data.columns]
         assert list(stored.columns) == expected, (
             f"analysis {analysis.name!r}: table {table.name!r} was stored with columns {list(stored.columns)}, "
             f"not {expected}; use distinct lower-case column names")
         assert len(stored) == len(table.data), (
             f"analysis {analysis.name!r}: table {table.name!r} has {len(table.data)} rows but {len(stored)} were stored")
-    stored_items = {"figures": store.run_figures(KIT_RUN_ID), "findings": store.run_findings(KIT_RUN_ID)}
+    stored_items = {"figures": store.results.run_figures(KIT_RUN_ID), "findings": store.results.run_findings(KIT_RUN_ID)}
     for kind, cls in (("figures", Figure), ("findings", Finding)):
         count = sum(item["analysis"] == analysis.name for item in stored_items[kind])
         expected_count = sum(isinstance(r, cls) for r in results)
@@ -252,7 +252,7 @@ def _kit_store(path: Path) -> str:
         for backbone in run.sets:
             figure = Figure("dots", '<svg xmlns="http://www.w3.org/2000/svg" width="4" height="4"></svg>',
                             alt="an empty kit figure")
-            store.save_results(run.run_id, "kit_summary", backbone, "ok", "", 0.01, [
+            store.results.save_results(run.run_id, "kit_summary", backbone, "ok", "", 0.01, [
                 Table("main", pd.DataFrame({"feature": [0, 1], "value": [0.5, 1.5]}), "kit table"),
                 figure, Finding("the kit wrote this finding")])
     return run.run_id
@@ -263,7 +263,7 @@ def _export(exporter: Exporter, store_path: Path, run_id: str, out_dir: Path) ->
     with Store.open(store_path, read_only=True) as store:
         context = ExportContext(run_id, store, {"reveal_ids": False}, registry=load_registry())
         try:
-            written = export_into(exporter, context, out_dir)
+            written = export_into(exporter, context, out_dir, store)
         except ExportEscape as exc:
             raise AssertionError(f"exporter {exporter.name!r} wrote outside out_dir: {exc}") from exc
         except Exception as exc:

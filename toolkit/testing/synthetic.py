@@ -82,18 +82,18 @@ def synthetic_run(store: Store, n_images: int = KIT_IMAGES, backbones: Mapping[s
     images = _kit_images(n_images, labels)
     shas = [image.sha256 for image in images]
     sets = {name: EmbeddingSet(name, f"random-seed{seed}", dim) for name, dim in backbones.items()}
-    store.start_run(KIT_RUN_ID, "toolkit.testing", {"seed": seed}, {"tk": __version__})
+    store.runs.start_run(KIT_RUN_ID, "toolkit.testing", {"seed": seed}, {"tk": __version__})
     for offset, embedding_set in enumerate(sets.values()):
-        store.ensure_set(embedding_set, "random", None, None)
-    store.write_batch(KIT_RUN_ID, images, {s: (shas, _kit_vectors(images, s.dim, seed + offset))
+        store.embeddings.ensure_set(embedding_set, "random", None, None)
+    store.embeddings.write_batch(KIT_RUN_ID, images, {s: (shas, _kit_vectors(images, s.dim, seed + offset))
                                           for offset, s in enumerate(sets.values())})
     for embedding_set in sets.values():
-        store.point_view(embedding_set)
-        store.record_backbone(KIT_RUN_ID, embedding_set.backbone, table_name=embedding_set.table,
+        store.embeddings.point_view(embedding_set)
+        store.runs.record_backbone(KIT_RUN_ID, embedding_set.backbone, table_name=embedding_set.table,
                               weights_id=embedding_set.weights_id, weights_kind="random", dim=embedding_set.dim,
                               n_embedded=n_images, n_reused=0, seconds=0.0, status="ok")
-    store.record_clinical(KIT_RUN_ID, _kit_clinical(images))
-    store.update_run(KIT_RUN_ID, status="ok", n_images=n_images, n_skipped=0, source="synthetic",
+    store.clinical.record_clinical(KIT_RUN_ID, _kit_clinical(images))
+    store.runs.update_run(KIT_RUN_ID, status="ok", n_images=n_images, n_skipped=0, source="synthetic",
                      data_root="/synthetic", finished_at=datetime.now(timezone.utc).replace(tzinfo=None))
     return SyntheticRun(store, KIT_RUN_ID, sets)
 
