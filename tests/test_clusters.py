@@ -4,6 +4,7 @@ its behaviour on pure noise and on planted clusters, the contingency statistics,
 from __future__ import annotations
 
 from dataclasses import replace
+from types import SimpleNamespace
 
 import duckdb
 import numpy as np
@@ -26,7 +27,7 @@ from toolkit.plugins.analyses.clusters import ClustersSettings, association, clu
 
 
 class StoredResults:
-    """The one store method an analysis context uses: ``result_table`` over tables held in memory."""
+    """The one store read an analysis context makes, ``store.results.result_table``, over tables held in memory."""
 
     def __init__(self, tables: dict[tuple[str, str], pd.DataFrame]) -> None:
         self.tables = tables
@@ -40,7 +41,7 @@ def run_clusters(context: AnalysisContext) -> dict[str, pd.DataFrame]:
     them; the tables by name."""
     stored = {("clustering", r.name): r.data for r in clustering(replace(context, settings=ClusteringSettings()))
               if isinstance(r, Table)}
-    context.store = StoredResults(stored)
+    context.store = SimpleNamespace(results=StoredResults(stored))
     return {r.name: r.data for r in clusters(context) if isinstance(r, Table)}
 
 
