@@ -4,16 +4,14 @@ escapes hostile metadata, hides patient ids, and re-renders from the store uncha
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from html import unescape
-from pathlib import Path
 
 import duckdb
 import numpy as np
 import pytest
 
 from tests.browser import open_page
-from tests.conftest import STAND_IN, TINY, tk
+from tests.conftest import STAND_IN, TINY, FinishedRun, tk
 from tests.datasets import make_breakhis, make_class_folders, tile
 
 PAYLOAD_LABEL = "<script>console.log('XSS-LABEL')</script>"
@@ -28,15 +26,8 @@ def _report(out):
     return reports[0]
 
 
-@dataclass(frozen=True)
-class TinyRun:
-    data: Path
-    store: Path
-    out: Path
-
-
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> TinyRun:
+def tiny_run(tmp_path_factory) -> FinishedRun:
     """One run of the tiny backbone on a BreakHis-layout tree with one broken file, shared by the tests
     below that only read its store and report."""
     root = tmp_path_factory.mktemp("tiny-run")
@@ -44,7 +35,7 @@ def tiny_run(tmp_path_factory) -> TinyRun:
     make_breakhis(data)
     broken = data / "benign" / "SOB" / "adenosis" / "SOB_B_A_14-100" / "40X" / "SOB_B_A-14-100-40-007.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n broken")
-    run = TinyRun(data, root / "tk.duckdb", root / "out")
+    run = FinishedRun(data, root / "tk.duckdb", root / "out")
     result = tk("run", data, "--backbone", "tiny", "--store", run.store, "--out", run.out, "--plugin", TINY,
                 env={"TK_CACHE_DIR": str(root / "cache"), "TK_LOAD_PLUGINS": ""})
     assert result.exit_code == 0, result.stderr
