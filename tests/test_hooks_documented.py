@@ -110,7 +110,7 @@ def test_hook_prepare_jinja2_environment(tmp_path):
     registry = load_registry([EVERY_HOOK])
     with Store.open(tmp_path / "tk.duckdb") as store:
         run = synthetic_run(store)
-        context = ExportContext(run.run_id, store, {}, tmp_path / "templates", registry)
+        context = ExportContext(run.run_id, store, template_dir=tmp_path / "templates", registry=registry)
         [path] = registry.exporter("html").export(context, tmp_path / "out")
     html = path.read_text()
     assert '<p class="shout">OUR LAB!</p>' in html

@@ -41,6 +41,7 @@ _PUBLIC = {
     "Backbone": "toolkit.plugin.types", "Analysis": "toolkit.plugin.types", "Exporter": "toolkit.plugin.types",
     "StainNormaliser": "toolkit.plugin.types", "Needs": "toolkit.plugin.types",
     "AnalysisContext": "toolkit.plugin.types", "ExportContext": "toolkit.plugin.types",
+    "ExportSettings": "toolkit.plugin.types",
     "CliContext": "toolkit.plugin.types", "setting": "toolkit.plugin.settings", "Setting": "toolkit.plugin.settings",
     "Result": "toolkit.plugin.results", "Table": "toolkit.plugin.results", "Figure": "toolkit.plugin.results",
     "Finding": "toolkit.plugin.results", "SkipAnalysis": "toolkit.plugin.results",

@@ -30,11 +30,11 @@ BATCH = 32
 
 
 def classifiers(context: ExportContext) -> Iterator[Classifier]:
-    """One classifier per backbone named in ``settings["backbones"]`` (default: all of the run's)."""
-    names = context.settings.get("backbones") or [
+    """One classifier per backbone named in ``context.settings.backbones`` (default: all of the run's)."""
+    names = context.settings.backbones or [
         row["backbone"] for row in context.store.runs.run_backbones(context.run_id, ok_only=True)]
     for name in names:
-        yield load_classifier(context.store, context.registry, name, context.run_id, int(context.settings.get("seed", 0)))
+        yield load_classifier(context.store, context.registry, name, context.run_id, context.settings.seed)
 
 
 def sample_pixels(context: ExportContext, size: tuple[int, int], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

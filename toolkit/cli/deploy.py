@@ -30,7 +30,7 @@ def export(
 ) -> None:
     """Export a backbone + probe-head classifier, with size, latency and parity numbers."""
     from toolkit import console
-    from toolkit.plugin.types import ExportContext
+    from toolkit.plugin.types import ExportContext, ExportSettings
     from toolkit.run.exports import ExportEscape, export_into
     from toolkit.run.settings import EXIT_PARTIAL, check_out_folder, select
     from toolkit.store import Store
@@ -40,7 +40,7 @@ def export(
     check_out_folder(out)
     escaped, files = False, []
     with Store.open(store, must_exist=True) as opened:  # records the exports' parity
-        export_context = ExportContext(opened.runs.run(run_id)["run_id"], opened, {"backbones": [backbone], "seed": seed},
+        export_context = ExportContext(opened.runs.run(run_id)["run_id"], opened, ExportSettings(backbones=(backbone,), seed=seed),
                                        registry=registry)
         for exporter in exporters:
             try:

@@ -159,20 +159,35 @@ class Analysis:
             object.__setattr__(self, "settings", from_legacy(self.name, tuple(self.settings)))
 
 
+@dataclass(frozen=True)
+class ExportSettings:
+    """What the command that runs an exporter (``tk run``, ``tk export``, ``tk report``) tells it.
+
+    :param reveal_ids: show raw patient ids (``--reveal-ids``); keep them out of shared files otherwise.
+    :param backbones: the backbones to export (``tk export --backbone``); empty: every backbone the
+        run embedded without failing.
+    :param seed: the run's seed, for samples the exporter draws (int8 calibration, parity images).
+    """
+
+    reveal_ids: bool = False
+    backbones: tuple[str, ...] = ()
+    seed: int = 0
+
+
 @dataclass
 class ExportContext:
     """What an exporter reads: the finished run in the store, the loaded plugins and the settings.
 
     :ivar store: the store, to read: a ``toolkit.store.StoreReader``, which has no method that
         writes (a ``Store`` given is read through its reader).
-    :ivar settings: ``reveal_ids`` (report), ``backbones`` and ``seed`` (model exporters).
+    :ivar settings: the command's :class:`ExportSettings` (``context.settings.reveal_ids``, ...).
     :ivar registry: every loaded plugin (the default plugins when not given).
     :ivar handed: the rows the exporter handed back (:meth:`replace_rows`), for core to write.
     """
 
     run_id: str
     store: StoreReader | Store
-    settings: dict[str, Any] = field(default_factory=dict)
+    settings: ExportSettings = field(default_factory=ExportSettings)
     template_dir: Path | None = None
     registry: Registry | None = None
     handed: list[TableRows] = field(default_factory=list, init=False)

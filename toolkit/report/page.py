@@ -37,11 +37,11 @@ class ReportPage:
 
 
 def report_page(context: ExportContext) -> ReportPage:
-    """Gather the report of ``context.run_id``: ids pseudonymised unless ``settings["reveal_ids"]``,
+    """Gather the report of ``context.run_id``: ids pseudonymised unless ``context.settings.reveal_ids``,
     every plugin's ``report_sections`` collected and rendered into the page's data."""
     registry = context.registry
     environment = make_environment(context.template_dir, registry.pm)
-    data = gather(context.store, context.run_id, registry, reveal_ids=bool(context.settings.get("reveal_ids")))
+    data = gather(context.store, context.run_id, registry, reveal_ids=context.settings.reveal_ids)
     sections = collect(ReportContext(context.run_id, context.store, registry, data["run"], data["backbones"],
                                      pseudonym=data["pseudonyms"]))
     data.update(render(sections, environment, data["pseudonyms"]))

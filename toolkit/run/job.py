@@ -19,7 +19,7 @@ from toolkit.ingest.scan import ScannedImage, scan
 from toolkit.ingest.sources import find_images
 from toolkit.plugin.registry import Registry, load_registry
 from toolkit.plugin.settings import declared, parse_assignments, resolved, settings_record
-from toolkit.plugin.types import Analysis, Backbone, ExportContext, Exporter
+from toolkit.plugin.types import Analysis, Backbone, ExportContext, Exporter, ExportSettings
 from toolkit.run.engine import RayOptions, default_shards, engine_extract
 from toolkit.run.exports import export_into
 from toolkit.run.embed import RunLog, embed_missing, plan_backbones, record_backbones
@@ -175,7 +175,7 @@ def _analyse(store: Store, registry: Registry, settings: RunSettings, run_id: st
 def _export(store: Store, registry: Registry, settings: RunSettings, run_id: str, exporters: list[Exporter],
             failures: list[str]) -> list[Path]:
     outputs: list[Path] = []
-    context = ExportContext(run_id, store, {"reveal_ids": settings.reveal_ids, "seed": settings.seed},
+    context = ExportContext(run_id, store, ExportSettings(reveal_ids=settings.reveal_ids, seed=settings.seed),
                             settings.template_dir, registry)
     for exporter in sorted(exporters, key=lambda e: e.default):  # reports (the defaults) last: they show the others' results
         try:
@@ -201,7 +201,7 @@ def rerender(store_path: Path, run_id: str | None, out: Path, plugins: list[str]
     check_out_folder(out)
     with Store.open(store_path, read_only=True) as store:
         run = store.runs.run(run_id)
-        context = ExportContext(run["run_id"], store, {"reveal_ids": reveal_ids}, template_dir, registry)
+        context = ExportContext(run["run_id"], store, ExportSettings(reveal_ids=reveal_ids), template_dir, registry)
         return [path for exporter in exporters for path in export_into(exporter, context, out, store)]
 
 

@@ -261,7 +261,7 @@ def _kit_store(path: Path) -> str:
 def _export(exporter: Exporter, store_path: Path, run_id: str, out_dir: Path) -> list[Path]:
     """Export from the store opened read-only, as ``tk report`` does; exporters must not write to it."""
     with Store.open(store_path, read_only=True) as store:
-        context = ExportContext(run_id, store, {"reveal_ids": False}, registry=load_registry())
+        context = ExportContext(run_id, store, registry=load_registry())
         try:
             written = export_into(exporter, context, out_dir, store)
         except ExportEscape as exc:
