@@ -337,3 +337,34 @@ def test_report_shows_the_encoder_beside_a_cnn(tmp_path, breakhis):
     html = Path(stdout.strip().splitlines()[-1]).read_text()
     assert "2 neural networks (enc, tiny)" in html  # compared side by side
     assert hashlib.sha256(model.read_bytes()).hexdigest() in html  # the encoder file's provenance
+
+
+@pytest.mark.parametrize("name", ["../../../victim", "ABSOLUTE"])
+def test_encoders_remove_deletes_no_file_outside_the_encoders_folder(tmp_path, monkeypatch, name):
+    """``tk encoders remove`` takes only backbone names, as ``add`` does: a path never reaches unlink."""
+    victim = tmp_path / "victim.toml"
+    victim.write_text("name = 'victim'\n")
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))  # ../../../ from config/tk/encoders/ is tmp_path
+    name = str(tmp_path / "victim") if name == "ABSOLUTE" else name
+    code, _, err = tk("encoders", "remove", name)
+    assert code != 0
+    assert victim.exists()
+    assert err.strip().splitlines()[-1].startswith(f"error: encoder name {name!r}: use lower-case letters")
+
+
+def test_a_malformed_spec_is_one_warning_naming_its_file_and_every_command_still_works(tmp_path, monkeypatch):
+    """A spec with a value of the wrong type (``input_size = "32"``) skips that encoder only."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    folder = tmp_path / "config" / "tk" / "encoders"
+    folder.mkdir(parents=True)
+    bad = folder / "bad.toml"
+    bad.write_text('name = "bad"\nkind = "onnx"\npath = "/nowhere.onnx"\ninput_size = "32"\nmean = [0, "x", 0]\n')
+    code, out, err = tk("plugins", "--json")
+    assert code == 0
+    assert "tiny" not in out and "resnet50" in out
+    warnings = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert warnings == [f"warning: encoder spec {bad}: input_size = '32' is not a whole number; mean = [0, 'x', 0] "
+                        "is not a list of numbers; fix it or register it again with `tk encoders add --force`; "
+                        "encoder skipped"]
+    assert tk("encoders", "remove", "bad")[0] == 0
+    assert not bad.exists()

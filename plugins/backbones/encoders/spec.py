@@ -97,6 +97,11 @@ def encoders_dir() -> Path:
 
 
 def spec_path(name: str) -> Path:
+    """The spec file of encoder ``name`` in :func:`encoders_dir`; a TkError for a name that is not a
+    backbone name, so that no name (``../x``, ``/abs/x``) reaches a file outside that folder."""
+    if not NAME.match(name):
+        raise TkError(f"encoder name {name!r}: use lower-case letters, digits and _ (starting with a letter); "
+                      "`tk encoders list` shows the registered ones")
     return encoders_dir() / f"{name}.toml"
 
 
@@ -120,6 +125,20 @@ def write_spec(spec: EncoderSpec) -> Path:
     return path
 
 
+def _type_problem(name: str, annotation: str, value: Any) -> str | None:
+    """Why a spec file's ``value`` does not fit field ``name`` (annotated ``annotation``), or None."""
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if annotation == "int":
+        fits, expected = isinstance(value, int) and not isinstance(value, bool), "a whole number"
+    elif annotation == "str":
+        fits, expected = isinstance(value, str), "text in quotes"
+    else:  # tuple[float, float, float]
+        fits, expected = isinstance(value, list) and all(map(number, value)), "a list of numbers"
+    return None if fits else f"{name} = {value!r} is not {expected}"
+
+
 def read_spec(path: Path) -> EncoderSpec:
     """The spec in ``path``; a TkError names the file and what is wrong."""
     try:
@@ -131,6 +150,11 @@ def read_spec(path: Path) -> EncoderSpec:
     unknown = sorted(set(data) - known)
     if unknown:
         raise TkError(f"encoder spec {path}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    mistyped = [problem for f in fields(EncoderSpec) if f.name in data
+                for problem in [_type_problem(f.name, str(f.type), data[f.name])] if problem]
+    if mistyped:
+        raise TkError(f"encoder spec {path}: {'; '.join(mistyped)}; fix it or register it again with "
+                      "`tk encoders add --force`")
     try:
         spec = EncoderSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
     except TypeError as exc:
