@@ -368,3 +368,14 @@ def test_a_malformed_spec_is_one_warning_naming_its_file_and_every_command_still
                         "encoder skipped"]
     assert tk("encoders", "remove", "bad")[0] == 0
     assert not bad.exists()
+
+
+@pytest.mark.parametrize("name", ["resnet50_", "resnet50__x"])
+def test_an_encoder_name_that_maps_onto_another_backbones_tables_is_refused(tmp_path, name):
+    """``identifier("resnet50_")`` is ``resnet50``: such a name would take over ``embeddings_resnet50``."""
+    code, _, err = tk("encoders", "add", name, "--onnx", make_onnx(tmp_path / "enc.onnx"))
+    assert code != 0
+    assert "single underscores" in err.strip().splitlines()[-1]
+    from toolkit.plugins.backbones.encoders.spec import encoders_dir
+
+    assert not (encoders_dir() / f"{name}.toml").exists()

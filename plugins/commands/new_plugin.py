@@ -39,8 +39,8 @@ def render_plugin(name: str, kind: str, parent: Path) -> Path:
     import jinja2
 
     if not PLUGIN_NAME.match(name):
-        raise TkError(f"plugin name {name!r} must be lower-case letters, digits and underscores, "
-                      "starting with a letter (at most 41 characters)")
+        raise TkError(f"plugin name {name!r} must be lower-case letters, digits and single underscores, "
+                      "starting with a letter and not ending with _ (at most 41 characters)")
     if kind not in KINDS:
         raise TkError(f"--kind {kind!r} is not one of {', '.join(KINDS)}")
     core = core_table_taken_by(name) if kind == "analysis" else None
@@ -74,7 +74,7 @@ def register_commands(app: typer.Typer, cli: CliContext) -> None:
 
     @app.command(name="new-plugin")
     def new_plugin(
-        name: str = typer.Argument(..., help="Plugin name: lower-case letters, digits and underscores."),
+        name: str = typer.Argument(..., help="Plugin name: lower-case letters, digits and single underscores."),
         kind: str = typer.Option("analysis", "--kind", help="analysis | backbone | exporter"),
         directory: Path = typer.Option(Path("."), "--dir", help="Folder to create the package in."),
     ) -> None:

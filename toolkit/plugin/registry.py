@@ -33,7 +33,9 @@ from toolkit.plugin.types import Analysis, Backbone, Exporter, StainNormaliser
 BUILTIN_GROUP = "tk.builtins"
 """Entry-point group whose entries load a list of built-in plugin module names."""
 LOCAL_PLUGIN_DIR = "tk_plugins"
-PLUGIN_NAME = re.compile(r"^[a-z][a-z0-9_]{0,40}\Z")  # \Z: `$` would also accept a final newline
+# a SQL identifier part as it is: single underscores between letters and digits, none at the end, so that two
+# names never map to one table (`resnet50_` would be `embeddings_resnet50`); \Z: `$` would accept a final newline
+PLUGIN_NAME = re.compile(r"^(?=.{1,41}\Z)[a-z][a-z0-9]*(?:_[a-z0-9]+)*\Z")
 EXPORTER_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,40}\Z")  # exporter names are never SQL identifiers
 
 T = TypeVar("T", Backbone, Analysis, Exporter, StainNormaliser)
@@ -68,7 +70,7 @@ class Register(Generic[T]):
         if not isinstance(item.name, str) or not pattern.match(item.name):
             raise PluginError(
                 f"plugin {self._plugin_name()}: {kind_name.lower()} name {item.name!r} must be "
-                "lower-case letters, digits and underscores, starting with a letter"
+                "lower-case letters, digits and single underscores, starting with a letter and not ending with _"
             )
         core = core_table_taken_by(item.name) if self.kind is Analysis else None
         if core:

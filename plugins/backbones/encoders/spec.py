@@ -12,19 +12,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import tomllib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from toolkit import TkError
+from toolkit import PLUGIN_NAME, TkError
 
 KINDS = ("onnx", "keras-hub", "savedmodel")
 LAYOUTS = ("nhwc", "nchw")
 POOLINGS = ("as-is", "cls", "mean", "cls+mean")
 RESIZE_RULES = ("stretch", "center-crop")
-NAME = re.compile(r"^[a-z][a-z0-9_]{0,40}\Z")  # a backbone name: also a SQL identifier part
+NAME = PLUGIN_NAME  # a backbone name, also a SQL identifier part
 # what decides the embeddings besides the file's bytes: their hash is part of the embedding set's key
 EMBEDDING_FIELDS = ("kind", "input_size", "resize", "layout", "mean", "std", "pooling", "prefix_tokens", "dim",
                     "output", "signature")
@@ -72,7 +71,8 @@ class EncoderSpec:
         """The spec itself when every field is valid, else a TkError naming ``origin`` and the field."""
         problems = []
         if not NAME.match(self.name):
-            problems.append(f"name {self.name!r} must be lower-case letters, digits and _ (starting with a letter)")
+            problems.append(f"name {self.name!r} must be lower-case letters, digits and single underscores, starting "
+                            "with a letter and not ending with _")
         for name, allowed in (("kind", KINDS), ("layout", LAYOUTS), ("pooling", POOLINGS), ("resize", RESIZE_RULES)):
             if getattr(self, name) not in allowed:
                 problems.append(f"{name} {getattr(self, name)!r} is not one of {', '.join(allowed)}")
@@ -100,7 +100,8 @@ def spec_path(name: str) -> Path:
     """The spec file of encoder ``name`` in :func:`encoders_dir`; a TkError for a name that is not a
     backbone name, so that no name (``../x``, ``/abs/x``) reaches a file outside that folder."""
     if not NAME.match(name):
-        raise TkError(f"encoder name {name!r}: use lower-case letters, digits and _ (starting with a letter); "
+        raise TkError(f"encoder name {name!r}: use lower-case letters, digits and single underscores (starting with a "
+                      "letter, not ending with _); "
                       "`tk encoders list` shows the registered ones")
     return encoders_dir() / f"{name}.toml"
 
